@@ -1,0 +1,1 @@
+"""HF / AWQ / GGUF checkpoint -> TurboMind workspace."""

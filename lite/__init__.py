@@ -1,0 +1,1 @@
+"""Quantization: calibration, KV int8 qparams, AWQ."""

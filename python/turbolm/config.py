@@ -1,0 +1,142 @@
+"""The one schema of a workspace's ``config.ini`` (section ``[llama]``).
+
+Python writes it (``turbolm convert``) and ``runtime/core/config.cc`` reads it; the test
+``tests/python/test_config_schema.py`` keeps the two in agreement. Keys are the TurboMind ones of
+LMDeploy v0.1.0 plus the few marked ``extra`` (documented in ``workspace_template/config.ini``).
+"""
+from __future__ import annotations
+
+import configparser
+import dataclasses
+import os
+from typing import Any, Dict, List, Optional
+
+SECTION = "llama"
+FORMAT_VERSION = 1  # bumped whenever the on-disk layout of any weight file changes
+
+
+@dataclasses.dataclass(frozen=True)
+class Key:
+    name: str
+    type: type
+    default: Any  # None: required, convert must supply it
+    doc: str
+    extra: bool = False  # beyond the LMDeploy v0.1.0 key set
+
+
+SCHEMA: List[Key] = [
+    Key("model_name", str, None, "chat template name (turbolm.model registry)"),
+    Key("tensor_para_size", int, 1, "number of tensor-parallel ranks the weights are split into"),
+    Key("head_num", int, None, "query heads"),
+    Key("kv_head_num", int, None, "key/value heads (GQA when < head_num)"),
+    Key("vocab_size", int, None, "rows of tok_embeddings and output"),
+    Key("num_layer", int, None, "decoder layers"),
+    Key("inter_size", int, None, "FFN intermediate size (whole, not per rank)"),
+    Key("norm_eps", float, 1e-6, "RMSNorm epsilon"),
+    Key("attn_bias", int, 0, "1: w_qkv (and wo when present) carry a bias"),
+    Key("start_id", int, 1, "BOS token id"),
+    Key("end_id", int, 2, "EOS token id"),
+    Key("session_len", int, 2048, "max tokens of one session (prompt + history + output)"),
+    Key("weight_type", str, "fp16", "fp16 | bf16 | int4 | int8"),
+    Key("rotary_embedding", int, None, "rotary dimension (== size_per_head for LLaMA)"),
+    Key("rope_theta", float, 10000.0, "RoPE base"),
+    Key("size_per_head", int, None, "head dimension"),
+    Key("group_size", int, 0, "quantization group size along the input dim (int4/int8)"),
+    Key("max_batch_size", int, 64, "max sequences in one step of the persistent batch"),
+    Key("max_context_token_num", int, 1, "token budget of one step (prefill chunks + decodes); "
+        "values below cache_block_seq_len mean 'runtime default'"),
+    Key("step_length", int, 1, "reference key, unused on CPU"),
+    Key("cache_max_entry_count", float, 0.5, "KV pool: < 1 a fraction of available memory, >= 1 a block count"),
+    Key("cache_block_seq_len", int, 128, "tokens per KV block"),
+    Key("cache_chunk_size", int, 1, "reference key, unused on CPU (pool allocated at once)"),
+    Key("use_context_fmha", int, 1, "reference key, unused on CPU"),
+    Key("quant_policy", int, 0, "0: fp16 KV, 4: int8 KV (needs past_kv_scale files)"),
+    Key("max_position_embeddings", int, 2048, "trained context length (dynamic NTK / logN threshold)"),
+    Key("rope_scaling_factor", float, 0.0, "> 0 enables dynamic NTK RoPE scaling"),
+    Key("use_logn_attn", int, 0, "1: scale q by log(pos)/log(max_position_embeddings) past the trained length"),
+    Key("hidden_units", int, 0, "model width; 0 means head_num * size_per_head", extra=True),
+    Key("format_version", int, FORMAT_VERSION, "turbolm weight-layout version (guards int4 packing)", extra=True),
+]
+
+KEYS: Dict[str, Key] = {k.name: k for k in SCHEMA}
+WEIGHT_TYPES = ("fp16", "bf16", "int4", "int8")
+
+
+class ConfigError(ValueError):
+    """A config.ini that cannot be used; the message names the file and key."""
+
+
+def _parse(key: Key, raw: str, path: str):
+    raw = raw.strip()
+    try:
+        if key.type is int:
+            if raw.lower() in ("true", "false"):
+                return int(raw.lower() == "true")
+            f = float(raw)
+            if not f.is_integer():
+                raise ValueError(raw)
+            return int(f)
+        if key.type is float:
+            return float(raw)
+        return raw
+    except ValueError:
+        raise ConfigError(f"{path}: key '{key.name}' = '{raw}' is not a valid {key.type.__name__}") from None
+
+
+def validate(cfg: Dict[str, Any], path: str = "config.ini") -> Dict[str, Any]:
+    """Fill defaults, check types and the relations between keys; return a new dict."""
+    out: Dict[str, Any] = {}
+    for key in SCHEMA:
+        if key.name in cfg and cfg[key.name] is not None:
+            v = cfg[key.name]
+            out[key.name] = _parse(key, str(v), path) if isinstance(v, str) and key.type is not str else key.type(v)
+        elif key.default is None:
+            raise ConfigError(f"{path}: missing required key '{key.name}' in [{SECTION}]; re-run `turbolm convert`")
+        else:
+            out[key.name] = key.default
+    if out["weight_type"] not in WEIGHT_TYPES:
+        raise ConfigError(f"{path}: weight_type '{out['weight_type']}' is not one of {', '.join(WEIGHT_TYPES)}")
+    for name in ("head_num", "kv_head_num", "num_layer", "size_per_head", "vocab_size", "inter_size",
+                 "tensor_para_size", "session_len", "cache_block_seq_len"):
+        if out[name] <= 0:
+            raise ConfigError(f"{path}: key '{name}' must be positive, got {out[name]}")
+    if out["head_num"] % out["kv_head_num"]:
+        raise ConfigError(f"{path}: head_num {out['head_num']} is not a multiple of kv_head_num {out['kv_head_num']}")
+    if out["kv_head_num"] % out["tensor_para_size"]:
+        raise ConfigError(f"{path}: kv_head_num {out['kv_head_num']} is not divisible by tensor_para_size "
+                          f"{out['tensor_para_size']}")
+    if out["hidden_units"] == 0:
+        out["hidden_units"] = out["head_num"] * out["size_per_head"]
+    return out
+
+
+def write_config_ini(path: str, cfg: Dict[str, Any]) -> None:
+    """Write ``cfg`` (validated) as ``[llama]`` in schema order."""
+    cfg = validate(cfg, path)
+    lines = [f"[{SECTION}]"]
+    for key in SCHEMA:
+        v = cfg[key.name]
+        lines.append(f"{key.name} = {v!r}" if key.type is float else f"{key.name} = {v}")
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def read_config_ini(path: str) -> Dict[str, Any]:
+    if not os.path.isfile(path):
+        raise ConfigError(f"{path}: not found; is this a workspace made by `turbolm convert`?")
+    parser = configparser.ConfigParser(inline_comment_prefixes=(";", "#"))
+    try:
+        parser.read(path)
+    except configparser.Error as e:
+        raise ConfigError(f"{path}: malformed ini: {e}".replace("\n", " ")) from None
+    if not parser.has_section(SECTION):
+        raise ConfigError(f"{path}: no [{SECTION}] section")
+    return validate(dict(parser[SECTION]), path)
+
+
+def workspace_weights_dir(path: str) -> Optional[str]:
+    """The weights folder of a workspace given its root or the folder itself; None if neither."""
+    for cand in (os.path.join(path, "triton_models", "weights"), path):
+        if os.path.isfile(os.path.join(cand, "config.ini")):
+            return cand
+    return None

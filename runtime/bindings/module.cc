@@ -1,0 +1,15 @@
+// pybind11 module turbolm._turbomind: the only door between Python and the runtime.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include "core/config.h"
+#include "core/error.h"
+
+namespace py = pybind11;
+
+PYBIND11_MODULE(_turbomind, m) {
+  m.doc() = "turbolm C++ runtime";
+  py::register_exception<turbolm::Error>(m, "RuntimeError", PyExc_RuntimeError);
+  m.def("read_config", [](const std::string& path) { return turbolm::load_config(path).to_map(); },
+        py::arg("path"), "Parse a workspace config.ini with the runtime's loader; returns {key: text}.");
+}

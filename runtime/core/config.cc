@@ -1,0 +1,176 @@
+#include "core/config.h"
+
+#include <cctype>
+#include <cmath>
+#include <fstream>
+#include <functional>
+#include <sstream>
+#include <vector>
+
+#include "core/error.h"
+
+namespace turbolm {
+
+const char* to_string(WeightType t) {
+  switch (t) {
+    case WeightType::kFP16: return "fp16";
+    case WeightType::kBF16: return "bf16";
+    case WeightType::kINT4: return "int4";
+    case WeightType::kINT8: return "int8";
+  }
+  return "?";
+}
+
+namespace {
+
+std::string trim(const std::string& s) {
+  size_t b = 0, e = s.size();
+  while (b < e && std::isspace((unsigned char)s[b])) ++b;
+  while (e > b && std::isspace((unsigned char)s[e - 1])) --e;
+  return s.substr(b, e - b);
+}
+
+int parse_int(const std::string& path, const std::string& key, const std::string& v) {
+  if (v == "true" || v == "True") return 1;
+  if (v == "false" || v == "False") return 0;
+  char* end = nullptr;
+  double d = std::strtod(v.c_str(), &end);
+  if (v.empty() || *end != '\0' || std::floor(d) != d)
+    fail(path, ": key '", key, "' = '", v, "' is not a valid int");
+  return (int)d;
+}
+
+float parse_float(const std::string& path, const std::string& key, const std::string& v) {
+  char* end = nullptr;
+  double d = std::strtod(v.c_str(), &end);
+  if (v.empty() || *end != '\0') fail(path, ": key '", key, "' = '", v, "' is not a valid float");
+  return (float)d;
+}
+
+// One row per key: name, required?, and how to set / print it. The order is the schema's.
+struct Field {
+  const char* name;
+  bool required;
+  std::function<void(ModelConfig&, const std::string& path, const std::string& v)> set;
+  std::function<std::string(const ModelConfig&)> get;
+};
+
+std::string fmt_float(float f) {
+  std::ostringstream os;
+  os.precision(9);
+  os << f;
+  return os.str();
+}
+
+#define INT_FIELD(n, req) \
+  Field{#n, req, [](ModelConfig& c, const std::string& p, const std::string& v) { c.n = parse_int(p, #n, v); }, \
+        [](const ModelConfig& c) { return std::to_string(c.n); }}
+#define FLOAT_FIELD(n, req) \
+  Field{#n, req, [](ModelConfig& c, const std::string& p, const std::string& v) { c.n = parse_float(p, #n, v); }, \
+        [](const ModelConfig& c) { return fmt_float(c.n); }}
+
+const std::vector<Field>& fields() {
+  static const std::vector<Field> f = {
+      Field{"model_name", true, [](ModelConfig& c, const std::string&, const std::string& v) { c.model_name = v; },
+            [](const ModelConfig& c) { return c.model_name; }},
+      INT_FIELD(tensor_para_size, false),
+      INT_FIELD(head_num, true),
+      INT_FIELD(kv_head_num, true),
+      INT_FIELD(vocab_size, true),
+      INT_FIELD(num_layer, true),
+      INT_FIELD(inter_size, true),
+      FLOAT_FIELD(norm_eps, false),
+      INT_FIELD(attn_bias, false),
+      INT_FIELD(start_id, false),
+      INT_FIELD(end_id, false),
+      INT_FIELD(session_len, false),
+      Field{"weight_type", false,
+            [](ModelConfig& c, const std::string& p, const std::string& v) {
+              if (v == "fp16") c.weight_type = WeightType::kFP16;
+              else if (v == "bf16") c.weight_type = WeightType::kBF16;
+              else if (v == "int4") c.weight_type = WeightType::kINT4;
+              else if (v == "int8") c.weight_type = WeightType::kINT8;
+              else fail(p, ": weight_type '", v, "' is not one of fp16, bf16, int4, int8");
+            },
+            [](const ModelConfig& c) { return std::string(to_string(c.weight_type)); }},
+      INT_FIELD(rotary_embedding, true),
+      FLOAT_FIELD(rope_theta, false),
+      INT_FIELD(size_per_head, true),
+      INT_FIELD(group_size, false),
+      INT_FIELD(max_batch_size, false),
+      INT_FIELD(max_context_token_num, false),
+      INT_FIELD(step_length, false),
+      FLOAT_FIELD(cache_max_entry_count, false),
+      INT_FIELD(cache_block_seq_len, false),
+      INT_FIELD(cache_chunk_size, false),
+      INT_FIELD(use_context_fmha, false),
+      INT_FIELD(quant_policy, false),
+      INT_FIELD(max_position_embeddings, false),
+      FLOAT_FIELD(rope_scaling_factor, false),
+      INT_FIELD(use_logn_attn, false),
+      INT_FIELD(hidden_units, false),
+      INT_FIELD(format_version, false),
+  };
+  return f;
+}
+
+}  // namespace
+
+std::map<std::string, std::string> ModelConfig::to_map() const {
+  std::map<std::string, std::string> m;
+  for (const auto& f : fields()) m[f.name] = f.get(*this);
+  return m;
+}
+
+ModelConfig load_config(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) fail(path, ": not found; is this a workspace made by `turbolm convert`?");
+  std::map<std::string, std::string> kv;
+  std::string line, section;
+  int lineno = 0;
+  while (std::getline(in, line)) {
+    ++lineno;
+    // Inline comments as Python's configparser(inline_comment_prefixes=(';', '#')) reads them.
+    for (size_t i = 0; i < line.size(); ++i)
+      if ((line[i] == ';' || line[i] == '#') && (i == 0 || std::isspace((unsigned char)line[i - 1]))) {
+        line = line.substr(0, i);
+        break;
+      }
+    line = trim(line);
+    if (line.empty()) continue;
+    if (line.front() == '[') {
+      if (line.back() != ']') fail(path, ":", lineno, ": malformed section header '", line, "'");
+      section = trim(line.substr(1, line.size() - 2));
+      continue;
+    }
+    size_t eq = line.find_first_of("=:");
+    if (eq == std::string::npos) fail(path, ":", lineno, ": malformed line '", line, "' (expected key = value)");
+    if (section == "llama") kv[trim(line.substr(0, eq))] = trim(line.substr(eq + 1));
+  }
+  if (section.empty() && kv.empty()) fail(path, ": no [llama] section");
+
+  ModelConfig c;
+  for (const auto& f : fields()) {
+    auto it = kv.find(f.name);
+    if (it == kv.end()) {
+      if (f.required) fail(path, ": missing required key '", f.name, "' in [llama]; re-run `turbolm convert`");
+      continue;
+    }
+    f.set(c, path, it->second);
+  }
+  const std::pair<const char*, int> positive[] = {
+      {"head_num", c.head_num}, {"kv_head_num", c.kv_head_num}, {"num_layer", c.num_layer},
+      {"size_per_head", c.size_per_head}, {"vocab_size", c.vocab_size}, {"inter_size", c.inter_size},
+      {"tensor_para_size", c.tensor_para_size}, {"session_len", c.session_len},
+      {"cache_block_seq_len", c.cache_block_seq_len}};
+  for (auto& [name, v] : positive)
+    if (v <= 0) fail(path, ": key '", name, "' must be positive, got ", v);
+  if (c.head_num % c.kv_head_num)
+    fail(path, ": head_num ", c.head_num, " is not a multiple of kv_head_num ", c.kv_head_num);
+  if (c.kv_head_num % c.tensor_para_size)
+    fail(path, ": kv_head_num ", c.kv_head_num, " is not divisible by tensor_para_size ", c.tensor_para_size);
+  if (c.hidden_units == 0) c.hidden_units = c.head_num * c.size_per_head;
+  return c;
+}
+
+}  // namespace turbolm

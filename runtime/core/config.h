@@ -1,0 +1,54 @@
+// ModelConfig: the workspace's config.ini ([llama] section), read by the runtime's one loader.
+// The Python schema (python/turbolm/config.py) writes it; tests/python/test_config_schema.py
+// checks both sides agree on every key, default and error.
+#pragma once
+#include <map>
+#include <string>
+
+namespace turbolm {
+
+enum class WeightType { kFP16, kBF16, kINT4, kINT8 };
+const char* to_string(WeightType t);
+
+struct ModelConfig {
+  std::string model_name;
+  int tensor_para_size = 1;
+  int head_num = 0;
+  int kv_head_num = 0;
+  int vocab_size = 0;
+  int num_layer = 0;
+  int inter_size = 0;
+  float norm_eps = 1e-6f;
+  int attn_bias = 0;
+  int start_id = 1;
+  int end_id = 2;
+  int session_len = 2048;
+  WeightType weight_type = WeightType::kFP16;
+  int rotary_embedding = 0;
+  float rope_theta = 10000.f;
+  int size_per_head = 0;
+  int group_size = 0;
+  int max_batch_size = 64;
+  int max_context_token_num = 1;
+  int step_length = 1;
+  float cache_max_entry_count = 0.5f;
+  int cache_block_seq_len = 128;
+  int cache_chunk_size = 1;
+  int use_context_fmha = 1;
+  int quant_policy = 0;
+  int max_position_embeddings = 2048;
+  float rope_scaling_factor = 0.f;
+  int use_logn_attn = 0;
+  // extra keys (beyond LMDeploy v0.1.0)
+  int hidden_units = 0;  // 0 in the file: head_num * size_per_head
+  int format_version = 1;
+
+  // Every key as text, in the file's spelling; used by the schema-agreement test.
+  std::map<std::string, std::string> to_map() const;
+};
+
+// Parses `path` (a config.ini). Throws turbolm::Error naming the file and key on a missing file,
+// malformed line, missing required key, bad value or inconsistent shapes.
+ModelConfig load_config(const std::string& path);
+
+}  // namespace turbolm

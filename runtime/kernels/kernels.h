@@ -1,0 +1,108 @@
+// The kernel interface: pure functions over raw pointers and explicit shapes. They allocate
+// nothing and keep no globals. Every kernel has a scalar reference twin (kernels_ref.cc) and
+// SIMD variants (*_avx2.cc, *_avx512.cc); a KernelTable groups one variant of each, and
+// best_kernels() picks the table once from the CPU's features. tests/runtime/test_kernels.cc
+// runs every table the CPU supports against the reference table.
+//
+// Conventions: activations are fp32; weights are fp16 or bf16 stored as uint16_t; a "row
+// stride" (ld*) is in elements. Threading is the caller's: kernels that are worth splitting take
+// a range ([p_begin, p_end) panels, [h_begin, h_end) heads) so a ThreadPool can share them out.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+namespace turbolm::kernels {
+
+enum class WDType : int { kF16 = 0, kBF16 = 1 };
+enum class KVType : int { kF16 = 0, kF32 = 1, kI8 = 2 };
+
+// ---- packed linear weights --------------------------------------------------------------
+// A linear weight W[K, N] (K = in, N = out) is repacked once at load time into column panels,
+// so that one k-step of one panel is one 64-byte cache line of fp16:
+//   packed[p][k][j] = W[k, p * kPanel + j]     p < n_panels = ceil(N / kPanel), j < kPanel
+// with zeros past N. The source may be any strided view (the workspace stores linears as
+// [in, out] but output.weight as [vocab, hidden], i.e. transposed).
+constexpr int kPanel = 32;
+
+struct PackedMatrix {
+  WDType dtype = WDType::kF16;
+  int K = 0, N = 0, n_panels = 0;
+  const uint16_t* data = nullptr;  // [n_panels][K][kPanel], 64-byte aligned, owned by the caller
+};
+
+inline size_t packed_elems(int K, int N) { return (size_t)((N + kPanel - 1) / kPanel) * K * kPanel; }
+// src(k, n) = src[k * stride_k + n * stride_n]; out: packed_elems(K, N) elements.
+void pack_matrix(const uint16_t* src, int K, int N, int64_t stride_k, int64_t stride_n, uint16_t* out);
+
+// y[m, n] (+)= sum_k x[m, k] * W[k, n] for the columns of panels [p_begin, p_end), m < M.
+// x: [M, K] row stride ldx; y: [M, N] row stride ldy; columns >= N are never written.
+using GemmFn = void (*)(const float* x, int ldx, const PackedMatrix& w, float* y, int ldy, int M,
+                        int p_begin, int p_end, bool accumulate);
+
+// ---- paged KV cache -----------------------------------------------------------------------
+// One layer's K (or V) of token slot s of block b, kv head h, lives at
+//   base + b * block_stride + h * head_stride + s * head_dim          (elements of `type`)
+// A sequence's logical position t is slot t % block_len of block block_table[t / block_len].
+struct PagedKV {
+  void* k_base = nullptr;
+  void* v_base = nullptr;
+  int64_t block_stride = 0;
+  int64_t head_stride = 0;
+  const int32_t* block_table = nullptr;
+  int block_len = 0;
+  KVType type = KVType::kF16;
+  // int8 only (DESIGN.md §3): stores round((f - zp) / scale) clamped to [-128, 127], reads q*scale+zp.
+  float k_scale = 1.f, k_zp = 0.f, v_scale = 1.f, v_zp = 0.f;
+};
+
+// Writes k, v: [n, kv_heads, head_dim] (row stride ld) for positions start_pos .. start_pos+n-1.
+using KVStoreFn = void (*)(const float* k, const float* v, int ld, int n, int start_pos, int kv_heads,
+                           int head_dim, const PagedKV& kv);
+
+// Causal attention of one sequence's n new query tokens (positions start_pos .. start_pos+n-1)
+// over its cache, which already holds K/V for positions [0, start_pos + n). Query heads
+// [h_begin, h_end) only; head h reads kv head h / (heads / kv_heads).
+// q: [n, heads, head_dim] row stride ldq; out: same shape, row stride ldo.
+// scratch: at least (start_pos + n) floats, private to the calling thread.
+using AttentionFn = void (*)(const float* q, int ldq, int n, int start_pos, int heads, int kv_heads,
+                             int head_dim, const PagedKV& kv, float scale, float* out, int ldo,
+                             int h_begin, int h_end, float* scratch);
+
+// ---- small elementwise kernels --------------------------------------------------------------
+// y[m, :] = x[m, :] / rms(x[m, :]) * w, rows of length d (row strides ldx, ldy). w is fp32.
+using RMSNormFn = void (*)(const float* x, int ldx, const float* w, float eps, int M, int d, float* y, int ldy);
+// Interleaved-pair RoPE (the workspace permutes HF's rotate-half q/k columns into pairs):
+// for each token t, head h, i < rot_dim/2:  (x[2i], x[2i+1]) rotated by pos[t] * inv_freq[i].
+// x: [T, heads, head_dim] row stride ldx, modified in place.
+using RopeFn = void (*)(float* x, int ldx, int T, int heads, int head_dim, int rot_dim, const int32_t* pos,
+                        const float* inv_freq);
+// out[i] = silu(gate[i]) * up[i]
+using SiluMulFn = void (*)(const float* gate, const float* up, float* out, int n);
+// Converts n fp16 / bf16 values to fp32 (embedding rows).
+using ToF32Fn = void (*)(const uint16_t* src, WDType dtype, float* dst, int n);
+
+struct KernelTable {
+  const char* name;  // "ref", "avx2", "avx512"
+  GemmFn gemm;
+  KVStoreFn kv_store;
+  AttentionFn attention;
+  RMSNormFn rmsnorm;
+  RopeFn rope;
+  SiluMulFn silu_mul;
+  ToF32Fn to_f32;
+};
+
+const KernelTable& reference_kernels();
+const KernelTable& best_kernels();                    // chosen once from the CPU's features
+std::vector<const KernelTable*> supported_kernels();  // every table this CPU can run (ref first)
+
+// fp16 / bf16 scalar conversions (used by loaders and reference kernels).
+float f16_to_f32(uint16_t h);
+uint16_t f32_to_f16(float f);
+inline float bf16_to_f32(uint16_t h) {
+  union { uint32_t u; float f; } v{(uint32_t)h << 16};
+  return v.f;
+}
+
+}  // namespace turbolm::kernels
