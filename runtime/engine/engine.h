@@ -19,9 +19,13 @@ struct EngineOptions {
   float cache_max_entry_count = -1;  // < 0: config.ini's; < 1 fraction of available memory; >= 1 blocks
 };
 
+class ModelBackend;  // engine/model_backend.h
+
 class Engine {
  public:
   Engine(const std::string& weights_dir, const EngineOptions& opts);
+  // Runs over any model behind ModelBackend (tests use a fake one). opts.model is unused here.
+  Engine(std::unique_ptr<ModelBackend> model, const EngineOptions& opts);
   ~Engine();  // stops the engine thread; unfinished requests finish as kCancelled
 
   const ModelConfig& config() const;
@@ -40,6 +44,9 @@ class Engine {
 
   struct Stats {
     int num_blocks, free_blocks, cached_blocks, running, waiting;
+    // added: what the engine settled on (after defaults), and the work done so far
+    int block_len = 0, max_batch_size = 0, max_num_tokens = 0, session_len = 0;
+    long long steps = 0, tokens_computed = 0, tokens_generated = 0, preemptions = 0;
   };
   Stats stats() const;
 

@@ -50,11 +50,17 @@ class Stream {
   // timeout_ms passes (-1: no timeout). Copies the state into `out`. Returns false on timeout.
   bool wait(size_t seen, Output& out, int timeout_ms = -1);
   bool finished() const;
+  // Optional: an eventfd written (8 bytes, value 1) on every push/finish, so an asyncio loop can
+  // wait on the fd instead of a thread; the engine thread never touches Python. -1: none.
+  // Detach (set -1) before closing the fd.
+  void set_notify_fd(int fd);
 
  private:
+  void notify_locked();
   mutable std::mutex mu_;
   std::condition_variable cv_;
   Output out_;
+  int notify_fd_ = -1;
 };
 
 }  // namespace turbolm

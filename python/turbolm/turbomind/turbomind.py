@@ -1,0 +1,213 @@
+"""TurboMind and TurboMindInstance: thin Python over the C++ Engine (turbolm._turbomind).
+
+Threads: the C++ engine thread runs the persistent batch; Python only submits requests and
+reads streams. ``stream_infer`` blocks in C++ with the GIL released; ``async_stream_infer``
+waits on an eventfd that the engine writes, so asyncio servers need no helper threads. An
+abandoned stream (generator closed, client gone) cancels its request.
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
+
+from turbolm import _turbomind
+from turbolm.config import read_config_ini
+from turbolm.errors import UserError
+
+from .resolve import resolve_workspace
+
+IdsArg = Union[Sequence[int], Sequence[Sequence[int]]]
+
+
+class GenOut(tuple):
+    """``(token_ids, length)`` of one request so far, with ``finish_reason`` (None while
+    running, else 'stop' | 'length' | 'cancelled' | 'error'), ``error`` and ``logprobs``."""
+
+    finish_reason: Optional[str]
+    error: Optional[str]
+    logprobs: Optional[List[float]]
+
+    def __new__(cls, token_ids, finish_reason=None, error=None, logprobs=None):
+        self = super().__new__(cls, (list(token_ids), len(token_ids)))
+        self.finish_reason = finish_reason or None
+        self.error = error or None
+        self.logprobs = logprobs
+        return self
+
+
+class TurboMind:
+    """A loaded model: the engine, its tokenizer and its chat template."""
+
+    def __init__(self, weights_dir: str, model_name: Optional[str] = None, tp: int = 1, *,
+                 max_batch_size: Optional[int] = None, session_len: Optional[int] = None,
+                 cache_max_entry_count: Optional[float] = None, max_context_token_num: Optional[int] = None,
+                 num_threads: Optional[int] = None, chat_template_from_tokenizer: bool = False):
+        self.weights_dir = weights_dir
+        self.config: Dict[str, Any] = read_config_ini(os.path.join(weights_dir, "config.ini"))
+        self.engine = _turbomind.Engine(
+            weights_dir, tp=tp or 0, num_threads=num_threads or 0, max_batch_size=max_batch_size or 0,
+            session_len=session_len or 0, max_context_token_num=max_context_token_num or 0,
+            cache_max_entry_count=-1.0 if cache_max_entry_count is None else float(cache_max_entry_count))
+        self.tp = tp
+        self.session_len = session_len or self.config["session_len"]
+        self.eos_id = self.config["end_id"]
+        self.tokenizer_dir = os.path.join(os.path.dirname(weights_dir.rstrip("/")), "tokenizer")
+        from turbolm.tokenizer import Tokenizer
+
+        self.tokenizer = Tokenizer(self.tokenizer_dir)
+        self.model_name = model_name or self.config["model_name"]
+        self.model = self._chat_template(self.model_name, chat_template_from_tokenizer)
+
+    def _chat_template(self, name: str, from_tokenizer: bool):
+        from turbolm import model as templates
+
+        if hasattr(templates, "get_chat_template"):
+            return templates.get_chat_template(name, self.tokenizer, prefer_tokenizer=from_tokenizer)
+        return templates.MODELS[name]() if name in templates.MODELS else templates.MODELS["base"]()
+
+    @classmethod
+    def from_pretrained(cls, path: str, model_name: Optional[str] = None, tp: int = 1, **kwargs) -> "TurboMind":
+        """``path``: a workspace, an HF model directory or a .gguf file (converted once into
+        ~/.cache/turbolm/workspaces). ``model_name`` picks the chat template; by default the
+        workspace's, or for a converted source the tokenizer's own chat_template."""
+        weights_dir, converted = resolve_workspace(path, model_name)
+        if converted and model_name is None:
+            kwargs.setdefault("chat_template_from_tokenizer", True)
+        return cls(weights_dir, model_name=model_name, tp=tp, **kwargs)
+
+    def create_instance(self, cuda_stream_id: int = 0) -> "TurboMindInstance":
+        return TurboMindInstance(self)
+
+    def get_ppl(self, input_ids: Sequence[Sequence[int]]) -> List[float]:
+        """Perplexity of each sequence (exp of the mean next-token NLL), computed in C++."""
+        return self.engine.get_ppl([list(map(int, ids)) for ids in input_ids])
+
+    def stats(self) -> Dict[str, int]:
+        return self.engine.stats()
+
+
+_STOPPED = object()
+
+
+class TurboMindInstance:
+    """A handle for submitting requests; any number may share one TurboMind, from any thread."""
+
+    def __init__(self, tm: TurboMind):
+        self.tm = tm
+        self.engine = tm.engine
+
+    # -- session control -----------------------------------------------------------------
+    def cancel(self, session_id: int) -> None:
+        self.engine.stop(int(session_id), False)
+
+    def end(self, session_id: int) -> None:
+        self.engine.end(int(session_id))
+
+    # -- generation ------------------------------------------------------------------------
+    def _submit(self, session_id, input_ids, request_output_len, sequence_start, sequence_end, step, top_k, top_p,
+                temperature, repetition_penalty, ignore_eos, random_seed, stop_words, logprobs):
+        ids = list(input_ids)
+        if ids and isinstance(ids[0], (list, tuple)):
+            if len(ids) != 1:
+                raise ValueError("stream_infer takes one sequence per call; use one instance call per session")
+            ids = list(ids[0])
+        if request_output_len is None or int(request_output_len) < 0:
+            raise ValueError(f"request_output_len must be >= 0, got {request_output_len}")
+        gen = dict(max_new_tokens=int(request_output_len), top_k=int(top_k), top_p=float(top_p),
+                   temperature=float(temperature), repetition_penalty=float(repetition_penalty),
+                   ignore_eos=bool(ignore_eos), logprobs=bool(logprobs),
+                   stop_sequences=[list(map(int, s)) for s in (stop_words or []) if len(s)])
+        # The engine treats every seed, 0 included, as a real seed: draw one when none is given.
+        seed = int.from_bytes(os.urandom(8), "little") if random_seed is None else int(random_seed)
+        gen["random_seed"] = seed & 0xFFFFFFFFFFFFFFFF
+        # `step` rewinds a continued session to `step` tokens; 0 (the default) appends.
+        rewind = int(step) if (not sequence_start and step and step > 0) else -1
+        return self.engine.submit(int(session_id), [int(t) for t in ids], bool(sequence_start), bool(sequence_end),
+                                  rewind, gen)
+
+    @staticmethod
+    def _out(snapshot, logprobs: bool) -> GenOut:
+        ids, lps, finish, error, _ = snapshot
+        return GenOut(ids, finish, error, list(lps) if logprobs else None)
+
+    def stream_infer(self, session_id: int, input_ids: IdsArg, request_output_len: int = 512,
+                     sequence_start: bool = True, sequence_end: bool = False, step: int = 0, stop: bool = False,
+                     top_k: int = 40, top_p: float = 0.8, temperature: float = 0.8,
+                     repetition_penalty: float = 1.0, ignore_eos: bool = False, random_seed: Optional[int] = None,
+                     stream_output: bool = True, stop_words: Optional[List[List[int]]] = None,
+                     logprobs: bool = False, **kwargs) -> Iterator[List[GenOut]]:
+        """Yields ``[GenOut]`` as tokens arrive (only the final one when stream_output=False).
+        ``stop=True`` cancels the session's running request and yields nothing."""
+        if stop:
+            self.cancel(session_id)
+            return
+        stream = self._submit(session_id, input_ids, request_output_len, sequence_start, sequence_end, step, top_k,
+                              top_p, temperature, repetition_penalty, ignore_eos, random_seed, stop_words, logprobs)
+        seen, done = 0, False
+        try:
+            while not done:
+                snap = stream.wait(seen, 200)  # a timeout keeps Ctrl-C responsive
+                n, done = len(snap[0]), bool(snap[2])
+                if done or (stream_output and n > seen):
+                    seen = n
+                    yield [self._out(snap, logprobs)]
+        finally:
+            if not done:
+                self.cancel(session_id)
+
+    async def async_stream_infer(self, session_id: int, input_ids: IdsArg, request_output_len: int = 512,
+                                 sequence_start: bool = True, sequence_end: bool = False, step: int = 0,
+                                 stop: bool = False, top_k: int = 40, top_p: float = 0.8, temperature: float = 0.8,
+                                 repetition_penalty: float = 1.0, ignore_eos: bool = False,
+                                 random_seed: Optional[int] = None, stream_output: bool = True,
+                                 stop_words: Optional[List[List[int]]] = None, logprobs: bool = False, **kwargs):
+        """The asyncio twin of stream_infer: waits on an eventfd, never on a thread."""
+        if stop:
+            self.cancel(session_id)
+            return
+        loop = asyncio.get_running_loop()
+        fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        event = asyncio.Event()
+
+        def on_readable():
+            try:
+                os.eventfd_read(fd)
+            except BlockingIOError:
+                pass
+            event.set()
+
+        loop.add_reader(fd, on_readable)
+        stream = None
+        done = False
+        try:
+            stream = self._submit(session_id, input_ids, request_output_len, sequence_start, sequence_end, step,
+                                  top_k, top_p, temperature, repetition_penalty, ignore_eos, random_seed,
+                                  stop_words, logprobs)
+            stream.set_notify_fd(fd)
+            seen = 0
+            while not done:
+                event.clear()  # clear before the snapshot: a push after it sets the event again
+                snap = stream.wait(seen, 0)
+                n, done = len(snap[0]), bool(snap[2])
+                if done or (stream_output and n > seen):
+                    seen = n
+                    yield [self._out(snap, logprobs)]
+                if not done:
+                    await event.wait()
+        finally:
+            if stream is not None:
+                stream.set_notify_fd(-1)
+                if not done:
+                    self.cancel(session_id)
+            loop.remove_reader(fd)
+            os.close(fd)
+
+
+_session_counter = itertools.count(1 << 40)
+
+
+def new_session_id() -> int:
+    """A process-unique session id far above ids that users pick by hand."""
+    return next(_session_counter)

@@ -1,0 +1,136 @@
+#include "engine/sampler.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <numeric>
+
+namespace turbolm {
+
+bool is_greedy(const GenerationConfig& g) { return g.temperature <= 0.f || g.top_k == 1; }
+
+void apply_repetition_penalty(float* logits, int vocab, const int32_t* context, int n, float penalty) {
+  if (penalty == 1.f || n == 0) return;
+  std::vector<uint8_t> seen(vocab, 0);
+  for (int i = 0; i < n; ++i) {
+    int32_t t = context[i];
+    if (t < 0 || t >= vocab || seen[t]) continue;
+    seen[t] = 1;
+    float& x = logits[t];
+    x = x > 0.f ? x / penalty : x * penalty;
+  }
+}
+
+void apply_temperature(float* logits, int vocab, float t) {
+  if (t == 1.f) return;
+  float inv = 1.f / t;
+  for (int i = 0; i < vocab; ++i) logits[i] *= inv;
+}
+
+int32_t argmax(const float* logits, int vocab) {
+  return (int32_t)(std::max_element(logits, logits + vocab) - logits);  // first of equal maxima
+}
+
+float log_softmax_at(const float* logits, int vocab, int32_t token) {
+  double m = *std::max_element(logits, logits + vocab);
+  double sum = 0;
+  for (int i = 0; i < vocab; ++i) sum += std::exp((double)logits[i] - m);
+  return (float)((double)logits[token] - m - std::log(sum));
+}
+
+std::vector<std::pair<int32_t, float>> top_k_top_p(const float* logits, int vocab, int top_k, float top_p) {
+  // Softmax over the whole row first; top-k renormalization is a rescale of these.
+  float m = *std::max_element(logits, logits + vocab);
+  std::vector<float> p(vocab);
+  double total = 0;
+  for (int i = 0; i < vocab; ++i) total += (p[i] = std::exp(logits[i] - m));
+
+  std::vector<int32_t> idx(vocab);
+  std::iota(idx.begin(), idx.end(), 0);
+  auto more_probable = [&](int32_t a, int32_t b) { return p[a] > p[b] || (p[a] == p[b] && a < b); };
+  int k = (top_k > 0 && top_k < vocab) ? top_k : vocab;
+  // Sort only as much as needed: top-p usually keeps a few tokens, so sort a prefix and double it
+  // until the kept set is inside the sorted prefix.
+  int sorted = 0;
+  auto sort_prefix = [&](int upto) {
+    upto = std::min(upto, k);
+    if (upto <= sorted) return;
+    if (sorted == 0) std::partial_sort(idx.begin(), idx.begin() + upto, idx.end(), more_probable);
+    else std::partial_sort(idx.begin() + sorted, idx.begin() + upto, idx.end(), more_probable);
+    sorted = upto;
+  };
+  double mass_k = 0;  // top-k mass (renormalizer)
+  if (k < vocab) {
+    sort_prefix(k);
+    for (int i = 0; i < k; ++i) mass_k += p[idx[i]];
+  } else {
+    mass_k = total;
+  }
+  int keep = k;
+  if (top_p < 1.f) {
+    double cum = 0, target = (double)top_p * mass_k;
+    keep = 0;
+    int chunk = 64;
+    while (true) {
+      sort_prefix(std::max(sorted, std::min(k, chunk)));
+      while (keep < sorted) {
+        // keep token `keep` iff the mass before it is < top_p (HF: at least one token kept)
+        if (keep > 0 && cum >= target) break;
+        cum += p[idx[keep]];
+        ++keep;
+      }
+      if (keep < sorted || sorted == k) break;
+      chunk *= 2;
+    }
+  }
+  std::vector<std::pair<int32_t, float>> out(keep);
+  double mass = 0;
+  for (int i = 0; i < keep; ++i) mass += p[idx[i]];
+  for (int i = 0; i < keep; ++i) out[i] = {idx[i], (float)(p[idx[i]] / mass)};
+  return out;
+}
+
+double uniform01(std::mt19937_64& rng) { return (double)(rng() >> 11) * (1.0 / 9007199254740992.0); }
+
+SampleResult sample(float* logits, int vocab, const GenerationConfig& g, const std::vector<int32_t>& context,
+                    std::mt19937_64& rng) {
+  apply_repetition_penalty(logits, vocab, context.data(), (int)context.size(), g.repetition_penalty);
+  SampleResult r;
+  if (is_greedy(g)) {
+    r.token = argmax(logits, vocab);
+  } else {
+    apply_temperature(logits, vocab, g.temperature);
+    auto cand = top_k_top_p(logits, vocab, g.top_k, g.top_p);
+    double u = uniform01(rng), cum = 0;
+    r.token = cand.back().first;  // rounding: u beyond the summed probabilities
+    for (auto& c : cand) {
+      cum += c.second;
+      if (u < cum) { r.token = c.first; break; }
+    }
+  }
+  if (g.logprobs) r.logprob = log_softmax_at(logits, vocab, r.token);
+  return r;
+}
+
+int stop_match(const int32_t* generated, int n, const std::vector<std::vector<int32_t>>& stops) {
+  int best = 0;
+  for (auto& s : stops) {
+    int m = (int)s.size();
+    if (m == 0 || m > n || m <= best) continue;
+    if (std::equal(s.begin(), s.end(), generated + n - m)) best = m;
+  }
+  return best;
+}
+
+int stop_holdback(const int32_t* generated, int n, const std::vector<std::vector<int32_t>>& stops) {
+  int best = 0;
+  for (auto& s : stops) {
+    // longest proper prefix of s equal to the tail of generated
+    for (int len = std::min<int>(n, (int)s.size() - 1); len > best; --len) {
+      if (std::equal(s.begin(), s.begin() + len, generated + n - len)) { best = len; break; }
+    }
+  }
+  return best;
+}
+
+}  // namespace turbolm

@@ -1,0 +1,66 @@
+// Sequence: one session's state on the engine thread: its token history, how much of it has K/V
+// in the cache, the blocks that hold that K/V, and the request it is serving now (if any).
+//
+// A session lives across requests (sequence_start=false continues it); its Sequence is created by
+// the first request and destroyed when a request with sequence_end finishes (or end()).
+// Only the engine thread touches a Sequence. States (see README.md):
+//
+//   kWaiting  -- admitted -->  kRunning  -- finish (no sequence_end) -->  kCached
+//   kRunning  -- preempt  -->  kWaiting  (blocks freed, history recomputed later)
+//   kCached   -- next request of the session -->  kWaiting
+//   any       -- finish with sequence_end / end() -->  kFinished (then destroyed)
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <random>
+#include <vector>
+
+#include "engine/request.h"
+
+namespace turbolm {
+
+enum class SequenceStatus : int {
+  kWaiting = 0,   // has a request, not in the running batch; holds no active blocks (cached ones maybe)
+  kRunning = 1,   // in the running batch; its blocks are active
+  kCached = 2,    // idle session: history kept, its blocks (if not evicted) cached and evictable
+  kFinished = 3,  // ended; about to be destroyed
+};
+const char* to_string(SequenceStatus s);
+
+struct Sequence {
+  uint64_t session_id = 0;
+  SequenceStatus status = SequenceStatus::kCached;
+
+  // --- session state (kept between requests) ---
+  std::vector<int32_t> tokens;       // history: every prompt and kept generated token of the session
+  int num_cached = 0;                // tokens [0, num_cached) have their K/V in `block_table`
+  std::vector<int32_t> block_table;  // block ids; position p lives in block_table[p / block_len]
+
+  // --- the current request (valid while kWaiting / kRunning) ---
+  std::shared_ptr<Stream> stream;
+  GenerationConfig gen;
+  bool end_after = true;  // request's sequence_end: free the session when the request finishes
+  int prompt_len = 0;     // tokens.size() once the prompt was appended: generated tokens follow it
+  int max_new = 0;        // min(gen.max_new_tokens, session_len - prompt_len)
+  std::vector<float> logprobs;  // [num_generated()] logprob of each generated token
+  int num_streamed = 0;         // generated tokens already pushed to the stream (others held back)
+  std::mt19937_64 rng;          // seeded with gen.random_seed when the request binds
+  uint64_t arrival = 0;         // admission ticket: FIFO among waiting, preemption order
+
+  int num_generated() const { return (int)tokens.size() - prompt_len; }
+  const int32_t* generated() const { return tokens.data() + prompt_len; }
+  // Tokens whose K/V must still be computed before the next token can be sampled.
+  int num_remaining() const { return (int)tokens.size() - num_cached; }
+};
+
+inline const char* to_string(SequenceStatus s) {
+  switch (s) {
+    case SequenceStatus::kWaiting: return "waiting";
+    case SequenceStatus::kRunning: return "running";
+    case SequenceStatus::kCached: return "cached";
+    case SequenceStatus::kFinished: return "finished";
+  }
+  return "?";
+}
+
+}  // namespace turbolm

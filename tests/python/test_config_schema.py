@@ -1,0 +1,79 @@
+"""The one config.ini schema: Python writes it, the C++ loader reads it; both agree on every key,
+default and error."""
+import os
+
+import pytest
+
+from turbolm import _turbomind
+from turbolm.config import SCHEMA, ConfigError, read_config_ini, validate, write_config_ini
+
+MINIMAL = dict(model_name="base", head_num=4, kv_head_num=2, vocab_size=100, num_layer=2, inter_size=32,
+               rotary_embedding=16, size_per_head=16)
+
+
+def _values_equal(key, py_value, cpp_text):
+    if key.type is float:
+        return float(cpp_text) == pytest.approx(py_value, rel=1e-6)
+    if key.type is int:
+        return int(cpp_text) == py_value
+    return cpp_text == py_value
+
+
+def test_every_key_round_trips_through_the_cpp_loader(tmp_path):
+    path = str(tmp_path / "config.ini")
+    cfg = dict(MINIMAL, norm_eps=1e-5, rope_theta=100000.0, session_len=4096, weight_type="bf16", attn_bias=1,
+               tensor_para_size=2, cache_max_entry_count=0.25, rope_scaling_factor=2.0, use_logn_attn=1)
+    write_config_ini(path, cfg)
+    py = read_config_ini(path)
+    cpp = _turbomind.read_config(path)
+    assert set(cpp) == {k.name for k in SCHEMA}, "C++ and Python key sets differ"
+    for key in SCHEMA:
+        assert _values_equal(key, py[key.name], cpp[key.name]), (key.name, py[key.name], cpp[key.name])
+
+
+def test_defaults_agree(tmp_path):
+    """A config with only the required keys: both sides fill the same defaults."""
+    path = tmp_path / "config.ini"
+    path.write_text("[llama]\n" + "".join(f"{k} = {v}\n" for k, v in MINIMAL.items()))
+    py = read_config_ini(str(path))
+    cpp = _turbomind.read_config(str(path))
+    for key in SCHEMA:
+        assert _values_equal(key, py[key.name], cpp[key.name]), (key.name, py[key.name], cpp[key.name])
+
+
+@pytest.mark.parametrize("extra,needle", [
+    ("session_len = abc\n", "'session_len' = 'abc'"),
+    ("session_len = 2.5\n", "'session_len' = '2.5'"),
+    ("weight_type = fp8\n", "weight_type 'fp8'"),
+    ("tensor_para_size = 4\n", "not divisible"),
+    ("num_layer = 0\n", "'num_layer' must be positive"),
+])
+def test_both_sides_reject_the_same_bad_values(tmp_path, extra, needle):
+    path = tmp_path / "config.ini"
+    body = "".join(f"{k} = {v}\n" for k, v in MINIMAL.items() if not extra.startswith(k + " "))
+    path.write_text("[llama]\n" + body + extra)
+    with pytest.raises(ConfigError, match=needle.replace("(", r"\(")):
+        read_config_ini(str(path))
+    with pytest.raises(RuntimeError, match=needle):
+        _turbomind.read_config(str(path))
+
+
+def test_missing_required_key_is_named(tmp_path):
+    path = tmp_path / "config.ini"
+    path.write_text("[llama]\nmodel_name = base\n")
+    with pytest.raises(ConfigError, match="missing required key 'head_num'"):
+        read_config_ini(str(path))
+    with pytest.raises(RuntimeError, match="missing required key 'head_num'"):
+        _turbomind.read_config(str(path))
+
+
+def test_validate_rejects_gqa_mismatch():
+    with pytest.raises(ConfigError, match="not a multiple of kv_head_num"):
+        validate(dict(MINIMAL, head_num=5))
+
+
+def test_missing_file_says_what_to_do(tmp_path):
+    with pytest.raises(ConfigError, match="turbolm convert"):
+        read_config_ini(str(tmp_path / "nope.ini"))
+    with pytest.raises(RuntimeError, match="turbolm convert"):
+        _turbomind.read_config(str(tmp_path / "nope.ini"))
