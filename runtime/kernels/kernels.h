@@ -1,7 +1,7 @@
 // The kernel interface: pure functions over raw pointers and explicit shapes. They allocate
 // nothing and keep no globals. Every kernel has a scalar reference twin (kernels_ref.cc) and
 // SIMD variants (*_avx2.cc, *_avx512.cc); a KernelTable groups one variant of each, and
-// best_kernels() picks the table once from the CPU's features. tests/runtime/test_kernels.cc
+// best_kernels() picks the table once from the CPU's features. tests/runtime/test_kernels_all.cc
 // runs every table the CPU supports against the reference table.
 //
 // Conventions: activations are fp32; weights are fp16 or bf16 stored as uint16_t; a "row

@@ -1,0 +1,122 @@
+// AVX2 + FMA + F16C kernel table, for CPUs without AVX-512. The GEMM (the decode and prefill
+// hot path), rmsnorm and to_f32 are vectorized; kv_store, attention, rope and silu_mul are the
+// reference functions for now. Like kernels_avx512.cc: file-local, reached only via dispatch.
+#include <immintrin.h>
+#include <math.h>
+
+#include <cstring>
+
+#include "tables.h"
+
+namespace turbolm::kernels {
+namespace {
+
+template <WDType DT>
+inline __m256 load8w(const uint16_t* p) {
+  const __m128i r = _mm_loadu_si128((const __m128i*)p);
+  if constexpr (DT == WDType::kF16) return _mm256_cvtph_ps(r);
+  else return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(r), 16));
+}
+
+// MR rows x one 32-column panel (4 ymm per row); MR <= 3 keeps 12 accumulators + 4 weights.
+// Writes a full 32-wide tile to y (row stride ldy): the caller redirects tail panels to a buffer.
+template <int MR, WDType DT>
+void micro(const float* x, int ldx, const uint16_t* panel, int K, float* y, int ldy) {
+  __m256 c[MR][4];
+  for (int m = 0; m < MR; ++m) for (int j = 0; j < 4; ++j) c[m][j] = _mm256_setzero_ps();
+  for (int k = 0; k < K; ++k) {
+    const uint16_t* wp = panel + (size_t)k * kPanel;
+    _mm_prefetch((const char*)(wp + 16 * kPanel), _MM_HINT_T0);
+    __m256 w[4];
+    for (int j = 0; j < 4; ++j) w[j] = load8w<DT>(wp + 8 * j);
+    for (int m = 0; m < MR; ++m) {
+      const __m256 xb = _mm256_broadcast_ss(x + (size_t)m * ldx + k);
+      for (int j = 0; j < 4; ++j) c[m][j] = _mm256_fmadd_ps(xb, w[j], c[m][j]);
+    }
+  }
+  for (int m = 0; m < MR; ++m)
+    for (int j = 0; j < 4; ++j) _mm256_storeu_ps(y + (size_t)m * ldy + 8 * j, c[m][j]);
+}
+
+template <WDType DT>
+void gemm_t(const float* x, int ldx, const PackedMatrix& w, float* y, int ldy, int M, int p_begin, int p_end,
+            bool accumulate) {
+  using Micro = void (*)(const float*, int, const uint16_t*, int, float*, int);
+  static constexpr Micro kMicro[4] = {nullptr, micro<1, DT>, micro<2, DT>, micro<3, DT>};
+  alignas(32) float tile[3 * kPanel];
+  for (int p = p_begin; p < p_end; ++p) {
+    const uint16_t* panel = w.data + (size_t)p * w.K * kPanel;
+    const int cols = w.N - p * kPanel < kPanel ? w.N - p * kPanel : kPanel;
+    for (int m = 0; m < M; m += 3) {
+      const int rows = M - m < 3 ? M - m : 3;
+      float* yp = y + (size_t)m * ldy + (size_t)p * kPanel;
+      if (!accumulate && cols == kPanel) {
+        kMicro[rows](x + (size_t)m * ldx, ldx, panel, w.K, yp, ldy);
+        continue;
+      }
+      kMicro[rows](x + (size_t)m * ldx, ldx, panel, w.K, tile, kPanel);
+      for (int r = 0; r < rows; ++r)
+        for (int j = 0; j < cols; ++j) yp[(size_t)r * ldy + j] = accumulate ? yp[(size_t)r * ldy + j] + tile[r * kPanel + j] : tile[r * kPanel + j];
+    }
+  }
+}
+
+void gemm_avx2(const float* x, int ldx, const PackedMatrix& w, float* y, int ldy, int M, int p_begin, int p_end,
+               bool accumulate) {
+  if (w.dtype == WDType::kF16) gemm_t<WDType::kF16>(x, ldx, w, y, ldy, M, p_begin, p_end, accumulate);
+  else gemm_t<WDType::kBF16>(x, ldx, w, y, ldy, M, p_begin, p_end, accumulate);
+}
+
+inline float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+void rmsnorm_avx2(const float* x, int ldx, const float* w, float eps, int M, int d, float* y, int ldy) {
+  for (int r = 0; r < M; ++r) {
+    const float* xr = x + (size_t)r * ldx;
+    float* yr = y + (size_t)r * ldy;
+    __m256 s = _mm256_setzero_ps();
+    int i = 0;
+    for (; i + 8 <= d; i += 8) s = _mm256_fmadd_ps(_mm256_loadu_ps(xr + i), _mm256_loadu_ps(xr + i), s);
+    float ss = hsum(s);
+    for (; i < d; ++i) ss += xr[i] * xr[i];
+    const float inv = 1.f / sqrtf(ss / d + eps);
+    const __m256 vinv = _mm256_set1_ps(inv);
+    for (i = 0; i + 8 <= d; i += 8)
+      _mm256_storeu_ps(yr + i, _mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(xr + i), vinv), _mm256_loadu_ps(w + i)));
+    for (; i < d; ++i) yr[i] = xr[i] * inv * w[i];
+  }
+}
+
+void to_f32_avx2(const uint16_t* src, WDType dtype, float* dst, int n) {
+  int i = 0;
+  if (dtype == WDType::kF16) {
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, load8w<WDType::kF16>(src + i));
+    for (; i < n; ++i) dst[i] = _cvtsh_ss(src[i]);
+  } else {
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, load8w<WDType::kBF16>(src + i));
+    for (; i < n; ++i) {
+      const uint32_t u = (uint32_t)src[i] << 16;
+      std::memcpy(dst + i, &u, 4);
+    }
+  }
+}
+
+}  // namespace
+
+const KernelTable* avx2_kernels() {
+  static const KernelTable t = [] {
+    KernelTable k = reference_kernels();  // kv_store, attention, rope, silu_mul: reference
+    k.name = "avx2";
+    k.gemm = gemm_avx2;
+    k.rmsnorm = rmsnorm_avx2;
+    k.to_f32 = to_f32_avx2;
+    return k;
+  }();
+  return &t;
+}
+
+}  // namespace turbolm::kernels
