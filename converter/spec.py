@@ -1,0 +1,54 @@
+"""What a source tells a target: the model's shape (``ModelSpec``) and, per layer, its tensors in
+one canonical form (``LAYER_KEYS``), whatever the checkpoint format was.
+
+Canonical form (the HF convention, so every source has one obvious mapping):
+- every tensor is a float32 numpy array;
+- linear weights are ``[out, in]`` (torch ``nn.Linear`` layout);
+- q and k rows are in HF's rotate-half order within each head (sources whose files are already
+  interleaved, like llama.cpp's GGUF, undo that); the target permutes them once;
+- biases are ``[out]``; norms are ``[hidden]``.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+# name -> shape as a function of the spec; optional keys may be absent from a layer dict
+LAYER_KEYS = {
+    "q": lambda s: (s.head_num * s.head_dim, s.hidden),
+    "k": lambda s: (s.kv_head_num * s.head_dim, s.hidden),
+    "v": lambda s: (s.kv_head_num * s.head_dim, s.hidden),
+    "o": lambda s: (s.hidden, s.head_num * s.head_dim),
+    "gate": lambda s: (s.inter, s.hidden),
+    "up": lambda s: (s.inter, s.hidden),
+    "down": lambda s: (s.hidden, s.inter),
+    "attention_norm": lambda s: (s.hidden,),
+    "ffn_norm": lambda s: (s.hidden,),
+}
+OPTIONAL_LAYER_KEYS = {
+    "q_bias": lambda s: (s.head_num * s.head_dim,),
+    "k_bias": lambda s: (s.kv_head_num * s.head_dim,),
+    "v_bias": lambda s: (s.kv_head_num * s.head_dim,),
+    "o_bias": lambda s: (s.hidden,),
+}
+
+
+@dataclasses.dataclass
+class ModelSpec:
+    architecture: str
+    num_layer: int
+    hidden: int
+    head_num: int
+    kv_head_num: int
+    head_dim: int
+    inter: int
+    vocab: int
+    norm_eps: float
+    rope_theta: float
+    max_position_embeddings: int
+    rope_scaling_factor: float = 0.0   # > 0: dynamic NTK
+    qkv_bias: bool = False
+    o_bias: bool = False
+    tied: bool = False
+    bos_id: int = 1
+    eos_id: int = 2
+    src_dtype: str = "fp16"            # fp16 | bf16 | fp32 | quantized: picks the default output dtype

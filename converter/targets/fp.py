@@ -1,0 +1,79 @@
+"""fp16 / bf16 workspaces: the TurboMind layout of LMDeploy v0.1.0 (DESIGN.md §3).
+
+Per layer i and rank r (H heads, KV kv heads, D head size, tp ranks):
+  layers.i.attention.w_qkv.r.weight   [hidden, (H + 2KV) D / tp]   [q_r | k_r | v_r], q/k interleaved
+  layers.i.attention.w_qkv.r.bias     [1, (H + 2KV) D / tp]        when attn_bias
+  layers.i.attention.wo.r.weight      [H D / tp, hidden]           rows split
+  layers.i.attention.wo.r.bias        [hidden]                     whole on every rank, when present
+  layers.i.feed_forward.w1.r.weight   [hidden, inter / tp]         gate, columns split
+  layers.i.feed_forward.w3.r.weight   [hidden, inter / tp]         up, columns split
+  layers.i.feed_forward.w2.r.weight   [inter / tp, hidden]         down, rows split
+  layers.i.attention_norm.weight, layers.i.ffn_norm.weight  [hidden]
+and once: tok_embeddings.weight, output.weight [vocab, hidden], norm.weight [hidden].
+"""
+from __future__ import annotations
+
+import os
+from typing import Dict
+
+import numpy as np
+
+from turbolm.errors import UserError
+
+from ..dtypes import fp32_to_bf16_bits
+from ..tp import qkv_rank, rotate_half_to_interleaved, split_cols, split_rows
+from . import Target, register_target
+
+
+class FpTarget(Target):
+    def _encode(self, name: str, x: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def save(self, name: str, x: np.ndarray) -> None:
+        self._encode(name, x).tofile(os.path.join(self.out_dir, name))
+
+    def export_misc(self, tok_embeddings, norm, output):
+        self.save("tok_embeddings.weight", tok_embeddings)
+        self.save("norm.weight", norm)
+        self.save("output.weight", output)
+
+    def export_layer(self, i: int, t: Dict[str, np.ndarray]) -> None:
+        s, tp = self.spec, self.tp
+        H, KV, D = s.head_num, s.kv_head_num, s.head_dim
+        q = rotate_half_to_interleaved(t["q"], H, D)
+        k = rotate_half_to_interleaved(t["k"], KV, D)
+        has_bias = s.qkv_bias or s.o_bias
+        if has_bias:  # attn_bias = 1 means a w_qkv bias file on every rank; zeros where the model has none
+            zeros = lambda n: np.zeros(n * D, np.float32)  # noqa: E731
+            qb = rotate_half_to_interleaved(t["q_bias"], H, D) if "q_bias" in t else zeros(H)
+            kb = rotate_half_to_interleaved(t["k_bias"], KV, D) if "k_bias" in t else zeros(KV)
+            vb = t["v_bias"] if "v_bias" in t else zeros(KV)
+        p = f"layers.{i}."
+        for r in range(tp):
+            self.save(f"{p}attention.w_qkv.{r}.weight", qkv_rank(q, k, t["v"], H, KV, D, tp, r).T)
+            if has_bias:
+                self.save(f"{p}attention.w_qkv.{r}.bias", qkv_rank(qb, kb, vb, H, KV, D, tp, r)[None, :])
+            self.save(f"{p}attention.wo.{r}.weight", split_rows(t["o"].T, tp, r))
+            if "o_bias" in t:
+                self.save(f"{p}attention.wo.{r}.bias", t["o_bias"])
+            self.save(f"{p}feed_forward.w1.{r}.weight", split_cols(t["gate"].T, tp, r))
+            self.save(f"{p}feed_forward.w3.{r}.weight", split_cols(t["up"].T, tp, r))
+            self.save(f"{p}feed_forward.w2.{r}.weight", split_rows(t["down"].T, tp, r))
+        self.save(f"{p}attention_norm.weight", t["attention_norm"])
+        self.save(f"{p}ffn_norm.weight", t["ffn_norm"])
+
+
+@register_target("fp16")
+class Fp16Target(FpTarget):
+    def _encode(self, name, x):
+        y = np.ascontiguousarray(x, dtype=np.float16)
+        if not np.isfinite(y).all() and np.isfinite(x).all():
+            raise UserError(f"{name}: values beyond the fp16 range ({float(np.abs(x).max()):.3g}); "
+                            "convert with --dtype bf16")
+        return y
+
+
+@register_target("bf16")
+class Bf16Target(FpTarget):
+    def _encode(self, name, x):
+        return fp32_to_bf16_bits(x)
