@@ -266,6 +266,7 @@ void Engine::Impl::run() {
       cmds.swap(queue);
     }
     for (Command& c : cmds) handle(c);
+    if (!cmds.empty()) publish();  // a stop/end shows in stats() without waiting for a step
     step();
     publish();
   }

@@ -29,6 +29,7 @@ struct ForwardItem {
 struct ModelOptions {
   int tp = 0;           // 0: the workspace's tensor_para_size; N: run at N ranks (a tp=1 workspace is sliced)
   int num_threads = 0;  // total compute threads over all ranks; 0: the machine's cores
+  bool reference_kernels = false;  // run the scalar reference kernel table (tests, debugging numerics)
 };
 
 class LlamaModel {

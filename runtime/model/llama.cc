@@ -1,0 +1,440 @@
+// LlamaModel: one step's forward over a flattened batch, on tp rank threads.
+//
+// Threads: rank 0 runs on the caller's thread (the engine thread), ranks 1..tp-1 on persistent
+// threads owned here, each with a ThreadPool of num_threads / tp threads (itself included). A
+// step is planned once on the caller (token list, positions, RoPE frequencies, attention work
+// units, buffer sizes), then every rank runs every layer on its weight slice and meets the others
+// in the Communicator after wo and after w2. Every rank keeps its own copy of the residual stream
+// (identical after each all-reduce), so ranks never wait on each other except in the all-reduce.
+#include "model/llama.h"
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <condition_variable>
+#include <cstring>
+#include <exception>
+#include <mutex>
+#include <thread>
+
+#include "core/error.h"
+#include "core/threadpool.h"
+#include "model/comm.h"
+#include "model/rope.h"
+#include "model/weights.h"
+
+namespace turbolm {
+namespace {
+
+using kernels::KernelTable;
+using kernels::PackedMatrix;
+
+constexpr int kAttnQueryChunk = 64;  // queries per attention work unit: balances long prefills
+
+// pool.parallel_for through a one-pointer closure: std::function stores that inline, so the
+// hundreds of loops per step allocate nothing (a closure of several references would be boxed).
+template <typename F>
+void par_for(ThreadPool& pool, int n, const F& f) {
+  const F* fp = &f;
+  pool.parallel_for(n, [fp](int b, int e) { (*fp)(b, e); });
+}
+template <typename F>
+void par_for_indexed(ThreadPool& pool, int n, const F& f) {
+  const F* fp = &f;
+  pool.parallel_for_indexed(n, [fp](int slot, int b, int e) { (*fp)(slot, b, e); });
+}
+
+// One attention work unit: query heads [h, h+1) of queries [q0, q1) of item `item`.
+struct AttnUnit {
+  int item, head, q0, q1;
+};
+
+// Everything about a step that does not depend on the rank; built on the caller's thread.
+struct StepPlan {
+  int T = 0;                      // tokens this step, all items
+  int max_len = 0;                // longest start_pos + n_tokens
+  std::vector<int32_t> tokens;    // [T]
+  std::vector<int32_t> pos;       // [T] absolute position of each token
+  std::vector<int32_t> item_of;   // [T] which item a token belongs to
+  std::vector<int> offset;        // [B + 1] first token of each item
+  std::vector<float> inv_freq;    // [B][rot_dim / 2] RoPE frequencies of each item
+  std::vector<float> q_scale;     // [T] logN factor (1 when unused)
+  std::vector<int32_t> out_rows;  // [R] token rows whose logits are wanted, in output order
+  std::vector<AttnUnit> units;    // attention work units
+  std::vector<ForwardItem> items;
+};
+
+// A rank's activations, sized for the largest step seen so far (grown, never shrunk, so the
+// steady state allocates nothing).
+struct RunState {
+  int cap_tokens = 0, cap_len = 0;
+  AlignedArray<float> x;        // [T, hidden] residual stream
+  AlignedArray<float> xn;       // [T, hidden] normed input of the current sublayer; rows for logits at the end
+  AlignedArray<float> qkv;      // [T, (Hr + 2·KVr)·D]
+  AlignedArray<float> attn;     // [T, Hr·D]
+  AlignedArray<float> y;        // [T, hidden] this rank's partial wo / w2 output, summed across ranks
+  AlignedArray<float> gate;     // [T, Ir] w1 output, then silu(gate)·up
+  AlignedArray<float> up;       // [T, Ir] w3 output
+  AlignedArray<float> scratch;  // [threads][cap_len] attention scores, one row per pool slot
+};
+
+struct Rank {
+  int index = 0;
+  const RankWeights* w = nullptr;
+  std::unique_ptr<ThreadPool> pool;
+  AlignedArray<uint16_t> kv;  // [num_blocks][num_layer][2][KVr][block_len][D] fp16
+  RunState s;
+};
+
+}  // namespace
+
+struct LlamaModel::Impl {
+  ModelConfig cfg;
+  int tp = 1;
+  int hidden = 0, D = 0, rot = 0, Hr = 0, KVr = 0, Ir = 0, qkv_n = 0;
+  int num_blocks = 0;
+  const KernelTable* k = nullptr;
+  LlamaWeights weights;
+  std::vector<Rank> ranks;  // [tp]
+  std::unique_ptr<Communicator> comm;
+  StepPlan plan;
+  float* logits = nullptr;
+
+  // Rank threads 1..tp-1: woken by bumping `job`, report through `done`.
+  std::vector<std::thread> threads;
+  std::mutex mu;
+  std::condition_variable cv_job, cv_done;
+  uint64_t job = 0;
+  int done = 0;
+  bool stop = false;
+  std::exception_ptr error;
+
+  Impl(const std::string& dir, const ModelOptions& opts);
+  ~Impl();
+
+  int64_t kv_layer_elems() const { return (int64_t)2 * KVr * cfg.cache_block_seq_len * D; }
+  int64_t kv_block_elems() const { return kv_layer_elems() * cfg.num_layer; }
+
+  void plan_step(const std::vector<ForwardItem>& batch);
+  void grow(Rank& r);
+  void run_rank(Rank& r);
+  void rank_thread(int index);
+  void gemm(Rank& r, const float* x, int ldx, const PackedMatrix& w, const float* bias, float* y, int ldy, int M);
+};
+
+LlamaModel::Impl::Impl(const std::string& dir, const ModelOptions& opts) {
+  cfg = load_config(dir + "/config.ini");
+  tp = opts.tp > 0 ? opts.tp : cfg.tensor_para_size;
+  if (cfg.quant_policy != 0)
+    fail(dir, "/config.ini: quant_policy ", cfg.quant_policy,
+         " (int8 KV cache) is not supported yet by the CPU runtime; set quant_policy = 0");
+  if (cfg.rotary_embedding <= 0 || cfg.rotary_embedding > cfg.size_per_head || cfg.rotary_embedding % 2)
+    fail(dir, "/config.ini: rotary_embedding ", cfg.rotary_embedding, " must be even and in (0, size_per_head]");
+  weights = load_weights(dir, cfg, tp);  // checks tp against the workspace
+  k = opts.reference_kernels ? &kernels::reference_kernels() : &kernels::best_kernels();
+  hidden = cfg.hidden_units;
+  D = cfg.size_per_head;
+  rot = cfg.rotary_embedding;
+  Hr = cfg.head_num / tp;
+  KVr = cfg.kv_head_num / tp;
+  Ir = cfg.inter_size / tp;
+  qkv_n = (Hr + 2 * KVr) * D;
+
+  const int total = opts.num_threads > 0 ? opts.num_threads : ThreadPool::physical_cores();
+  const int per_rank = std::max(1, total / tp);
+  comm = std::make_unique<Communicator>(tp);
+  ranks.resize(tp);
+  for (int r = 0; r < tp; ++r) {
+    ranks[r].index = r;
+    ranks[r].w = &weights.ranks[r];
+    ranks[r].pool = std::make_unique<ThreadPool>(per_rank);
+  }
+  for (int r = 1; r < tp; ++r) threads.emplace_back(&Impl::rank_thread, this, r);
+}
+
+LlamaModel::Impl::~Impl() {
+  {
+    std::lock_guard<std::mutex> lk(mu);
+    stop = true;
+  }
+  cv_job.notify_all();
+  for (auto& t : threads) t.join();
+}
+
+void LlamaModel::Impl::rank_thread(int index) {
+  uint64_t seen = 0;
+  for (;;) {
+    {
+      std::unique_lock<std::mutex> lk(mu);
+      cv_job.wait(lk, [&] { return stop || job != seen; });
+      if (stop) return;
+      seen = job;
+    }
+    std::exception_ptr e;
+    try {
+      run_rank(ranks[index]);
+    } catch (...) {
+      e = std::current_exception();
+    }
+    {
+      std::lock_guard<std::mutex> lk(mu);
+      if (e && !error) error = e;
+      ++done;
+    }
+    cv_done.notify_one();
+  }
+}
+
+void LlamaModel::Impl::plan_step(const std::vector<ForwardItem>& batch) {
+  StepPlan& p = plan;
+  p.items = batch;
+  p.tokens.clear();
+  p.pos.clear();
+  p.item_of.clear();
+  p.offset.assign(1, 0);
+  p.inv_freq.resize(batch.size() * (rot / 2));
+  p.q_scale.clear();
+  p.out_rows.clear();
+  p.units.clear();
+  p.max_len = 0;
+  const int bl = cfg.cache_block_seq_len;
+  for (size_t b = 0; b < batch.size(); ++b) {
+    const ForwardItem& it = batch[b];
+    if (it.n_tokens <= 0 || !it.tokens) fail("forward: item ", b, " has no tokens");
+    if (it.start_pos < 0) fail("forward: item ", b, " has negative start_pos ", it.start_pos);
+    if (!it.block_table) fail("forward: item ", b, " has no block table");
+    const int len = it.start_pos + it.n_tokens;
+    for (int i = 0; i < (len + bl - 1) / bl; ++i)
+      if (it.block_table[i] < 0 || it.block_table[i] >= num_blocks)
+        fail("forward: item ", b, " block_table[", i, "] = ", it.block_table[i], " is outside the KV pool of ",
+             num_blocks, " blocks");
+    const int base = (int)p.tokens.size();
+    for (int i = 0; i < it.n_tokens; ++i) {
+      const int32_t t = it.tokens[i];
+      if (t < 0 || t >= cfg.vocab_size) fail("forward: item ", b, " token ", t, " is outside [0, vocab_size=", cfg.vocab_size, ")");
+      p.tokens.push_back(t);
+      p.pos.push_back(it.start_pos + i);
+      p.item_of.push_back((int32_t)b);
+      p.q_scale.push_back(logn_scale(cfg, it.start_pos + i));
+    }
+    p.offset.push_back((int)p.tokens.size());
+    p.max_len = std::max(p.max_len, len);
+    rope_inv_freq(cfg, len, &p.inv_freq[b * (rot / 2)]);
+    if (it.logits == LogitsMode::kLast) p.out_rows.push_back(base + it.n_tokens - 1);
+    else if (it.logits == LogitsMode::kAll)
+      for (int i = 0; i < it.n_tokens; ++i) p.out_rows.push_back(base + i);
+    // Longest work first: units of later query chunks attend to more keys.
+    for (int q0 = 0; q0 < it.n_tokens; q0 += kAttnQueryChunk)
+      for (int h = 0; h < Hr; ++h) p.units.push_back({(int)b, h, q0, std::min(it.n_tokens, q0 + kAttnQueryChunk)});
+  }
+  p.T = (int)p.tokens.size();
+  std::sort(p.units.begin(), p.units.end(), [&](const AttnUnit& a, const AttnUnit& c) {
+    const int64_t wa = (int64_t)(a.q1 - a.q0) * (batch[a.item].start_pos + a.q1);
+    const int64_t wc = (int64_t)(c.q1 - c.q0) * (batch[c.item].start_pos + c.q1);
+    return wa > wc;
+  });
+}
+
+void LlamaModel::Impl::grow(Rank& r) {
+  RunState& s = r.s;
+  if (plan.T > s.cap_tokens) {
+    const int T = std::max(plan.T, s.cap_tokens * 3 / 2);
+    s.x = AlignedArray<float>((size_t)T * hidden);
+    s.xn = AlignedArray<float>((size_t)T * hidden);
+    s.qkv = AlignedArray<float>((size_t)T * qkv_n);
+    s.attn = AlignedArray<float>((size_t)T * Hr * D);
+    s.y = AlignedArray<float>((size_t)T * hidden);
+    s.gate = AlignedArray<float>((size_t)T * Ir);
+    s.up = AlignedArray<float>((size_t)T * Ir);
+    s.cap_tokens = T;
+  }
+  if (plan.max_len > s.cap_len) {
+    const int L = std::max(plan.max_len, s.cap_len * 3 / 2);
+    s.scratch = AlignedArray<float>((size_t)r.pool->size() * L);
+    s.cap_len = L;
+  }
+}
+
+// y[M, N] = x[M, K] · W (+ bias), the panels shared out over the rank's pool.
+void LlamaModel::Impl::gemm(Rank& r, const float* x, int ldx, const PackedMatrix& w, const float* bias, float* y,
+                            int ldy, int M) {
+  par_for(*r.pool, w.n_panels, [&](int b, int e) {
+    k->gemm(x, ldx, w, y, ldy, M, b, e, false);
+    if (bias) {
+      const int n0 = b * kernels::kPanel, n1 = std::min(w.N, e * kernels::kPanel);
+      for (int m = 0; m < M; ++m)
+        for (int n = n0; n < n1; ++n) y[(size_t)m * ldy + n] += bias[n];
+    }
+  });
+}
+
+void LlamaModel::Impl::run_rank(Rank& r) {
+  const StepPlan& p = plan;
+  RunState& s = r.s;
+  ThreadPool& pool = *r.pool;
+  const int T = p.T, half = rot / 2;
+  const float eps = cfg.norm_eps, scale = 1.f / std::sqrt((float)D);
+  const int bl = cfg.cache_block_seq_len;
+  const bool logn = cfg.use_logn_attn != 0;
+
+  // Embedding rows.
+  par_for(pool, T, [&](int b, int e) {
+    for (int t = b; t < e; ++t)
+      k->to_f32(weights.shared.tok_embeddings.data() + (size_t)p.tokens[t] * hidden, weights.shared.dtype,
+                s.x.data() + (size_t)t * hidden, hidden);
+  });
+
+  auto rmsnorm = [&](const std::vector<float>& w) {
+    par_for(pool, T, [&](int b, int e) {
+      k->rmsnorm(s.x.data() + (size_t)b * hidden, hidden, w.data(), eps, e - b, hidden,
+                 s.xn.data() + (size_t)b * hidden, hidden);
+    });
+  };
+  // x += sum over ranks of y (+ bias, added once since every rank holds the same sum).
+  auto reduce_residual = [&](const std::vector<float>& bias) {
+    comm->allreduce_sum(r.index, s.y.data(), (size_t)T * hidden);
+    par_for(pool, T, [&](int b, int e) {
+      for (int t = b; t < e; ++t) {
+        float* xr = s.x.data() + (size_t)t * hidden;
+        const float* yr = s.y.data() + (size_t)t * hidden;
+        if (bias.empty()) for (int i = 0; i < hidden; ++i) xr[i] += yr[i];
+        else for (int i = 0; i < hidden; ++i) xr[i] += yr[i] + bias[i];
+      }
+    });
+  };
+
+  for (int l = 0; l < cfg.num_layer; ++l) {
+    const LayerWeights& lw = r.w->layers[l];
+    kernels::PagedKV kv;
+    kv.k_base = r.kv.data() + l * kv_layer_elems();
+    kv.v_base = r.kv.data() + l * kv_layer_elems() + (int64_t)KVr * bl * D;
+    kv.block_stride = kv_block_elems();
+    kv.head_stride = (int64_t)bl * D;
+    kv.block_len = bl;
+    kv.type = kernels::KVType::kF16;
+
+    // ---- attention ----
+    rmsnorm(lw.attn_norm);
+    gemm(r, s.xn.data(), hidden, lw.w_qkv.w, lw.w_qkv.bias.empty() ? nullptr : lw.w_qkv.bias.data(), s.qkv.data(), qkv_n, T);
+    // RoPE on q and k, logN on q, then k and v into the paged cache; token runs of one item at a time.
+    par_for(pool, T, [&](int b, int e) {
+      while (b < e) {
+        const int item = p.item_of[b];
+        const int run_end = std::min(e, p.offset[item + 1]);
+        const int n = run_end - b;
+        float* q = s.qkv.data() + (size_t)b * qkv_n;
+        const float* f = &p.inv_freq[(size_t)item * half];
+        k->rope(q, qkv_n, n, Hr, D, rot, &p.pos[b], f);
+        k->rope(q + Hr * D, qkv_n, n, KVr, D, rot, &p.pos[b], f);
+        if (logn)
+          for (int t = 0; t < n; ++t)
+            if (p.q_scale[b + t] != 1.f)
+              for (int i = 0; i < Hr * D; ++i) q[(size_t)t * qkv_n + i] *= p.q_scale[b + t];
+        kernels::PagedKV ikv = kv;
+        ikv.block_table = p.items[item].block_table;
+        k->kv_store(q + Hr * D, q + (Hr + KVr) * D, qkv_n, n, p.pos[b], KVr, D, ikv);
+        b = run_end;
+      }
+    });
+    // Attention over (item, head, query chunk) units, handed out dynamically: their costs differ
+    // by orders of magnitude (a long prefill chunk vs a decode token).
+    std::atomic<int> next{0};
+    par_for_indexed(pool, pool.size(), [&](int slot, int, int) {
+      float* scratch = s.scratch.data() + (size_t)slot * s.cap_len;
+      for (int u; (u = next.fetch_add(1, std::memory_order_relaxed)) < (int)p.units.size();) {
+        const AttnUnit& a = p.units[u];
+        const ForwardItem& it = p.items[a.item];
+        const int t0 = p.offset[a.item] + a.q0;
+        kernels::PagedKV ikv = kv;
+        ikv.block_table = it.block_table;
+        k->attention(s.qkv.data() + (size_t)t0 * qkv_n, qkv_n, a.q1 - a.q0, it.start_pos + a.q0, Hr, KVr, D, ikv,
+                     scale, s.attn.data() + (size_t)t0 * Hr * D, Hr * D, a.head, a.head + 1, scratch);
+      }
+    });
+    gemm(r, s.attn.data(), Hr * D, lw.wo.w, nullptr, s.y.data(), hidden, T);  // its bias: after the sum
+    reduce_residual(lw.wo.bias);
+
+    // ---- feed-forward ----
+    rmsnorm(lw.ffn_norm);
+    {
+      const int p1 = lw.w1.w.n_panels, p3 = lw.w3.w.n_panels;
+      par_for(pool, p1 + p3, [&](int b, int e) {  // w1 and w3 in one loop
+        if (b < p1) k->gemm(s.xn.data(), hidden, lw.w1.w, s.gate.data(), Ir, T, b, std::min(e, p1), false);
+        if (e > p1) k->gemm(s.xn.data(), hidden, lw.w3.w, s.up.data(), Ir, T, std::max(b, p1) - p1, e - p1, false);
+      });
+    }
+    par_for(pool, T, [&](int b, int e) {
+      k->silu_mul(s.gate.data() + (size_t)b * Ir, s.up.data() + (size_t)b * Ir, s.gate.data() + (size_t)b * Ir,
+                  (e - b) * Ir);
+    });
+    gemm(r, s.gate.data(), Ir, lw.w2.w, nullptr, s.y.data(), hidden, T);
+    reduce_residual({});
+  }
+
+  // Final norm of the rows whose logits are wanted, then the vocab panels split over all ranks.
+  const int R = (int)p.out_rows.size();
+  if (R == 0) return;
+  par_for(pool, R, [&](int b, int e) {
+    for (int j = b; j < e; ++j)
+      k->rmsnorm(s.x.data() + (size_t)p.out_rows[j] * hidden, hidden, weights.shared.norm.data(), eps, 1, hidden,
+                 s.xn.data() + (size_t)j * hidden, hidden);
+  });
+  const PackedMatrix& out = weights.shared.output.w;
+  const int P0 = (int)((int64_t)out.n_panels * r.index / tp), P1 = (int)((int64_t)out.n_panels * (r.index + 1) / tp);
+  par_for(pool, P1 - P0, [&](int b, int e) {
+    k->gemm(s.xn.data(), hidden, out, logits, cfg.vocab_size, R, P0 + b, P0 + e, false);
+  });
+}
+
+LlamaModel::LlamaModel(const std::string& weights_dir, const ModelOptions& opts)
+    : impl_(std::make_unique<Impl>(weights_dir, opts)) {}
+LlamaModel::~LlamaModel() = default;
+
+const ModelConfig& LlamaModel::config() const { return impl_->cfg; }
+int LlamaModel::tp() const { return impl_->tp; }
+
+size_t LlamaModel::kv_bytes_per_block() const {
+  return (size_t)impl_->kv_block_elems() * impl_->tp * sizeof(uint16_t);
+}
+
+void LlamaModel::allocate_kv(int num_blocks) {
+  if (num_blocks < 0) fail("allocate_kv: negative block count ", num_blocks);
+  for (Rank& r : impl_->ranks) {
+    r.kv = AlignedArray<uint16_t>();  // free the old pool before taking the new one
+    r.kv = AlignedArray<uint16_t>((size_t)num_blocks * impl_->kv_block_elems());
+  }
+  impl_->num_blocks = num_blocks;
+}
+
+int LlamaModel::num_kv_blocks() const { return impl_->num_blocks; }
+
+void LlamaModel::forward(const std::vector<ForwardItem>& batch, float* logits) {
+  Impl& m = *impl_;
+  if (batch.empty()) return;
+  m.plan_step(batch);  // validates before any rank starts: a rank must never fail mid-step
+  for (Rank& r : m.ranks) m.grow(r);
+  m.logits = logits;
+  if (m.tp == 1) {
+    m.run_rank(m.ranks[0]);
+    return;
+  }
+  {
+    std::lock_guard<std::mutex> lk(m.mu);
+    ++m.job;
+    m.done = 0;
+    m.error = nullptr;
+  }
+  m.cv_job.notify_all();
+  std::exception_ptr e;
+  try {
+    m.run_rank(m.ranks[0]);
+  } catch (...) {
+    e = std::current_exception();
+  }
+  std::unique_lock<std::mutex> lk(m.mu);
+  m.cv_done.wait(lk, [&] { return m.done == m.tp - 1; });
+  if (!e) e = m.error;
+  if (e) std::rethrow_exception(e);
+}
+
+}  // namespace turbolm
