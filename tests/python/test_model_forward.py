@@ -22,6 +22,8 @@ from turbolm import _turbomind
 from turbolm.config import read_config_ini, write_config_ini
 from turbolm.converter.main import main as convert
 
+from engine_oracle import round_kv_attention
+
 VARIANTS = ["gqa", "mha", "bias", "obias", "hd128", "tied"]
 BLOCK = 16  # small blocks: every prompt spans several, so the block table is exercised
 N_BLOCKS = 64
@@ -76,37 +78,6 @@ def rel_err(a, ref):
 
 # ---- the HF oracle ---------------------------------------------------------------------------
 
-def _round_kv_attention():
-    """Context: HF eager attention with K and V rounded through fp16, as the runtime's KV cache
-    stores them; None when this transformers version has no patchable eager attention."""
-    import contextlib
-    import importlib
-
-    mods = []
-    for name in ("llama", "qwen2"):
-        mod = importlib.import_module(f"transformers.models.{name}.modeling_{name}")
-        if not hasattr(mod, "eager_attention_forward"):
-            return None
-        mods.append(mod)
-
-    @contextlib.contextmanager
-    def ctx():
-        saved = [m.eager_attention_forward for m in mods]
-
-        def wrap(orig):
-            return lambda module, q, k, v, *a, **kw: orig(module, q, k.half().float(), v.half().float(), *a, **kw)
-
-        try:
-            for m, orig in zip(mods, saved):
-                m.eager_attention_forward = wrap(orig)
-            yield
-        finally:
-            for m, orig in zip(mods, saved):
-                m.eager_attention_forward = orig
-
-    return ctx
-
-
 @torch.no_grad()
 def hf_logits(hf_dir, tokens, round_kv=False):
     from transformers import AutoModelForCausalLM
@@ -116,7 +87,7 @@ def hf_logits(hf_dir, tokens, round_kv=False):
     for p in model.parameters():  # the workspace holds fp16: give the oracle the same numbers
         p.copy_(p.half().float())
     if round_kv:
-        with _round_kv_attention()():
+        with round_kv_attention()():
             return model(torch.tensor([tokens])).logits[0].numpy()
     return model(torch.tensor([tokens])).logits[0].numpy()
 
