@@ -122,7 +122,8 @@ SMOL_HISTORIES = [
     [{"role": "user", "content": "What is 2+2?"}],
     [{"role": "system", "content": "You answer in French."}, {"role": "user", "content": "Hello"}],
     CHAT,
-    [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": "user", "content": "ünïcødé 你好"}],
+    [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
+     {"role": "user", "content": "ünïcødé 你好"}],
 ]
 
 

@@ -1,0 +1,189 @@
+"""`turbolm serve api_server`: an OpenAI-compatible HTTP API over one engine (FastAPI + uvicorn).
+
+Endpoints
+  GET  /health                 200 {"status": "ok"} while the engine runs (no key needed)
+  GET  /v1/models              the one served model
+  POST /v1/chat/completions    OpenAI chat (stream, n, stop, seed, logprobs, stream_options.include_usage)
+  POST /v1/completions         OpenAI completions (string / list / token prompts, echo, logprobs)
+  POST /v1/chat/interactive    LMDeploy's stateful multi-round sessions (server keeps the history)
+  POST /v1/encode              text -> token ids
+  GET  /v1/stats               engine KV blocks (num_blocks, free_blocks, cached_blocks), running /
+                               waiting sequences, requests in flight, interactive sessions
+  GET  /docs                   the interactive API docs (Swagger UI)
+
+Every request shares the engine's one persistent batch: handlers iterate async_stream_infer; no
+pool of instances, no busy waiting. `--api-keys k1,k2` requires `Authorization: Bearer k` on /v1/*.
+Errors use OpenAI's JSON shape with 400 / 401 / 404 (never FastAPI's 422).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import List, Optional, Sequence, Union
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import StreamingResponse
+
+from turbolm.serve import errors
+from turbolm.serve.async_engine import AsyncEngine, EngineError, GenParams
+from turbolm.serve.errors import APIError
+from turbolm.serve.openai_api import build_router
+from turbolm.serve.protocol import EncodeRequest, InteractiveRequest
+from turbolm.serve.sessions import Sessions
+
+log = logging.getLogger("turbolm.serve")
+
+
+def parse_api_keys(api_keys: Union[None, str, Sequence[str]]) -> List[str]:
+    """`fire` hands `--api-keys a,b` over as a tuple, one key as a str."""
+    if api_keys is None or api_keys is False:
+        return []
+    items = api_keys.split(",") if isinstance(api_keys, str) else [str(k) for k in api_keys]
+    return [k.strip() for k in items if k and k.strip()]
+
+
+class ServerState:
+    def __init__(self, engine: AsyncEngine, served_model_name: Optional[str] = None,
+                 api_keys: Sequence[str] = ()):
+        self.engine = engine
+        self.sessions = Sessions(engine)
+        self.model_name = served_model_name or engine.model_name
+        self.api_keys = set(api_keys)
+        self.started = int(time.time())
+        self.auth = [Depends(self._check_key)] if self.api_keys else []
+
+    async def _check_key(self, request: Request):
+        header = request.headers.get("authorization", "")
+        key = header[7:].strip() if header.lower().startswith("bearer ") else ""
+        if key not in self.api_keys:
+            raise APIError(401, "Incorrect API key provided." if key else "Missing API key: send "
+                           "'Authorization: Bearer KEY'.", "invalid_api_key")
+
+    def check_model(self, name: Optional[str]) -> None:
+        if name is not None and name != self.model_name:
+            raise APIError(404, f"The model `{name}` does not exist; this server serves `{self.model_name}`.",
+                           "model_not_found", "model")
+
+
+class JSONBodyMiddleware:
+    """Reads every POST body as JSON whatever its Content-Type (curl -d sends form encoding), as
+    OpenAI's API does; a body that is not JSON is then a clean 400."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["method"] == "POST":
+            headers = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
+            scope = dict(scope, headers=headers + [(b"content-type", b"application/json")])
+        await self.app(scope, receive, send)
+
+
+def _ndjson(obj) -> str:
+    return json.dumps(obj, ensure_ascii=False) + "\n"
+
+
+def create_app(engine: AsyncEngine, served_model_name: Optional[str] = None, api_keys: Sequence[str] = ()) -> FastAPI:
+    state = ServerState(engine, served_model_name, api_keys)
+    app = FastAPI(title="turbolm API server", version="0.1.0",
+                  description="OpenAI-compatible API over the turbolm engine. Extras: top_k, repetition_penalty, "
+                              "ignore_eos, session_id; /v1/chat/interactive for server-side sessions.")
+    app.state.turbolm = state
+    app.add_middleware(JSONBodyMiddleware)
+    errors.install(app)
+    app.include_router(build_router(state))
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok"}
+
+    @app.get("/v1/models", dependencies=state.auth)
+    async def models():
+        return {"object": "list", "data": [{"id": state.model_name, "object": "model", "created": state.started,
+                                            "owned_by": "turbolm", "max_model_len": engine.session_len}]}
+
+    @app.get("/v1/stats", dependencies=state.auth)
+    async def stats():
+        """KV pool and load: num_blocks, free_blocks, cached_blocks (kept for interactive sessions),
+        running / waiting sequences, requests_running (in flight here), requests_total,
+        interactive_sessions, session_len, plus the engine's counters (tokens_generated, ...)."""
+        out = engine.stats()
+        out["interactive_sessions"] = len(state.sessions.table)
+        out["session_len"] = engine.session_len
+        return out
+
+    @app.post("/v1/encode", dependencies=state.auth)
+    async def encode(req: EncodeRequest):
+        def one(text):
+            if req.do_preprocess:
+                text = engine.template.get_prompt(text, sequence_start=True)
+            return engine.encode(text, add_bos=req.add_bos)
+
+        if isinstance(req.input, str):
+            ids = one(req.input)
+            return {"input_ids": ids, "length": len(ids)}
+        ids = [one(t) for t in req.input]
+        return {"input_ids": ids, "length": [len(i) for i in ids]}
+
+    @app.post("/v1/chat/interactive", dependencies=state.auth)
+    async def interactive(req: InteractiveRequest):
+        """One round of a server-side session. interactive_mode=true keeps the history for the next
+        round; stop=true cancels the session's running round; an empty prompt with
+        interactive_mode=false and request_output_len=0 ends the session. stream=true answers
+        newline-delimited JSON items {text, tokens, finish_reason, history_tokens, session_id}."""
+        sessions = state.sessions
+        sid = sessions.new_id() if req.session_id == -1 else sessions.check_id(req.session_id)
+        if req.stop or req.cancel:
+            sessions.stop(sid)
+            return {"text": "", "tokens": 0, "finish_reason": "cancelled", "session_id": sid}
+        prompt = req.prompt if isinstance(req.prompt, str) else [m.model_dump() for m in req.prompt]
+        if not req.interactive_mode and not prompt and req.request_output_len == 0:
+            sessions.end(sid)  # LMDeploy's way of ending a session
+            return {"text": "", "tokens": 0, "finish_reason": "end", "session_id": sid}
+        params = GenParams(max_new_tokens=req.request_output_len, temperature=req.temperature, top_p=req.top_p,
+                           top_k=req.top_k, repetition_penalty=req.repetition_penalty, ignore_eos=req.ignore_eos,
+                           seed=req.seed, stop=list(req.stop_words or []))
+        sessions.prepare(sid, prompt)  # errors (busy, too long) before any byte is sent
+        gen = sessions.chat(sid, prompt, params, interactive_mode=req.interactive_mode)
+
+        if req.stream:
+            async def lines():
+                try:
+                    async for c in gen:
+                        yield _ndjson({"text": c.text, "tokens": c.num_tokens, "finish_reason": c.finish_reason,
+                                       "history_tokens": sessions.step(sid), "session_id": sid})
+                except EngineError as e:
+                    yield _ndjson({"text": "", "tokens": 0, "finish_reason": "error", "error": str(e),
+                                   "session_id": sid})
+
+            return StreamingResponse(lines(), media_type="application/x-ndjson")
+        text, last = [], None
+        try:
+            async for c in gen:
+                text.append(c.text)
+                last = c
+        except EngineError as e:
+            raise APIError(500, str(e), "engine_error")
+        return {"text": "".join(text), "tokens": last.num_tokens if last else 0,
+                "finish_reason": last.finish_reason if last else None, "history_tokens": sessions.step(sid),
+                "session_id": sid}
+
+    return app
+
+
+def serve(model_path: str, server_name: str = "0.0.0.0", server_port: int = 23333, instance_num: int = 64,
+          tp: int = 1, served_model_name: Optional[str] = None, api_keys=None, log_level: str = "info",
+          model_name: Optional[str] = None, session_len: Optional[int] = None,
+          cache_max_entry_count: Optional[float] = None, **kwargs):
+    import uvicorn
+
+    logging.basicConfig(level=str(log_level).upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    extra = {k: v for k, v in dict(session_len=session_len, cache_max_entry_count=cache_max_entry_count).items()
+             if v is not None}
+    engine = AsyncEngine.from_path(model_path, tp=tp, instance_num=instance_num, model_name=model_name, **extra)
+    app = create_app(engine, served_model_name=served_model_name, api_keys=parse_api_keys(api_keys))
+    log.info("serving %s as %r on http://%s:%s (docs at /docs)", model_path, app.state.turbolm.model_name,
+             server_name, server_port)
+    uvicorn.run(app, host=server_name, port=int(server_port), log_level=str(log_level).lower(),
+                timeout_keep_alive=30)

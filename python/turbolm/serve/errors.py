@@ -1,0 +1,81 @@
+"""OpenAI's error shape, ``{"error": {"message", "type", "param", "code"}}``, for every failure.
+
+FastAPI answers a body that fails validation with 422 and its own shape; OpenAI answers 400 —
+`install` overrides that, HTTP errors and uncaught exceptions alike."""
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+from typing import Optional
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger("turbolm.serve")
+
+# status -> OpenAI error type
+_TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 404: "invalid_request_error",
+          405: "invalid_request_error", 409: "invalid_request_error", 413: "invalid_request_error",
+          429: "rate_limit_exceeded"}
+
+
+class APIError(Exception):
+    def __init__(self, status: int, message: str, code: Optional[str] = None, param: Optional[str] = None,
+                 type: Optional[str] = None):
+        super().__init__(message)
+        self.status, self.message, self.code, self.param = int(status), message, code, param
+        self.type = type or _TYPES.get(self.status, "server_error")
+
+
+def error_body(status: int, message: str, code=None, param=None, type=None) -> dict:
+    return {"error": {"message": message, "type": type or _TYPES.get(status, "server_error"),
+                      "param": param, "code": code}}
+
+
+def error_response(e: APIError) -> JSONResponse:
+    return JSONResponse(error_body(e.status, e.message, e.code, e.param, e.type), status_code=e.status)
+
+
+def _validation_message(exc: RequestValidationError):
+    errs = exc.errors()
+    if not errs:
+        return "invalid request", None
+    first = errs[0]
+    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+    param = ".".join(loc) or None
+    if first.get("type") == "json_invalid":
+        return "the request body is not valid JSON", None
+    if first.get("type") == "missing" and not loc:
+        return "the request body is missing", None
+    msg = first.get("msg", "invalid value")
+    return (f"{param}: {msg}" if param else msg), param
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(APIError)
+    async def _api_error(request: Request, exc: APIError):
+        return error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError):
+        message, param = _validation_message(exc)
+        return JSONResponse(error_body(400, message, "invalid_value" if param else "invalid_request", param),
+                            status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException):
+        try:
+            phrase = HTTPStatus(exc.status_code).phrase
+        except ValueError:
+            phrase = "error"
+        message = exc.detail if isinstance(exc.detail, str) else phrase
+        return JSONResponse(error_body(exc.status_code, message, phrase.lower().replace(" ", "_")),
+                            status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception):
+        log.exception("unhandled error on %s", request.url.path)
+        return JSONResponse(error_body(500, f"internal error: {type(exc).__name__}: {exc}", "internal_error"),
+                            status_code=500)

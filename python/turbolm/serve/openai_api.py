@@ -1,0 +1,312 @@
+"""POST /v1/chat/completions and POST /v1/completions with OpenAI's semantics.
+
+Each choice is one engine request on its own session id (allocated by the server unless the
+client names one), ended when the choice is over so its KV blocks are freed. Streams are SSE
+`data: {chunk}` lines ending `data: [DONE]`; a client that goes away cancels its requests
+(streaming: the response task is cancelled; non-streaming: a watcher polls for the disconnect).
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from typing import AsyncIterator, Callable, List, Optional, Tuple
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from turbolm.serve.async_engine import Chunk, EngineError, GenParams
+from turbolm.serve.errors import APIError, error_body
+from turbolm.serve.protocol import ChatCompletionRequest, CompletionRequest, usage
+
+# ---------------------------------------------------------------------------------------------
+# shared pieces
+
+
+def check_prompt(state, ids: List[int]) -> int:
+    """Room left for output after the prompt; 400 when the prompt alone does not fit."""
+    limit = state.engine.session_len
+    if not ids:
+        raise APIError(400, "the prompt is empty", "invalid_value", "prompt")
+    if len(ids) >= limit:
+        raise APIError(400, f"This model's maximum context length is {limit} tokens. However, your prompt has "
+                            f"{len(ids)} tokens. Please reduce the length of the prompt.",
+                       "context_length_exceeded", "messages")
+    vocab = state.engine.tokenizer.vocab_size
+    if any(not 0 <= t < vocab for t in ids):
+        raise APIError(400, f"token ids must be in [0, {vocab})", "invalid_value", "prompt")
+    return limit - len(ids)
+
+
+def session_ids(state, req, n: int) -> List[Optional[int]]:
+    sid = req.session_id
+    if sid is None or sid == -1:
+        return [None] * n  # the engine allocates
+    if n != 1:
+        raise APIError(400, "session_id can only be given with n = 1", "invalid_value", "session_id")
+    state.sessions.check_id(sid)
+    if sid in state.sessions.table or sid in state.engine.running:
+        raise APIError(400, f"session {sid} is in use", "session_busy", "session_id")
+    return [sid]
+
+
+def gen_params(req, max_new: int, index: int, logprobs: bool) -> GenParams:
+    return GenParams(max_new_tokens=max_new, temperature=req.temperature, top_p=req.top_p, top_k=req.top_k,
+                     repetition_penalty=req.repetition_penalty, ignore_eos=req.ignore_eos,
+                     seed=None if req.seed is None else req.seed + index, stop=req.stop_list(), logprobs=logprobs)
+
+
+async def merge(streams: List[AsyncIterator[Chunk]]) -> AsyncIterator[Tuple[int, Chunk]]:
+    """Interleave several choice streams as (index, chunk); closing it cancels them all."""
+    if len(streams) == 1:
+        async for c in streams[0]:
+            yield 0, c
+        return
+    queue: asyncio.Queue = asyncio.Queue()
+    done = object()
+
+    async def pump(i, s):
+        try:
+            async for c in s:
+                await queue.put((i, c))
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer
+            await queue.put((i, e))
+        finally:
+            await queue.put((i, done))
+
+    tasks = [asyncio.ensure_future(pump(i, s)) for i, s in enumerate(streams)]
+    left = len(tasks)
+    try:
+        while left:
+            i, item = await queue.get()
+            if item is done:
+                left -= 1
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                yield i, item
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def until_disconnect(request: Request, coro):
+    """Await `coro`, cancelling it when the client disconnects first."""
+    task = asyncio.ensure_future(coro)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=0.25)
+            if done:
+                return task.result()
+            if await request.is_disconnected():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+                raise APIError(499, "client closed the request", "client_closed")
+    finally:
+        if not task.done():
+            task.cancel()
+
+
+def sse(obj) -> str:
+    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+
+
+def sse_response(body: AsyncIterator[str]) -> StreamingResponse:
+    return StreamingResponse(body, media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+def finish(reason: Optional[str]) -> Optional[str]:
+    return None if reason is None else ("length" if reason == "length" else "stop")
+
+
+def token_text(state, i: int) -> str:
+    return state.engine.tokenizer.decode([i], skip_special_tokens=False)
+
+
+def chat_logprobs(state, ids: List[int], lps: Optional[List[float]], top: Optional[int]):
+    if lps is None:
+        return None
+    content = []
+    for i, lp in zip(ids, lps):
+        t = token_text(state, i)
+        entry = {"token": t, "logprob": lp, "bytes": list(t.encode("utf-8"))}
+        # the engine reports the chosen token's logprob only: it is the one "top" alternative
+        entry["top_logprobs"] = [dict(entry)] if top else []
+        content.append(entry)
+    return {"content": content}
+
+
+def completion_logprobs(state, ids: List[int], lps: Optional[List[float]], top: Optional[int], offset: int):
+    if lps is None:
+        return None
+    tokens = [token_text(state, i) for i in ids]
+    offsets, pos = [], offset
+    for t in tokens:
+        offsets.append(pos)
+        pos += len(t)
+    return {"tokens": tokens, "token_logprobs": list(lps),
+            "top_logprobs": [{t: lp} for t, lp in zip(tokens, lps)] if top else None, "text_offset": offsets}
+
+
+async def stream_events(make_events: Callable[[], AsyncIterator[str]]) -> AsyncIterator[str]:
+    """Engine errors mid-stream become an error event; the stream always ends with [DONE]."""
+    try:
+        async for ev in make_events():
+            yield ev
+    except EngineError as e:
+        yield sse(error_body(500, str(e), "engine_error"))
+    except APIError as e:
+        yield sse(error_body(e.status, e.message, e.code, e.param))
+    yield "data: [DONE]\n\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# routes
+
+
+def build_router(state) -> APIRouter:
+    router = APIRouter()
+
+    @router.post("/v1/chat/completions", dependencies=state.auth)
+    async def chat_completions(req: ChatCompletionRequest, request: Request):
+        state.check_model(req.model)
+        msgs = [{"role": "system" if m.role == "developer" else m.role,
+                 "content": m.content if isinstance(m.content, str) or m.content is None
+                 else [p.model_dump() for p in m.content]} for m in req.messages]
+        try:
+            prompt = state.engine.template.messages2prompt(msgs)
+        except ValueError as e:
+            raise APIError(400, str(e), "invalid_value", "messages")
+        ids = state.engine.encode(prompt, add_bos=True)
+        room = check_prompt(state, ids)
+        max_new = min(req.max_completion_tokens or req.max_tokens or room, room)
+        sids = session_ids(state, req, req.n)
+        want_lp = bool(req.logprobs)
+        rid, created, model = f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), state.model_name
+
+        def streams():
+            return [state.engine.generate(ids, gen_params(req, max_new, i, want_lp), session_id=sids[i])
+                    for i in range(req.n)]
+
+        if req.stream:
+            include_usage = bool(req.stream_options and req.stream_options.include_usage)
+            base = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model}
+
+            def chunk(choices, **extra):
+                out = dict(base, choices=choices, **extra)
+                if include_usage and "usage" not in out:
+                    out["usage"] = None
+                return sse(out)
+
+            async def events():
+                for i in range(req.n):
+                    yield chunk([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                                  "finish_reason": None}])
+                total = {}
+                async for i, c in merge(streams()):
+                    total[i] = c.num_tokens
+                    if c.text or c.logprobs:
+                        yield chunk([{"index": i, "delta": {"content": c.text},
+                                      "logprobs": chat_logprobs(state, c.token_ids, c.logprobs, req.top_logprobs),
+                                      "finish_reason": None}])
+                    if c.finish_reason is not None:
+                        yield chunk([{"index": i, "delta": {}, "logprobs": None,
+                                      "finish_reason": finish(c.finish_reason)}])
+                if include_usage:
+                    yield chunk([], usage=usage(len(ids), sum(total.values())))
+
+            return sse_response(stream_events(events))
+
+        async def run_all():
+            return await asyncio.gather(*[state.engine.generate_all(
+                ids, gen_params(req, max_new, i, want_lp), session_id=sids[i]) for i in range(req.n)])
+
+        try:
+            results = await until_disconnect(request, run_all())
+        except EngineError as e:
+            raise APIError(500, str(e), "engine_error")
+        choices = [{"index": i, "message": {"role": "assistant", "content": r.text},
+                    "logprobs": chat_logprobs(state, r.token_ids, r.logprobs, req.top_logprobs),
+                    "finish_reason": finish(r.finish_reason)} for i, r in enumerate(results)]
+        return JSONResponse({"id": rid, "object": "chat.completion", "created": created, "model": model,
+                             "choices": choices, "usage": usage(len(ids), sum(r.num_tokens for r in results))})
+
+    @router.post("/v1/completions", dependencies=state.auth)
+    async def completions(req: CompletionRequest, request: Request):
+        state.check_model(req.model)
+        prompts = req.prompt
+        if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
+            prompts = [prompts]
+        if not prompts:
+            raise APIError(400, "the prompt is empty", "invalid_value", "prompt")
+        encoded = []
+        for p in prompts:
+            ids = state.engine.encode(p, add_bos=True) if isinstance(p, str) else list(p)
+            room = check_prompt(state, ids)
+            text = p if isinstance(p, str) else state.engine.tokenizer.decode(ids)
+            encoded.append((ids, text, min(req.max_tokens or room, room)))
+        n_total = len(encoded) * req.n
+        sids = session_ids(state, req, n_total)
+        want_lp = req.logprobs is not None
+        rid, created, model = f"cmpl-{uuid.uuid4().hex}", int(time.time()), state.model_name
+        jobs = [(k * req.n + j, ids, text, max_new) for k, (ids, text, max_new) in enumerate(encoded)
+                for j in range(req.n)]
+        prompt_tokens = sum(len(ids) for ids, _, _ in encoded)
+
+        def params(idx, max_new):
+            return gen_params(req, max_new, idx, want_lp)
+
+        if req.stream:
+            include_usage = bool(req.stream_options and req.stream_options.include_usage)
+            base = {"id": rid, "object": "text_completion", "created": created, "model": model}
+
+            def chunk(choices, **extra):
+                out = dict(base, choices=choices, **extra)
+                if include_usage and "usage" not in out:
+                    out["usage"] = None
+                return sse(out)
+
+            async def events():
+                total, offsets = {}, {}
+                if req.echo:
+                    for idx, _, text, _ in jobs:
+                        offsets[idx] = len(text)
+                        yield chunk([{"index": idx, "text": text, "logprobs": None, "finish_reason": None}])
+                streams = [state.engine.generate(ids, params(idx, max_new), session_id=sids[idx])
+                           for idx, ids, _, max_new in jobs]
+                async for i, c in merge(streams):
+                    idx = jobs[i][0]
+                    total[idx] = c.num_tokens
+                    lp = completion_logprobs(state, c.token_ids, c.logprobs, req.logprobs, offsets.get(idx, 0))
+                    offsets[idx] = offsets.get(idx, 0) + len(c.text)
+                    if c.text or c.finish_reason is not None or lp:
+                        yield chunk([{"index": idx, "text": c.text, "logprobs": lp,
+                                      "finish_reason": finish(c.finish_reason)}])
+                if include_usage:
+                    comp = sum(total.values())
+                    yield chunk([], usage=usage(prompt_tokens, comp))
+
+            return sse_response(stream_events(events))
+
+        async def run_all():
+            return await asyncio.gather(*[state.engine.generate_all(ids, params(idx, max_new), session_id=sids[idx])
+                                          for idx, ids, _, max_new in jobs])
+
+        try:
+            results = await until_disconnect(request, run_all())
+        except EngineError as e:
+            raise APIError(500, str(e), "engine_error")
+        choices = []
+        for (idx, _, text, _), r in zip(jobs, results):
+            head = text if req.echo else ""
+            choices.append({"index": idx, "text": head + r.text,
+                            "logprobs": completion_logprobs(state, r.token_ids, r.logprobs, req.logprobs, len(head)),
+                            "finish_reason": finish(r.finish_reason)})
+        return JSONResponse({"id": rid, "object": "text_completion", "created": created, "model": model,
+                             "choices": choices,
+                             "usage": usage(prompt_tokens, sum(r.num_tokens for r in results))})
+
+    return router

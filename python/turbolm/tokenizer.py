@@ -1,0 +1,159 @@
+"""Tokenizer: transformers' AutoTokenizer over a workspace's tokenizer folder, plus what serving
+needs beyond encode/decode:
+
+- ``encode(text, add_bos=True)`` adds the tokenizer's own special prefix (BOS for LLaMA
+  sentencepiece, nothing for SmolLM2) but never a second BOS when the text (a rendered chat
+  template) already starts with one;
+- ``IncrementalDetokenizer``: text for streamed ids that never ends in a split UTF-8 character and
+  keeps sentencepiece / byte-level BPE spaces right: its pieces, concatenated, equal
+  ``decode(all ids)``;
+- ``stop_words_to_ids``: stop strings -> token id sequences for the engine (which matches whole
+  sequences); text-side matching of the same strings lives in ``turbolm.serve.textstream``.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import re
+from typing import FrozenSet, List, Optional, Sequence
+
+from turbolm.errors import UserError
+
+# decode() settings shared by decode() and the incremental detokenizer, so their texts agree.
+_BYTE_PIECE = re.compile(r"<0x[0-9A-Fa-f]{2}>")
+_DECODE = dict(skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
+
+def _load_hf(model_dir: str):
+    """tokenizer.json holds the whole pipeline (normalizer, pre-tokenizer, BOS post-processor,
+    decoder), so PreTrainedTokenizerFast reads it directly: AutoTokenizer would read config.json
+    and import torch through the model's config class, which serving never needs."""
+    from transformers import AutoTokenizer, LlamaTokenizerFast, PreTrainedTokenizerFast
+
+    if os.path.isfile(os.path.join(model_dir, "tokenizer.json")):
+        return PreTrainedTokenizerFast.from_pretrained(model_dir, local_files_only=True)
+    try:
+        return AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False, local_files_only=True)
+    except Exception as first:  # a bare sentencepiece model without tokenizer_config.json
+        sp = os.path.join(model_dir, "tokenizer.model")
+        if not os.path.exists(sp):
+            raise UserError(f"cannot load a tokenizer from {model_dir}: {first}") from first
+        return LlamaTokenizerFast(vocab_file=sp)
+
+
+class Tokenizer:
+    def __init__(self, model_dir: str):
+        if not os.path.isdir(model_dir):
+            raise UserError(f"tokenizer folder not found: {model_dir}")
+        self.model_dir = model_dir
+        self.model = _load_hf(model_dir)
+
+    # -- facts -----------------------------------------------------------------------------
+    @property
+    def vocab_size(self) -> int:
+        return len(self.model)
+
+    @property
+    def bos_token_id(self) -> Optional[int]:
+        return self.model.bos_token_id
+
+    @property
+    def eos_token_id(self) -> Optional[int]:
+        return self.model.eos_token_id
+
+    @property
+    def chat_template(self) -> Optional[str]:
+        return getattr(self.model, "chat_template", None) or None
+
+    # -- text <-> ids --------------------------------------------------------------------
+    def encode(self, text: str, add_bos: bool = True) -> List[int]:
+        ids = list(self.model.encode(text, add_special_tokens=add_bos))
+        bos = self.bos_token_id
+        if add_bos and bos is not None and len(ids) >= 2 and ids[0] == bos and ids[1] == bos:
+            ids = ids[1:]  # the text carried its own BOS (a chat template's `<s>`)
+        return ids
+
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
+        return self.model.decode(list(ids), **{**_DECODE, "skip_special_tokens": skip_special_tokens})
+
+    def id_to_token(self, i: int) -> str:
+        return self.model.convert_ids_to_tokens(int(i))
+
+    @functools.cached_property
+    def special_ids(self) -> FrozenSet[int]:
+        added = getattr(self.model, "added_tokens_decoder", {}) or {}
+        return frozenset(self.model.all_special_ids) | {i for i, t in added.items() if getattr(t, "special", False)}
+
+    @functools.cached_property
+    def byte_fallback_ids(self) -> FrozenSet[int]:
+        """Ids of sentencepiece byte pieces `<0xNN>` (empty for byte-level BPE)."""
+        return frozenset(i for t, i in self.model.get_vocab().items() if _BYTE_PIECE.fullmatch(t))
+
+    def detokenizer(self) -> "IncrementalDetokenizer":
+        return IncrementalDetokenizer(self)
+
+    def stop_words_to_ids(self, words: Optional[Sequence[str]]) -> List[List[int]]:
+        """Stop strings as the token id sequences the engine should stop on (it drops a matched
+        sequence from the output, so a sequence must decode to exactly the stop string).
+
+        Special tokens (`<|im_end|>`) become their one id. A string whose encoding starts with a
+        word-start marker (sentencepiece's `▁`, byte-level BPE's `Ġ`) it does not itself start
+        with would match " word" and cut the space too: it is left to the text-side matcher
+        (turbolm.serve.textstream), as are strings that encode to nothing."""
+        out: List[List[int]] = []
+        for w in words or ():
+            if not w:
+                continue
+            ids = self.encode(w, add_bos=False)
+            if not ids:
+                continue
+            first = self.model.convert_ids_to_tokens(ids[0]) or ""
+            if len(ids) > 1 and first == "\u2581" and not w[0].isspace():
+                ids = ids[1:]  # a lone dummy-prefix piece
+                first = self.model.convert_ids_to_tokens(ids[0]) or ""
+            if first[:1] in ("\u2581", "\u0120") and not w[0].isspace():
+                continue
+            if ids not in out:
+                out.append(ids)
+        return out
+
+
+class IncrementalDetokenizer:
+    """Streams text for a growing list of ids; the pieces concatenate to ``decode(all ids)``.
+
+    Decodes a short window of recent ids twice (with and without the new ones) and emits the
+    difference, as vLLM does: decoding a window rather than single ids keeps the spaces that
+    sentencepiece and byte-level BPE attach to the next word. Three things are held back:
+    - text ending in U+FFFD: a multi-byte character whose last byte has not arrived;
+    - a trailing run of sentencepiece byte pieces (`<0xE4>`): HF's ByteFallback decoder turns a
+      whole run into U+FFFDs when any byte of it is invalid, so text decoded from a run is final
+      only once the run ends;
+    - nothing else: special ids are dropped up front (decode skips them anyway), so a window never
+      starts at one, which would make the decoder strip the next word's space.
+    """
+
+    def __init__(self, tokenizer: Tokenizer):
+        self.tok = tokenizer
+        self.ids: List[int] = []  # output ids, special ids left out
+        self.prefix_offset = 0  # start of the decode window
+        self.read_offset = 0  # ids before this one have been emitted as text
+        self.emitted = 0  # characters emitted
+
+    def step(self, new_ids: Sequence[int]) -> str:
+        """Text that the ids appended since the last call complete ('' while held back)."""
+        special = self.tok.special_ids
+        self.ids.extend(int(i) for i in new_ids if int(i) not in special)
+        if self.read_offset >= len(self.ids) or self.ids[-1] in self.tok.byte_fallback_ids:
+            return ""
+        prefix = self.tok.decode(self.ids[self.prefix_offset:self.read_offset])
+        full = self.tok.decode(self.ids[self.prefix_offset:])
+        if full.endswith("\ufffd") or not full.startswith(prefix):
+            return ""
+        text = full[len(prefix):]
+        self.prefix_offset, self.read_offset = self.read_offset, len(self.ids)
+        self.emitted += len(text)
+        return text
+
+    def flush(self) -> str:
+        """At the end: what is still held back, as decode() shows it."""
+        return self.tok.decode(self.ids)[self.emitted:]
