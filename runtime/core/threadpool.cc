@@ -17,7 +17,8 @@
 namespace turbolm {
 namespace {
 
-constexpr auto kSpin = std::chrono::microseconds(50);
+constexpr auto kSpin = std::chrono::microseconds(50);     // idle worker: spin, then sleep
+constexpr auto kWaitSpin = std::chrono::microseconds(10);  // caller waiting on a worker's range
 
 // Range i of [0, n) split into `parts` near-equal pieces.
 inline std::pair<int, int> split(int n, int parts, int i) {
@@ -30,7 +31,7 @@ inline std::pair<int, int> split(int n, int parts, int i) {
 
 ThreadPool::ThreadPool(int n_threads) : n_threads_(n_threads < 1 ? 1 : n_threads) {
   workers_.reserve(n_threads_ - 1);
-  for (int slot = 1; slot < n_threads_; ++slot) workers_.emplace_back([this, slot] { worker_loop(slot); });
+  for (int i = 1; i < n_threads_; ++i) workers_.emplace_back([this] { worker_loop(); });
 }
 
 ThreadPool::~ThreadPool() {
@@ -42,19 +43,25 @@ ThreadPool::~ThreadPool() {
   for (auto& t : workers_) t.join();
 }
 
-void ThreadPool::run_range(int slot) {
-  const int parts = job_n_ < n_threads_ ? job_n_ : n_threads_;
-  if (slot >= parts) return;
-  auto [begin, end] = split(job_n_, parts, slot);
-  try {
-    (*job_)(slot, begin, end);
-  } catch (...) {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (!error_) error_ = std::current_exception();
+void ThreadPool::run_ranges() {
+  uint64_t c = claim_.load(std::memory_order_acquire);
+  for (;;) {
+    const int parts = (int)(c >> 32), r = (int)(uint32_t)c;
+    if (r >= parts) return;
+    if (!claim_.compare_exchange_weak(c, c + 1, std::memory_order_acq_rel, std::memory_order_acquire)) continue;
+    auto [begin, end] = split(job_n_, parts, r);
+    try {
+      (*job_)(r, begin, end);
+    } catch (...) {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (!error_) error_ = std::current_exception();
+    }
+    done_.fetch_add(1, std::memory_order_acq_rel);
+    c = claim_.load(std::memory_order_acquire);
   }
 }
 
-void ThreadPool::worker_loop(int slot) {
+void ThreadPool::worker_loop() {
   uint64_t seen = 0;
   for (;;) {
     // Spin briefly for the next loop, then sleep.
@@ -64,7 +71,7 @@ void ThreadPool::worker_loop(int slot) {
       int spins = 0;
       while ((gen = generation_.load(std::memory_order_acquire)) == seen && !stop_.load(std::memory_order_relaxed)) {
         TURBOLM_PAUSE();
-        if (++spins == 64) {
+        if (++spins == 16) {
           spins = 0;
           if (std::chrono::steady_clock::now() > deadline) break;
         }
@@ -79,8 +86,7 @@ void ThreadPool::worker_loop(int slot) {
     }
     if (stop_.load()) return;
     seen = gen;
-    run_range(slot);
-    pending_.fetch_sub(1, std::memory_order_acq_rel);
+    run_ranges();
   }
 }
 
@@ -91,19 +97,28 @@ void ThreadPool::parallel_for_indexed(int n, const std::function<void(int, int, 
     fn(0, 0, n);  // single thread, trivial loop, or nested/concurrent call: run serially
     return;
   }
+  const int parts = n < n_threads_ ? n : n_threads_;
   job_ = &fn;
   job_n_ = n;
   error_ = nullptr;
-  pending_.store(n_threads_ - 1, std::memory_order_relaxed);
-  generation_.fetch_add(1);  // seq_cst release of job_/job_n_
+  done_.store(0, std::memory_order_relaxed);
+  claim_.store((uint64_t)parts << 32, std::memory_order_release);  // publishes job_, job_n_
+  generation_.fetch_add(1);  // seq_cst: pairs with a worker's sleepers_ increment
   if (sleepers_.load() > 0) {
     std::lock_guard<std::mutex> lock(mu_);
     wake_.notify_all();
   }
-  run_range(0);
-  for (int spins = 0; pending_.load(std::memory_order_acquire) != 0;) {
+  run_ranges();  // range 0, then whatever no worker has started
+  // A worker is still inside a range it claimed: spin ~10 us, then yield (it may be waiting
+  // for this core on an oversubscribed machine).
+  const auto spin_until = std::chrono::steady_clock::now() + kWaitSpin;
+  for (int spins = 0; done_.load(std::memory_order_acquire) != parts;) {
+    if (spins < 0) {
+      std::this_thread::yield();
+      continue;
+    }
     TURBOLM_PAUSE();
-    if (++spins > 4096) std::this_thread::yield();  // a worker was descheduled: give it the core
+    if (++spins == 16) spins = std::chrono::steady_clock::now() > spin_until ? -1 : 0;
   }
   std::exception_ptr err;
   {

@@ -1,10 +1,10 @@
-// AVX-512 kernel table (F/BW/VL/DQ + F16C + FMA). Compiled with AVX-512 flags, so nothing here
-// may run before dispatch.cc has checked the CPU: everything is file-local and reached only
-// through avx512_kernels(). (No inline functions from shared headers are called here either,
-// so the linker can never pick an AVX-512 copy of one for the rest of the program.)
-#include <immintrin.h>
-#include <math.h>
-
+// AVX-512 kernel table (F/BW/VL/DQ + F16C + FMA): GEMM and the elementwise kernels here, the KV
+// cache and attention in attention_avx512.cc. Compiled with AVX-512 flags, so nothing here may
+// run before dispatch.cc has checked the CPU: everything is file-local and reached only through
+// avx512_kernels(). (No inline functions from shared headers are called here either, so the
+// linker can never pick an AVX-512 copy of one for the rest of the program; avx512_common.h's
+// helpers are file-local.)
+#include "avx512_common.h"
 #include "tables.h"
 
 // GCC 12 flags its own AVX-512 intrinsic headers (_mm512_undefined_*) as maybe-uninitialized.
@@ -13,38 +13,6 @@
 
 namespace turbolm::kernels {
 namespace {
-
-// ---- helpers ------------------------------------------------------------------------------
-inline __mmask16 tail_mask(int n) { return n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1); }
-
-template <WDType DT>
-inline __m512 load16w(const uint16_t* p) {  // 16 fp16/bf16 -> fp32
-  const __m256i r = _mm256_loadu_si256((const __m256i*)p);
-  if constexpr (DT == WDType::kF16) return _mm512_cvtph_ps(r);
-  else return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(r), 16));
-}
-template <WDType DT>
-inline __m512 maskz_load16w(__mmask16 m, const uint16_t* p) {
-  const __m256i r = _mm256_maskz_loadu_epi16(m, p);
-  if constexpr (DT == WDType::kF16) return _mm512_cvtph_ps(r);
-  else return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(r), 16));
-}
-
-// exp(x) to ~1 ulp: 2^n * p(r), r = x - n ln2 in [-ln2/2, ln2/2]; scalef handles over/underflow.
-inline __m512 exp512(__m512 x) {
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-  __m512 p = _mm512_set1_ps(1.9875691500E-4f);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507E-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073E-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894E-2f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459E-1f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201E-1f));
-  p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.f)));
-  return _mm512_scalef_ps(p, n);
-}
 
 // ---- gemm ---------------------------------------------------------------------------------
 // Microkernel: MR rows x one 32-column panel, all of K, accumulators in 2*MR zmm registers.
@@ -104,6 +72,51 @@ void micro(const float* x, int ldx, const uint16_t* panel, int K, float* y, int 
   }
 }
 
+// Decode GEMV (M <= 4): P full panels streamed at once, one k-step of each per iteration. A
+// single stream leaves the L2 streamer restarting at every 4 KB page with few lines in flight;
+// P interleaved streams (P pages apart) keep more misses outstanding: ~20% more bandwidth per
+// core (one panel: ~10 GB/s; four: ~12 GB/s). Accumulators: P * MR * 2 zmm, independent.
+template <int MR, int P, WDType DT>
+void micro_streams(const float* x, int ldx, const uint16_t* panel0, int K, float* y, int ldy, bool accumulate) {
+  const size_t pstride = (size_t)K * kPanel;
+  __m512 c[P][MR][2];
+  for (int i = 0; i < P; ++i)
+    for (int m = 0; m < MR; ++m) c[i][m][0] = c[i][m][1] = _mm512_setzero_ps();
+  for (int k = 0; k < K; ++k) {
+    __m512 xb[MR];
+    for (int m = 0; m < MR; ++m) xb[m] = _mm512_set1_ps(x[(size_t)m * ldx + k]);
+    for (int i = 0; i < P; ++i) {
+      const uint16_t* wp = panel0 + i * pstride + (size_t)k * kPanel;
+      _mm_prefetch((const char*)(wp + kPrefetchRows * kPanel), _MM_HINT_T0);
+      const __m512 w0 = load16w<DT>(wp), w1 = load16w<DT>(wp + 16);
+      for (int m = 0; m < MR; ++m) {
+        c[i][m][0] = _mm512_fmadd_ps(xb[m], w0, c[i][m][0]);
+        c[i][m][1] = _mm512_fmadd_ps(xb[m], w1, c[i][m][1]);
+      }
+    }
+  }
+  for (int i = 0; i < P; ++i)
+    for (int m = 0; m < MR; ++m) {
+      float* yr = y + (size_t)m * ldy + i * kPanel;
+      __m512 a0 = c[i][m][0], a1 = c[i][m][1];
+      if (accumulate) {
+        a0 = _mm512_add_ps(_mm512_loadu_ps(yr), a0);
+        a1 = _mm512_add_ps(_mm512_loadu_ps(yr + 16), a1);
+      }
+      _mm512_storeu_ps(yr, a0);
+      _mm512_storeu_ps(yr + 16, a1);
+    }
+}
+constexpr int kStreams = 4;  // panels per micro_streams call
+template <WDType DT>
+using StreamsFn = void (*)(const float*, int, const uint16_t*, int, float*, int, bool);
+template <WDType DT>
+constexpr StreamsFn<DT> kStreamsFn[5] = {nullptr, micro_streams<1, kStreams, DT>, micro_streams<2, kStreams, DT>,
+                                         micro_streams<3, kStreams, DT>, micro_streams<4, kStreams, DT>};
+template <WDType DT>  // the remainder of a range: two panels at once
+constexpr StreamsFn<DT> kStreams2Fn[5] = {nullptr, micro_streams<1, 2, DT>, micro_streams<2, 2, DT>,
+                                          micro_streams<3, 2, DT>, micro_streams<4, 2, DT>};
+
 template <WDType DT>
 using MicroFn = void (*)(const float*, int, const uint16_t*, int, float*, int, __mmask16, __mmask16, bool);
 
@@ -121,21 +134,32 @@ void gemm_t(const float* x, int ldx, const PackedMatrix& w, float* y, int ldy, i
             bool accumulate) {
   const int n_blocks = (M + kMR - 1) / kMR;
   if (n_blocks == 1) {  // decode / small batch: one pass over each panel, streaming the weights
-    for (int p = p_begin; p < p_end; ++p) {
+    int p = p_begin;
+    if (M <= 4) {  // full panels kStreams at a time
+      const int full_end = w.N / kPanel < p_end ? w.N / kPanel : p_end;
+      for (; p + kStreams <= full_end; p += kStreams)
+        kStreamsFn<DT>[M](x, ldx, w.data + (size_t)p * w.K * kPanel, w.K, y + (size_t)p * kPanel, ldy, accumulate);
+      for (; p + 2 <= full_end; p += 2)
+        kStreams2Fn<DT>[M](x, ldx, w.data + (size_t)p * w.K * kPanel, w.K, y + (size_t)p * kPanel, ldy, accumulate);
+    }
+    for (; p < p_end; ++p) {
       const int cols = w.N - p * kPanel;
       kMicro<DT>[M](x, ldx, w.data + (size_t)p * w.K * kPanel, w.K, y + (size_t)p * kPanel, ldy, tail_mask(cols),
                     tail_mask(cols - 16 > 0 ? cols - 16 : 0), accumulate);
     }
     return;
   }
-  // Prefill: panels in groups of kNC and K in blocks of kKC, so a group's k-slices (32 x 16 KB
-  // = 512 KB) stay in L2 across the row blocks and a row block's x slice (12 x 256 floats =
-  // 12 KB) stays in L1 across the group's panels; partial sums accumulate in y.
+  // Prefill: panels in groups of kNC and K in near-equal blocks of <= kKC (576 -> 3 x 192, not
+  // 256 + 256 + 64), so a group's k-slices (32 x <= 16 KB) stay in L2 across the row blocks and a
+  // row block's x slice (12 x <= 256 floats) stays in L1 across the group's panels; partial sums
+  // accumulate in y. (Converting each k-slice to fp32 once and reusing it across the row blocks
+  // measured 8-18% slower: the x slices then stream from L2.)
   constexpr int kKC = 256, kNC = 32;
+  const int nk = (w.K + kKC - 1) / kKC, kstep = (w.K + nk - 1) / nk;
   for (int p0 = p_begin; p0 < p_end; p0 += kNC) {
     const int p1 = p_end - p0 < kNC ? p_end : p0 + kNC;
-    for (int k0 = 0; k0 < w.K; k0 += kKC) {
-      const int kc = w.K - k0 < kKC ? w.K - k0 : kKC;
+    for (int k0 = 0; k0 < w.K; k0 += kstep) {
+      const int kc = w.K - k0 < kstep ? w.K - k0 : kstep;
       const bool acc = accumulate || k0 > 0;
       int m = 0;
       for (int b = 0; b < n_blocks; ++b) {
@@ -157,173 +181,6 @@ void gemm_avx512(const float* x, int ldx, const PackedMatrix& w, float* y, int l
   if (M <= 0) return;
   if (w.dtype == WDType::kF16) gemm_t<WDType::kF16>(x, ldx, w, y, ldy, M, p_begin, p_end, accumulate);
   else gemm_t<WDType::kBF16>(x, ldx, w, y, ldy, M, p_begin, p_end, accumulate);
-}
-
-// ---- paged KV cache -------------------------------------------------------------------------
-// 16 K or V elements (masked) of one cache row as fp32; int8 dequantizes q * scale + zp.
-template <KVType KT>
-inline __m512 kv_load(const void* row, int d, __mmask16 m, float scale, float zp) {
-  if constexpr (KT == KVType::kF16) {
-    return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, (const uint16_t*)row + d));
-  } else if constexpr (KT == KVType::kF32) {
-    return _mm512_maskz_loadu_ps(m, (const float*)row + d);
-  } else {
-    const __m512 q = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(m, (const int8_t*)row + d)));
-    return _mm512_fmadd_ps(q, _mm512_set1_ps(scale), _mm512_set1_ps(zp));
-  }
-}
-
-template <KVType KT>
-inline void kv_store_row(const float* src, void* row, int head_dim, float scale, float zp) {
-  for (int d = 0; d < head_dim; d += 16) {
-    const __mmask16 m = tail_mask(head_dim - d);
-    const __m512 v = _mm512_maskz_loadu_ps(m, src + d);
-    if constexpr (KT == KVType::kF16) {
-      _mm256_mask_storeu_epi16((uint16_t*)row + d, m, _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-    } else if constexpr (KT == KVType::kF32) {
-      _mm512_mask_storeu_ps((float*)row + d, m, v);
-    } else {
-      __m512 q = _mm512_div_ps(_mm512_sub_ps(v, _mm512_set1_ps(zp)), _mm512_set1_ps(scale));
-      q = _mm512_roundscale_ps(q, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-      q = _mm512_min_ps(_mm512_max_ps(q, _mm512_set1_ps(-128.f)), _mm512_set1_ps(127.f));
-      _mm_mask_storeu_epi8((int8_t*)row + d, m, _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(q)));
-    }
-  }
-}
-
-inline size_t kv_elem_size(KVType t) { return t == KVType::kF32 ? 4 : (t == KVType::kF16 ? 2 : 1); }
-
-inline int64_t kv_row_offset(const PagedKV& kv, int t, int h, int head_dim) {
-  return (int64_t)kv.block_table[t / kv.block_len] * kv.block_stride + h * kv.head_stride +
-         (int64_t)(t % kv.block_len) * head_dim;
-}
-
-template <KVType KT>
-void kv_store_t(const float* k, const float* v, int ld, int n, int start_pos, int kv_heads, int head_dim,
-                const PagedKV& kv) {
-  const size_t es = kv_elem_size(KT);
-  for (int i = 0; i < n; ++i)
-    for (int h = 0; h < kv_heads; ++h) {
-      const int64_t off = kv_row_offset(kv, start_pos + i, h, head_dim);
-      kv_store_row<KT>(k + (size_t)i * ld + h * head_dim, (char*)kv.k_base + off * es, head_dim, kv.k_scale, kv.k_zp);
-      kv_store_row<KT>(v + (size_t)i * ld + h * head_dim, (char*)kv.v_base + off * es, head_dim, kv.v_scale, kv.v_zp);
-    }
-}
-
-void kv_store_avx512(const float* k, const float* v, int ld, int n, int start_pos, int kv_heads, int head_dim,
-                     const PagedKV& kv) {
-  switch (kv.type) {
-    case KVType::kF16: return kv_store_t<KVType::kF16>(k, v, ld, n, start_pos, kv_heads, head_dim, kv);
-    case KVType::kF32: return kv_store_t<KVType::kF32>(k, v, ld, n, start_pos, kv_heads, head_dim, kv);
-    case KVType::kI8: return kv_store_t<KVType::kI8>(k, v, ld, n, start_pos, kv_heads, head_dim, kv);
-  }
-}
-
-// Softmax over s[0, len) in place (max-subtracted); returns 1 / sum.
-inline float softmax_inplace(float* s, int len) {
-  __m512 mx = _mm512_set1_ps(-INFINITY);
-  for (int t = 0; t < len; t += 16) mx = _mm512_max_ps(mx, _mm512_mask_loadu_ps(mx, tail_mask(len - t), s + t));
-  const __m512 vmax = _mm512_set1_ps(_mm512_reduce_max_ps(mx));
-  __m512 sum = _mm512_setzero_ps();
-  for (int t = 0; t < len; t += 16) {
-    const __mmask16 m = tail_mask(len - t);
-    const __m512 e = exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, s + t), vmax));
-    _mm512_mask_storeu_ps(s + t, m, e);
-    sum = _mm512_add_ps(sum, _mm512_maskz_mov_ps(m, e));
-  }
-  return 1.f / _mm512_reduce_add_ps(sum);
-}
-
-// One query row of one head over positions [0, len). NC = head_dim / 16 rounded up, with the
-// q / output chunks held in registers (NC <= 8, head_dim <= 128).
-template <KVType KT, int NC>
-void attend_row(const float* qi, int len, int kh, int head_dim, const PagedKV& kv, float scale, float* oi,
-                float* scores) {
-  const size_t es = kv_elem_size(KT);
-  const __mmask16 ml = tail_mask(head_dim - (NC - 1) * 16);
-  __m512 q[NC];
-  for (int c = 0; c < NC; ++c) q[c] = _mm512_maskz_loadu_ps(c == NC - 1 ? ml : 0xffff, qi + c * 16);
-  for (int t = 0; t < len; ++t) {
-    const char* row = (const char*)kv.k_base + kv_row_offset(kv, t, kh, head_dim) * es;
-    __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
-    for (int c = 0; c < NC; ++c) {
-      const __m512 kc = kv_load<KT>(row, c * 16, c == NC - 1 ? ml : 0xffff, kv.k_scale, kv.k_zp);
-      if (c & 1) s1 = _mm512_fmadd_ps(q[c], kc, s1);
-      else s0 = _mm512_fmadd_ps(q[c], kc, s0);
-    }
-    scores[t] = _mm512_reduce_add_ps(_mm512_add_ps(s0, s1)) * scale;
-  }
-  const float inv = softmax_inplace(scores, len);
-  __m512 o[NC];
-  for (int c = 0; c < NC; ++c) o[c] = _mm512_setzero_ps();
-  for (int t = 0; t < len; ++t) {
-    const char* row = (const char*)kv.v_base + kv_row_offset(kv, t, kh, head_dim) * es;
-    const __m512 p = _mm512_set1_ps(scores[t]);
-    for (int c = 0; c < NC; ++c)
-      o[c] = _mm512_fmadd_ps(p, kv_load<KT>(row, c * 16, c == NC - 1 ? ml : 0xffff, kv.v_scale, kv.v_zp), o[c]);
-  }
-  const __m512 vinv = _mm512_set1_ps(inv);
-  for (int c = 0; c < NC; ++c) _mm512_mask_storeu_ps(oi + c * 16, c == NC - 1 ? ml : 0xffff, _mm512_mul_ps(o[c], vinv));
-}
-
-// Any head_dim: chunks in a loop, output accumulated in place in oi.
-template <KVType KT>
-void attend_row_any(const float* qi, int len, int kh, int head_dim, const PagedKV& kv, float scale, float* oi,
-                    float* scores) {
-  const size_t es = kv_elem_size(KT);
-  for (int t = 0; t < len; ++t) {
-    const char* row = (const char*)kv.k_base + kv_row_offset(kv, t, kh, head_dim) * es;
-    __m512 s = _mm512_setzero_ps();
-    for (int d = 0; d < head_dim; d += 16) {
-      const __mmask16 m = tail_mask(head_dim - d);
-      s = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, qi + d), kv_load<KT>(row, d, m, kv.k_scale, kv.k_zp), s);
-    }
-    scores[t] = _mm512_reduce_add_ps(s) * scale;
-  }
-  const float inv = softmax_inplace(scores, len);
-  for (int d = 0; d < head_dim; d += 16) _mm512_mask_storeu_ps(oi + d, tail_mask(head_dim - d), _mm512_setzero_ps());
-  for (int t = 0; t < len; ++t) {
-    const char* row = (const char*)kv.v_base + kv_row_offset(kv, t, kh, head_dim) * es;
-    const __m512 p = _mm512_set1_ps(scores[t]);
-    for (int d = 0; d < head_dim; d += 16) {
-      const __mmask16 m = tail_mask(head_dim - d);
-      _mm512_mask_storeu_ps(oi + d, m, _mm512_fmadd_ps(p, kv_load<KT>(row, d, m, kv.v_scale, kv.v_zp),
-                                                        _mm512_maskz_loadu_ps(m, oi + d)));
-    }
-  }
-  const __m512 vinv = _mm512_set1_ps(inv);
-  for (int d = 0; d < head_dim; d += 16) {
-    const __mmask16 m = tail_mask(head_dim - d);
-    _mm512_mask_storeu_ps(oi + d, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, oi + d), vinv));
-  }
-}
-
-template <KVType KT>
-void attention_t(const float* q, int ldq, int n, int start_pos, int heads, int kv_heads, int head_dim,
-                 const PagedKV& kv, float scale, float* out, int ldo, int h_begin, int h_end, float* scratch) {
-  using RowFn = void (*)(const float*, int, int, int, const PagedKV&, float, float*, float*);
-  static constexpr RowFn kRow[9] = {attend_row_any<KT>, attend_row<KT, 1>, attend_row<KT, 2>,
-                                    attend_row<KT, 3>,  attend_row<KT, 4>, attend_row<KT, 5>,
-                                    attend_row<KT, 6>,  attend_row<KT, 7>, attend_row<KT, 8>};
-  const int nc = (head_dim + 15) / 16;
-  const RowFn row_fn = nc <= 8 ? kRow[nc] : kRow[0];
-  const int group = heads / kv_heads;
-  for (int h = h_begin; h < h_end; ++h)
-    for (int i = 0; i < n; ++i)
-      row_fn(q + (size_t)i * ldq + h * head_dim, start_pos + i + 1, h / group, head_dim, kv, scale,
-             out + (size_t)i * ldo + h * head_dim, scratch);
-}
-
-void attention_avx512(const float* q, int ldq, int n, int start_pos, int heads, int kv_heads, int head_dim,
-                      const PagedKV& kv, float scale, float* out, int ldo, int h_begin, int h_end, float* scratch) {
-  switch (kv.type) {
-    case KVType::kF16:
-      return attention_t<KVType::kF16>(q, ldq, n, start_pos, heads, kv_heads, head_dim, kv, scale, out, ldo, h_begin, h_end, scratch);
-    case KVType::kF32:
-      return attention_t<KVType::kF32>(q, ldq, n, start_pos, heads, kv_heads, head_dim, kv, scale, out, ldo, h_begin, h_end, scratch);
-    case KVType::kI8:
-      return attention_t<KVType::kI8>(q, ldq, n, start_pos, heads, kv_heads, head_dim, kv, scale, out, ldo, h_begin, h_end, scratch);
-  }
 }
 
 // ---- elementwise ----------------------------------------------------------------------------
@@ -407,7 +264,7 @@ void to_f32_avx512(const uint16_t* src, WDType dtype, float* dst, int n) {
 }  // namespace
 
 const KernelTable* avx512_kernels() {
-  static const KernelTable t{"avx512", gemm_avx512, kv_store_avx512, attention_avx512, rmsnorm_avx512,
+  static const KernelTable t{"avx512", gemm_avx512, avx512::kv_store, avx512::attention, rmsnorm_avx512,
                              rope_avx512, silu_mul_avx512, to_f32_avx512};
   return &t;
 }

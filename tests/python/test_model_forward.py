@@ -101,7 +101,7 @@ def test_logits_match_hf(tiny_model, workspace, variant, tp):
     assert got.shape == ref.shape
     assert rel_err(got, ref) <= 5e-3, rel_err(got, ref)
     assert (got.argmax(1) == ref.argmax(1)).mean() >= 0.97
-    if _round_kv_attention() is not None:
+    if round_kv_attention() is not None:
         ref16 = hf_logits(tiny_model(variant), tokens, round_kv=True)
         assert rel_err(got, ref16) <= 2e-3, rel_err(got, ref16)
 
@@ -229,19 +229,21 @@ def test_malformed_config(broken, text, match):
     assert "config.ini" in str(e.value)
 
 
-def test_unsupported_weight_type_and_kv_quant(broken):
+def test_quantized_settings_without_their_files(broken):
+    # int4 needs the format_version 2 layout (tests/python/test_quant_runtime.py runs real ones)
     d = broken()
     cfg_path = os.path.join(d, "config.ini")
     cfg = read_config_ini(cfg_path)
     cfg["weight_type"] = "int4"
     cfg["group_size"] = 128
     write_config_ini(cfg_path, cfg)
-    with pytest.raises(RuntimeError, match="int4 not supported yet"):
+    with pytest.raises(RuntimeError, match="format_version 1"):
         _turbomind.LlamaModel(d, num_threads=1)
+    # quant_policy 4 (int8 KV) needs the past_kv_scale files of `lite kv_qparams`
     cfg["weight_type"] = "fp16"
     cfg["quant_policy"] = 4
     write_config_ini(cfg_path, cfg)
-    with pytest.raises(RuntimeError, match="quant_policy 4"):
+    with pytest.raises(RuntimeError, match="past_kv_scale.*kv_qparams"):
         _turbomind.LlamaModel(d, num_threads=1)
 
 

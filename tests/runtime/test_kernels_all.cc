@@ -241,7 +241,7 @@ TEST(attention_all_tables) {
   for (const KernelTable* kt : simd_tables())
     for (KVType type : {KVType::kF16, KVType::kF32, KVType::kI8})
       for (int start_pos : {0, 5, 130})
-        for (int n : {1, 7})
+        for (int n : {1, 3, 4, 7, 16, 17, 64})  // decode rows; the 16-row blocks' edges
           for (int block_len : {16, 128})
             for (auto hk : {std::pair<int, int>{9, 3}, {4, 4}})
               for (int head_dim : {64, 128, 80, 144, 20})
