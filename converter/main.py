@@ -30,22 +30,43 @@ TEMPLATE_FILES = {"README.md": "README.md", "serve.sh": "serve.sh", "config.ini"
 
 
 def _guess_format(model_path: str) -> str:
-    for name, cls in SOURCES.items():
+    for cls in sorted(SOURCES.values(), key=lambda c: -c.claim_priority):
         if cls.claims(model_path):
-            return name
+            return cls.format_name
     if not os.path.exists(model_path):
         raise UserError(f"model path {model_path} does not exist")
     raise UserError(f"cannot tell the format of {model_path} (no config.json, not a .gguf); "
                     f"pass --model-format {'|'.join(SOURCES)}")
 
 
+QUANTIZED_SRC = ("int4", "int8")
+DEFAULT_GROUP_SIZE = 128  # --weight-type int4/int8 on a float checkpoint without --group-size
+
+
 def _pick_target(src_dtype: str, dtype: Optional[str], weight_type: Optional[str]) -> str:
     if dtype is not None and dtype not in ("fp16", "bf16"):
         raise UserError(f"--dtype {dtype} is not one of fp16, bf16")
+    if src_dtype in QUANTIZED_SRC:  # an AWQ checkpoint keeps its integers
+        name = weight_type or src_dtype
+        if name != src_dtype or dtype is not None:
+            raise UserError(f"a {src_dtype} checkpoint converts to weight type {src_dtype} only "
+                            f"(got {weight_type or dtype}); drop --weight-type/--dtype")
+        return name
     name = weight_type or dtype or ("bf16" if src_dtype == "bf16" else "fp16")
     if name not in TARGETS:
         raise UserError(f"weight type {name} is not available; available: {', '.join(TARGETS)}")
     return name
+
+
+def _pick_group_size(spec, target_name: str, group_size: int) -> int:
+    if spec.src_dtype in QUANTIZED_SRC:
+        if group_size and group_size != spec.quant_group_size:
+            raise UserError(f"the checkpoint is quantized with group size {spec.quant_group_size}; "
+                            f"--group-size {group_size} cannot change it (drop --group-size)")
+        return spec.quant_group_size
+    if target_name in QUANTIZED_SRC:
+        return group_size or DEFAULT_GROUP_SIZE
+    return group_size
 
 
 def _check_dst(dst: str, force: bool) -> None:
@@ -139,6 +160,8 @@ def main(model_name: str, model_path: str, model_format: Optional[str] = None, t
             raise UserError(f"kv_head_num {s.kv_head_num} (head_num {s.head_num}, inter_size {s.inter}) is not "
                             f"divisible by --tp {tp}; choose a tp that divides kv_head_num")
         target_name = _pick_target(s.src_dtype, dtype, weight_type)
+        group_size = _pick_group_size(s, target_name, group_size)
+        TARGETS[target_name].validate(s, tp, group_size)
 
         parent = os.path.dirname(dst)
         created = []

@@ -25,6 +25,7 @@ DTYPES = {
     "F16": (np.float16, "fp16"),
     "BF16": (np.uint16, "bf16"),
     "F64": (np.float64, "fp32"),
+    "I32": (np.int32, "int32"),  # AWQ qweight / qzeros (read with get_raw)
 }
 
 
@@ -73,15 +74,19 @@ class SafetensorsFile:
     def shape(self, name: str) -> Tuple[int, ...]:
         return self.entries[name]["shape"]
 
-    def get_fp32(self, name: str) -> np.ndarray:
+    def get_raw(self, name: str) -> np.ndarray:
+        """The stored values as their own numpy dtype (bf16 as uint16 bits), read-only."""
         if self._mm is None:
             self._mm = np.memmap(self.path, dtype=np.uint8, mode="r")
         e = self.entries[name]
-        np_dtype, kind = DTYPES[e["dtype"]]
+        np_dtype, _ = DTYPES[e["dtype"]]
         begin, end = e["offsets"]
-        raw = np.frombuffer(self._mm, dtype=np_dtype, count=(end - begin) // np.dtype(np_dtype).itemsize,
-                            offset=self.data_start + begin).reshape(e["shape"])
-        return bf16_bits_to_fp32(raw) if kind == "bf16" else raw.astype(np.float32)
+        return np.frombuffer(self._mm, dtype=np_dtype, count=(end - begin) // np.dtype(np_dtype).itemsize,
+                             offset=self.data_start + begin).reshape(e["shape"])
+
+    def get_fp32(self, name: str) -> np.ndarray:
+        raw = self.get_raw(name)
+        return bf16_bits_to_fp32(raw) if DTYPES[self.entries[name]["dtype"]][1] == "bf16" else raw.astype(np.float32)
 
     def close(self):
         self._mm = None

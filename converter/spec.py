@@ -51,4 +51,5 @@ class ModelSpec:
     tied: bool = False
     bos_id: int = 1
     eos_id: int = 2
-    src_dtype: str = "fp16"            # fp16 | bf16 | fp32 | quantized: picks the default output dtype
+    src_dtype: str = "fp16"            # fp16 | bf16 | fp32 | int4 | int8: picks the default output weight type
+    quant_group_size: int = 0          # a quantized source (AWQ): its group size; its linears are quant.QuantLinear

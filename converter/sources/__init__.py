@@ -25,6 +25,7 @@ def register_source(name: str):
 
 class Source:
     format_name = ""
+    claim_priority = 0  # format guessing asks higher first (an AWQ folder is also an HF folder)
     spec: ModelSpec
 
     def __init__(self, model_path: str, tokenizer_path: Optional[str] = None):
@@ -57,7 +58,7 @@ class Source:
 
 
 def _load_builtin():
-    from . import gguf, hf  # noqa: F401  (registration side effect)
+    from . import awq, gguf, hf  # noqa: F401  (registration side effect)
 
 
 _load_builtin()

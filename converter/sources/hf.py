@@ -128,10 +128,7 @@ class HFSource(Source):
         if arch not in ARCHITECTURES:
             raise UserError(f"{cfg_path}: architecture {arch} is not supported; supported: "
                             f"{', '.join(sorted(ARCHITECTURES))}")
-        if cfg.get("quantization_config"):
-            method = cfg["quantization_config"].get("quant_method", "?")
-            raise UserError(f"{cfg_path}: a {method}-quantized checkpoint cannot be read as --model-format hf; "
-                            f"use the fp16/bf16 model (or --model-format awq for AWQ checkpoints)")
+        self._check_quantization(cfg, cfg_path)
         if cfg.get("mlp_bias"):
             raise UserError(f"{cfg_path}: mlp_bias is not supported by the workspace format")
         if cfg.get("hidden_act", "silu") != "silu":
@@ -142,6 +139,12 @@ class HFSource(Source):
         self._check_tensors()
 
     # -- config ------------------------------------------------------------------------------
+    def _check_quantization(self, cfg: dict, cfg_path: str) -> None:
+        if cfg.get("quantization_config"):
+            method = cfg["quantization_config"].get("quant_method", "?")
+            raise UserError(f"{cfg_path}: a {method}-quantized checkpoint cannot be read as --model-format hf; "
+                            f"use the fp16/bf16 model (or --model-format awq for AWQ checkpoints)")
+
     def _make_spec(self, arch: str, cfg: dict) -> ModelSpec:
         try:
             hidden, heads = int(cfg["hidden_size"]), int(cfg["num_attention_heads"])
@@ -181,6 +184,10 @@ class HFSource(Source):
     def _name(self, i: int, key: str) -> str:
         return self.names["layer_prefix"].format(i=i) + self.names["layer"][key]
 
+    def _expected(self, name: str, key: str, shape: tuple) -> dict:
+        """The checkpoint tensors (name -> shape) that hold canonical tensor ``key``."""
+        return {name: shape}
+
     def _check_tensors(self) -> None:
         s = self.spec
         s.qkv_bias = self._name(0, "q_bias") in self.tensors
@@ -190,7 +197,7 @@ class HFSource(Source):
             expected[self.names["output"]] = (s.vocab, s.hidden)
         for i in range(s.num_layer):
             for key, shape in LAYER_KEYS.items():
-                expected[self._name(i, key)] = shape(s)
+                expected.update(self._expected(self._name(i, key), key, shape(s)))
             for key, shape in OPTIONAL_LAYER_KEYS.items():
                 if (key == "o_bias" and s.o_bias) or (key != "o_bias" and s.qkv_bias):
                     expected[self._name(i, key)] = shape(s)

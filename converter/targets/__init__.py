@@ -29,6 +29,10 @@ class Target:
     def __init__(self, out_dir: str, spec: ModelSpec, tp: int, group_size: int = 0):
         self.out_dir, self.spec, self.tp, self.group_size = out_dir, spec, tp, group_size
 
+    @classmethod
+    def validate(cls, spec: ModelSpec, tp: int, group_size: int) -> None:
+        """Refuse (UserError) a spec / tp / group size this target cannot write, before any file is."""
+
     def export_misc(self, tok_embeddings: np.ndarray, norm: np.ndarray, output: np.ndarray) -> None:
         raise NotImplementedError
 
@@ -41,7 +45,7 @@ class Target:
 
 
 def _load_builtin():
-    from . import fp  # noqa: F401  (registration side effect)
+    from . import fp, int  # noqa: F401  (registration side effect)
 
 
 _load_builtin()

@@ -28,6 +28,7 @@ namespace {
 
 using kernels::KernelTable;
 using kernels::PackedMatrix;
+using kernels::QKernelTable;
 
 constexpr int kAttnQueryChunk = 64;  // queries per attention work unit: balances long prefills
 
@@ -82,7 +83,7 @@ struct Rank {
   int index = 0;
   const RankWeights* w = nullptr;
   std::unique_ptr<ThreadPool> pool;
-  AlignedArray<uint16_t> kv;  // [num_blocks][num_layer][2][KVr][block_len][D] fp16
+  AlignedArray<uint8_t> kv;  // [num_blocks][num_layer][2][KVr][block_len][D] of kv_type (fp16, or int8)
   RunState s;
 };
 
@@ -94,6 +95,9 @@ struct LlamaModel::Impl {
   int hidden = 0, D = 0, rot = 0, Hr = 0, KVr = 0, Ir = 0, qkv_n = 0;
   int num_blocks = 0;
   const KernelTable* k = nullptr;
+  const QKernelTable* qk = nullptr;  // int4 / int8 linears
+  kernels::KVType kv_type = kernels::KVType::kF16;
+  size_t kv_elem = 2;  // bytes per cached K or V element
   LlamaWeights weights;
   std::vector<Rank> ranks;  // [tp]
   std::unique_ptr<Communicator> comm;
@@ -119,19 +123,29 @@ struct LlamaModel::Impl {
   void grow(Rank& r);
   void run_rank(Rank& r);
   void rank_thread(int index);
-  void gemm(Rank& r, const float* x, int ldx, const PackedMatrix& w, const float* bias, float* y, int ldy, int M);
+  void gemm(Rank& r, const float* x, int ldx, const Linear& w, const float* bias, float* y, int ldy, int M);
+  // Panels [b, e) of one linear, whichever its weight format.
+  void linear_panels(const float* x, int ldx, const Linear& w, float* y, int ldy, int M, int b, int e) const {
+    if (w.quantized()) qk->qgemm(x, ldx, w.qw, y, ldy, M, b, e, false);
+    else k->gemm(x, ldx, w.w, y, ldy, M, b, e, false);
+  }
 };
 
 LlamaModel::Impl::Impl(const std::string& dir, const ModelOptions& opts) {
   cfg = load_config(dir + "/config.ini");
   tp = opts.tp > 0 ? opts.tp : cfg.tensor_para_size;
-  if (cfg.quant_policy != 0)
-    fail(dir, "/config.ini: quant_policy ", cfg.quant_policy,
-         " (int8 KV cache) is not supported yet by the CPU runtime; set quant_policy = 0");
+  if (cfg.quant_policy != 0 && cfg.quant_policy != kQuantPolicyKVInt8)
+    fail(dir, "/config.ini: quant_policy ", cfg.quant_policy, " is not supported; use 0 (fp16 KV cache) or ",
+         kQuantPolicyKVInt8, " (int8 KV cache)");
+  if (cfg.quant_policy == kQuantPolicyKVInt8) {
+    kv_type = kernels::KVType::kI8;
+    kv_elem = 1;
+  }
   if (cfg.rotary_embedding <= 0 || cfg.rotary_embedding > cfg.size_per_head || cfg.rotary_embedding % 2)
     fail(dir, "/config.ini: rotary_embedding ", cfg.rotary_embedding, " must be even and in (0, size_per_head]");
   weights = load_weights(dir, cfg, tp);  // checks tp against the workspace
   k = opts.reference_kernels ? &kernels::reference_kernels() : &kernels::best_kernels();
+  qk = opts.reference_kernels ? &kernels::reference_qkernels() : &kernels::best_qkernels();
   hidden = cfg.hidden_units;
   D = cfg.size_per_head;
   rot = cfg.rotary_embedding;
@@ -256,12 +270,13 @@ void LlamaModel::Impl::grow(Rank& r) {
 }
 
 // y[M, N] = x[M, K] · W (+ bias), the panels shared out over the rank's pool.
-void LlamaModel::Impl::gemm(Rank& r, const float* x, int ldx, const PackedMatrix& w, const float* bias, float* y,
+void LlamaModel::Impl::gemm(Rank& r, const float* x, int ldx, const Linear& w, const float* bias, float* y,
                             int ldy, int M) {
-  par_for(*r.pool, w.n_panels, [&](int b, int e) {
-    k->gemm(x, ldx, w, y, ldy, M, b, e, false);
+  const int N = w.quantized() ? w.qw.N : w.w.N;
+  par_for(*r.pool, w.n_panels(), [&](int b, int e) {
+    linear_panels(x, ldx, w, y, ldy, M, b, e);
     if (bias) {
-      const int n0 = b * kernels::kPanel, n1 = std::min(w.N, e * kernels::kPanel);
+      const int n0 = b * kernels::kPanel, n1 = std::min(N, e * kernels::kPanel);
       for (int m = 0; m < M; ++m)
         for (int n = n0; n < n1; ++n) y[(size_t)m * ldy + n] += bias[n];
     }
@@ -306,16 +321,20 @@ void LlamaModel::Impl::run_rank(Rank& r) {
   for (int l = 0; l < cfg.num_layer; ++l) {
     const LayerWeights& lw = r.w->layers[l];
     kernels::PagedKV kv;
-    kv.k_base = r.kv.data() + l * kv_layer_elems();
-    kv.v_base = r.kv.data() + l * kv_layer_elems() + (int64_t)KVr * bl * D;
+    kv.k_base = r.kv.data() + l * kv_layer_elems() * kv_elem;
+    kv.v_base = r.kv.data() + (l * kv_layer_elems() + (int64_t)KVr * bl * D) * kv_elem;
     kv.block_stride = kv_block_elems();
     kv.head_stride = (int64_t)bl * D;
     kv.block_len = bl;
-    kv.type = kernels::KVType::kF16;
+    kv.type = kv_type;
+    kv.k_scale = lw.kv_qparams[0];
+    kv.k_zp = lw.kv_qparams[1];
+    kv.v_scale = lw.kv_qparams[2];
+    kv.v_zp = lw.kv_qparams[3];
 
     // ---- attention ----
     rmsnorm(lw.attn_norm);
-    gemm(r, s.xn.data(), hidden, lw.w_qkv.w, lw.w_qkv.bias.empty() ? nullptr : lw.w_qkv.bias.data(), s.qkv.data(), qkv_n, T);
+    gemm(r, s.xn.data(), hidden, lw.w_qkv, lw.w_qkv.bias.empty() ? nullptr : lw.w_qkv.bias.data(), s.qkv.data(), qkv_n, T);
     // RoPE on q and k, logN on q, then k and v into the paged cache; token runs of one item at a time.
     par_for(pool, T, [&](int b, int e) {
       while (b < e) {
@@ -351,23 +370,23 @@ void LlamaModel::Impl::run_rank(Rank& r) {
                      scale, s.attn.data() + (size_t)t0 * Hr * D, Hr * D, a.head, a.head + 1, scratch);
       }
     });
-    gemm(r, s.attn.data(), Hr * D, lw.wo.w, nullptr, s.y.data(), hidden, T);  // its bias: after the sum
+    gemm(r, s.attn.data(), Hr * D, lw.wo, nullptr, s.y.data(), hidden, T);  // its bias: after the sum
     reduce_residual(lw.wo.bias);
 
     // ---- feed-forward ----
     rmsnorm(lw.ffn_norm);
     {
-      const int p1 = lw.w1.w.n_panels, p3 = lw.w3.w.n_panels;
+      const int p1 = lw.w1.n_panels(), p3 = lw.w3.n_panels();
       par_for(pool, p1 + p3, [&](int b, int e) {  // w1 and w3 in one loop
-        if (b < p1) k->gemm(s.xn.data(), hidden, lw.w1.w, s.gate.data(), Ir, T, b, std::min(e, p1), false);
-        if (e > p1) k->gemm(s.xn.data(), hidden, lw.w3.w, s.up.data(), Ir, T, std::max(b, p1) - p1, e - p1, false);
+        if (b < p1) linear_panels(s.xn.data(), hidden, lw.w1, s.gate.data(), Ir, T, b, std::min(e, p1));
+        if (e > p1) linear_panels(s.xn.data(), hidden, lw.w3, s.up.data(), Ir, T, std::max(b, p1) - p1, e - p1);
       });
     }
     par_for(pool, T, [&](int b, int e) {
       k->silu_mul(s.gate.data() + (size_t)b * Ir, s.up.data() + (size_t)b * Ir, s.gate.data() + (size_t)b * Ir,
                   (e - b) * Ir);
     });
-    gemm(r, s.gate.data(), Ir, lw.w2.w, nullptr, s.y.data(), hidden, T);
+    gemm(r, s.gate.data(), Ir, lw.w2, nullptr, s.y.data(), hidden, T);
     reduce_residual({});
   }
 
@@ -394,14 +413,14 @@ const ModelConfig& LlamaModel::config() const { return impl_->cfg; }
 int LlamaModel::tp() const { return impl_->tp; }
 
 size_t LlamaModel::kv_bytes_per_block() const {
-  return (size_t)impl_->kv_block_elems() * impl_->tp * sizeof(uint16_t);
+  return (size_t)impl_->kv_block_elems() * impl_->tp * impl_->kv_elem;
 }
 
 void LlamaModel::allocate_kv(int num_blocks) {
   if (num_blocks < 0) fail("allocate_kv: negative block count ", num_blocks);
   for (Rank& r : impl_->ranks) {
-    r.kv = AlignedArray<uint16_t>();  // free the old pool before taking the new one
-    r.kv = AlignedArray<uint16_t>((size_t)num_blocks * impl_->kv_block_elems());
+    r.kv = AlignedArray<uint8_t>();  // free the old pool before taking the new one
+    r.kv = AlignedArray<uint8_t>((size_t)num_blocks * impl_->kv_block_elems() * impl_->kv_elem);
   }
   impl_->num_blocks = num_blocks;
 }

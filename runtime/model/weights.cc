@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <utility>
@@ -26,6 +27,7 @@ template <typename T>
 void AlignedArray<T>::Free::operator()(T* p) const { std::free(p); }
 template class AlignedArray<uint16_t>;
 template class AlignedArray<float>;
+template class AlignedArray<uint8_t>;
 
 namespace {
 
@@ -63,6 +65,8 @@ class MappedFile {
   MappedFile(const MappedFile&) = delete;
   MappedFile& operator=(const MappedFile&) = delete;
   const uint16_t* u16() const { return static_cast<const uint16_t*>(addr_); }
+  const uint8_t* u8() const { return static_cast<const uint8_t*>(addr_); }
+  const float* f32() const { return static_cast<const float*>(addr_); }
 
  private:
   std::string path_;
@@ -87,6 +91,8 @@ struct Loader {
   int ws_tp;   // ranks on disk
   WDType dtype;
   const char* dtype_name;
+  int bits = 0;  // 4 / 8 for int4 / int8 workspaces (linears only), 0 otherwise
+  int G = 0;     // group_size of quantized linears
 
   std::string path(const std::string& name) const { return dir + "/" + name; }
   // On disk, rank r of a tensor split for tp ranks is file `<prefix>.<r>.<ext>`; a tp=1 workspace
@@ -143,6 +149,51 @@ struct Loader {
     return v;
   }
 
+  // ---- quantized linears (weight_type int4 / int8; layout in workspace_template/README.md) ------
+  // Per linear and rank, three files: `.qweight` uint8 [in, ceil(out / 2)] (int4: column 2j in the
+  // low nibble, 2j + 1 in the high nibble of byte j) or uint8 [in, out] (int8); `.scales` fp16
+  // [in / G, out]; `.zeros` fp16 [in / G, out] (zero points in q units). W = (q - zero) * scale.
+  // Rows [row0, row0 + K) and the column runs `cols` of the [disk_k, disk_n] tensor are unpacked
+  // and repacked into the runtime layout of kernels/qgemm.h.
+  void load_q(const std::string& prefix, int r, int disk_k, int disk_n, int row0, int K,
+              const std::vector<Cols>& cols, Linear& out) const {
+    const size_t qrow = bits == 4 ? (size_t)(disk_n + 1) / 2 : (size_t)disk_n;
+    const std::string qshape = "[" + std::to_string(disk_k) + ", " + std::to_string(qrow) + "] uint8 (" +
+                               std::string(bits == 4 ? "int4" : "int8") + ")";
+    MappedFile fq(path(rank_name(prefix, "qweight", r)), (size_t)disk_k * qrow, qshape);
+    const std::string sshape = "[" + std::to_string(disk_k / G) + ", " + std::to_string(disk_n) +
+                               "] fp16 (group_size " + std::to_string(G) + ")";
+    MappedFile fs(path(rank_name(prefix, "scales", r)), (size_t)(disk_k / G) * disk_n * 2, sshape);
+    MappedFile fz(path(rank_name(prefix, "zeros", r)), (size_t)(disk_k / G) * disk_n * 2, sshape);
+    int N = 0;
+    for (const Cols& c : cols) N += c.count;
+    const int ng = K / G, g0 = row0 / G;
+    std::vector<uint8_t> q((size_t)K * N);
+    std::vector<float> s((size_t)ng * N), z((size_t)ng * N);
+    for (int k = 0; k < K; ++k) {
+      const uint8_t* row = fq.u8() + (size_t)(row0 + k) * qrow;
+      uint8_t* d = q.data() + (size_t)k * N;
+      for (const Cols& c : cols)
+        for (int n = c.begin; n < c.begin + c.count; ++n)
+          *d++ = bits == 4 ? (uint8_t)((row[n >> 1] >> ((n & 1) * 4)) & 0xf) : row[n];
+    }
+    for (int g = 0; g < ng; ++g) {
+      const uint16_t* sr = fs.u16() + (size_t)(g0 + g) * disk_n;
+      const uint16_t* zr = fz.u16() + (size_t)(g0 + g) * disk_n;
+      float* sd = s.data() + (size_t)g * N;
+      float* zd = z.data() + (size_t)g * N;
+      for (const Cols& c : cols)
+        for (int n = c.begin; n < c.begin + c.count; ++n) {
+          *sd++ = kernels::f16_to_f32(sr[n]);
+          *zd++ = kernels::f16_to_f32(zr[n]);
+        }
+    }
+    out.qdata = AlignedArray<uint8_t>(kernels::qpacked_q_bytes(bits, K, N));
+    out.qsz = AlignedArray<float>(kernels::qpacked_sz_floats(K, N, G));
+    kernels::qpack_matrix(bits, K, N, G, q.data(), N, s.data(), z.data(), N, out.qdata.data(), out.qsz.data());
+    out.qw = kernels::QPackedMatrix{bits, K, N, kernels::qpanels(N), G, out.qdata.data(), out.qsz.data()};
+  }
+
   // A linear whose columns are split over ranks (w_qkv, w1, w3). `full_cols` lists, for the whole
   // tensor, the column runs that are split evenly (q | k | v, or one run); rank r takes its share
   // of each run. `bias` also loads `<prefix>.<r>.bias` sliced the same way.
@@ -161,7 +212,9 @@ struct Loader {
     } else {
       cols.push_back({0, disk_n});
     }
-    {
+    if (bits) {
+      load_q(prefix, r, K, disk_n, 0, K, cols, out);
+    } else {
       MappedFile f = map(rank_name(prefix, "weight", r), K, disk_n);
       pack(f.u16(), disk_n, 0, K, cols, out);
     }
@@ -174,17 +227,60 @@ struct Loader {
   // A linear whose rows are split over ranks (wo, w2): rank r takes rows [r·K, (r+1)·K).
   void load_row_split(const std::string& prefix, int K, int N, int r, Linear& out) const {
     const int disk_k = slicing() ? K * tp : K;
+    if (bits) {
+      load_q(prefix, r, disk_k, N, slicing() ? r * K : 0, K, {{0, N}}, out);
+      return;
+    }
     MappedFile f = map(rank_name(prefix, "weight", r), disk_k, N);
     pack(f.u16(), N, slicing() ? r * K : 0, K, {{0, N}}, out);
   }
 };
 
+// Groups of G rows must not straddle a rank's slice: every per-rank input size is a multiple of G.
+void check_groups(const std::string& dir, const ModelConfig& cfg, int tp) {
+  const int G = cfg.group_size;
+  if (G <= 0 || G % kernels::kQGroupAlign)
+    fail(dir, "/config.ini: group_size ", G, " must be a positive multiple of ", kernels::kQGroupAlign,
+         " for weight_type ", to_string(cfg.weight_type), "; ", kReconvert);
+  const std::pair<const char*, int> ins[] = {
+      {"hidden (input of w_qkv, w1, w3)", cfg.hidden_units},
+      {"head_num*size_per_head/tp (input of wo per rank)", cfg.head_num * cfg.size_per_head / tp},
+      {"inter_size/tp (input of w2 per rank)", cfg.inter_size / tp}};
+  for (auto& [what, k] : ins)
+    if (k % G)
+      fail(dir, ": group_size ", G, " does not divide ", what, " = ", k, " at tp=", tp,
+           "; quantization groups must not straddle a rank's slice: run with a tp for which it divides, "
+           "or convert with a group size that divides ", k);
+}
+
+// quant_policy = 4: the int8 KV parameters of layer i on rank r (4 float32, DESIGN.md §3).
+void load_kv_qparams(const Loader& L, const std::string& p, int r, LayerWeights& lw) {
+  const std::string name = L.rank_name(p + "past_kv_scale", "weight", r);
+  if (!file_exists(L.path(name)))
+    fail(L.path(name), ": missing; quant_policy = 4 (int8 KV cache) needs the KV quantization parameters: run "
+         "`turbolm lite calibrate` and then `turbolm lite kv_qparams --turbomind_dir ", L.dir,
+         "`, or set quant_policy = 0 in config.ini");
+  MappedFile f(L.path(name), 4 * sizeof(float), "4 float32 [k_scale, k_zp, v_scale, v_zp]");
+  for (int j = 0; j < 4; ++j) {
+    const float v = f.f32()[j];
+    if (!std::isfinite(v) || ((j == 0 || j == 2) && !(v > 0.f)))
+      fail(L.path(name), ": value ", j, " = ", v, " is not a valid ", (j % 2 ? "zero point" : "positive scale"),
+           "; re-run `turbolm lite kv_qparams`");
+    lw.kv_qparams[j] = v;
+  }
+}
+
 }  // namespace
 
 LlamaWeights load_weights(const std::string& weights_dir, const ModelConfig& cfg, int tp) {
-  if (cfg.weight_type == WeightType::kINT4 || cfg.weight_type == WeightType::kINT8)
-    fail(weights_dir, "/config.ini: weight_type ", to_string(cfg.weight_type),
-         " not supported yet by the CPU runtime; convert with weight_type fp16 or bf16");
+  const bool quantized = cfg.weight_type == WeightType::kINT4 || cfg.weight_type == WeightType::kINT8;
+  if (cfg.format_version > kFormatVersion)
+    fail(weights_dir, "/config.ini: format_version ", cfg.format_version, " is newer than this runtime reads (",
+         kFormatVersion, "); upgrade turbolm or re-convert with this version");
+  if (quantized && cfg.format_version < kQuantFormatVersion)
+    fail(weights_dir, "/config.ini: weight_type ", to_string(cfg.weight_type), " with format_version ",
+         cfg.format_version, ": this runtime reads int4/int8 workspaces of format_version ", kQuantFormatVersion,
+         " (the layout in workspace_template/README.md); ", kReconvert);
   const int ws_tp = cfg.tensor_para_size;
   if (tp != ws_tp && ws_tp != 1)
     fail(weights_dir, ": the workspace is split for tensor_para_size=", ws_tp, " and cannot run at tp=", tp,
@@ -194,10 +290,15 @@ LlamaWeights load_weights(const std::string& weights_dir, const ModelConfig& cfg
   if (KV % tp) fail(weights_dir, ": kv_head_num ", KV, " is not divisible by tp=", tp, "; choose a tp that divides it");
   if (H % tp) fail(weights_dir, ": head_num ", H, " is not divisible by tp=", tp);
   if (I % tp) fail(weights_dir, ": inter_size ", I, " is not divisible by tp=", tp);
+  if (quantized) check_groups(weights_dir, cfg, tp);
 
   Loader L{weights_dir, cfg, tp, ws_tp,
            cfg.weight_type == WeightType::kBF16 ? WDType::kBF16 : WDType::kF16,
            cfg.weight_type == WeightType::kBF16 ? "bf16" : "fp16"};
+  if (quantized) {
+    L.bits = cfg.weight_type == WeightType::kINT4 ? 4 : 8;
+    L.G = cfg.group_size;
+  }
 
   LlamaWeights W;
   SharedWeights& S = W.shared;
@@ -226,6 +327,7 @@ LlamaWeights load_weights(const std::string& weights_dir, const ModelConfig& cfg
     for (int i = 0; i < cfg.num_layer; ++i) {
       LayerWeights& lw = R.layers[i];
       const std::string p = "layers." + std::to_string(i) + ".";
+      if (cfg.quant_policy == kQuantPolicyKVInt8) load_kv_qparams(L, p, r, lw);
       lw.attn_norm = L.load_vector(p + "attention_norm.weight", hidden);
       lw.ffn_norm = L.load_vector(p + "ffn_norm.weight", hidden);
       L.load_col_split(p + "attention.w_qkv", hidden, {H * D, KV * D, KV * D}, r, bias, lw.w_qkv);

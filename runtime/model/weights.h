@@ -13,6 +13,7 @@
 
 #include "core/config.h"
 #include "kernels/kernels.h"
+#include "kernels/qgemm.h"
 
 namespace turbolm {
 
@@ -32,15 +33,24 @@ class AlignedArray {
   size_t n_ = 0;
 };
 
-// A linear layer on one rank: packed W[K = in, N = out] plus its optional fp32 bias [N].
+// A linear layer on one rank: packed W[K = in, N = out] plus its optional fp32 bias [N]. Either
+// fp16/bf16 panels (`w`) or, for weight_type int4/int8, quantized panels (`qw`, kernels/qgemm.h).
 struct Linear {
-  kernels::PackedMatrix w;       // view into `panels`
+  kernels::PackedMatrix w;        // view into `panels` (fp16 / bf16 workspaces)
   AlignedArray<uint16_t> panels;  // [n_panels][K][kPanel]
+  kernels::QPackedMatrix qw;      // views into `qdata` / `qsz` (int4 / int8 workspaces)
+  AlignedArray<uint8_t> qdata;    // [n_panels][K][kQRowBytes(bits)]
+  AlignedArray<float> qsz;        // [n_panels][K / G][2][kPanel]
   std::vector<float> bias;        // [N], empty when the layer has none
+
+  bool quantized() const { return qw.q != nullptr; }
+  int n_panels() const { return quantized() ? qw.n_panels : w.n_panels; }
 };
 
 // One decoder layer's slice on one rank (Hr = head_num/tp, KVr = kv_head_num/tp, Ir = inter/tp).
 struct LayerWeights {
+  // quant_policy = 4 (int8 KV): [k_scale, k_zp, v_scale, v_zp] from layers.i.past_kv_scale.r.weight
+  float kv_qparams[4] = {1.f, 0.f, 1.f, 0.f};
   std::vector<float> attn_norm;  // [hidden]
   std::vector<float> ffn_norm;   // [hidden]
   Linear w_qkv;                  // [hidden, (Hr + 2·KVr)·D], columns [q_r | k_r | v_r]; bias [(Hr+2·KVr)·D]
@@ -54,13 +64,20 @@ struct RankWeights {
   std::vector<LayerWeights> layers;  // [num_layer]
 };
 
-// Tensors every rank reads, held once.
+// Tensors every rank reads, held once. Quantized workspaces keep these in fp16.
 struct SharedWeights {
   kernels::WDType dtype = kernels::WDType::kF16;
   AlignedArray<uint16_t> tok_embeddings;  // [vocab, hidden] raw fp16/bf16 rows
   std::vector<float> norm;                // [hidden] final norm
   Linear output;                          // packed from [vocab, hidden] as K = hidden, N = vocab
 };
+
+// Workspace format versions this runtime reads (config.ini format_version): 1 = the fp16/bf16
+// LMDeploy v0.1.0 layout; 2 = adds the int4/int8 linears of workspace_template/README.md.
+constexpr int kFormatVersion = 2;
+constexpr int kQuantFormatVersion = 2;
+// config.ini quant_policy: 0 = fp16 KV cache, 4 = int8 KV cache (needs past_kv_scale files).
+constexpr int kQuantPolicyKVInt8 = 4;
 
 struct LlamaWeights {
   SharedWeights shared;

