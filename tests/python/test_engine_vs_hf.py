@@ -216,3 +216,18 @@ def test_smollm2_greedy_matches_hf(smollm2_hf):
         ids = tok.encode(text, add_special_tokens=False)
         out = run(model, ids, n=N_NEW)
         assert out[0] == hf_greedy(smollm2_hf, ids, N_NEW), tok.decode(out[0])
+
+
+def test_stream_output_false_yields_once_and_does_not_spin(tiny_model, engines):
+    """Without stream_output only the final result is yielded, and the caller sleeps meanwhile
+    (CPU time of the waiting thread stays far below the request's wall time)."""
+    hf_dir = tiny_model("gqa")
+    model = engines(hf_dir)
+    prompt = text_prompts(hf_dir)[1]
+    t_cpu, t_wall = time.thread_time(), time.perf_counter()
+    outs = list(model.create_instance().stream_infer(61, [prompt], request_output_len=48, top_k=1, ignore_eos=True,
+                                                     sequence_end=True, stream_output=False))
+    cpu, wall = time.thread_time() - t_cpu, time.perf_counter() - t_wall
+    assert len(outs) == 1 and outs[0][0].finish_reason == "length"
+    assert outs[0][0][0] == hf_greedy(hf_dir, prompt, 48, round_kv=True)
+    assert cpu < 0.5 * wall, f"the waiting thread used {cpu:.2f}s CPU over {wall:.2f}s"

@@ -151,8 +151,8 @@ class TurboMindInstance:
                 snap = stream.wait(seen, 200)  # a timeout keeps Ctrl-C responsive
                 n, done = len(snap[0]), bool(snap[2])
                 if done or (stream_output and n > seen):
-                    seen = n
                     yield [self._out(snap, logprobs)]
+                seen = n  # also without stream_output: wait for the next token, never spin
         finally:
             if not done:
                 self.cancel(session_id)
@@ -192,8 +192,8 @@ class TurboMindInstance:
                 snap = stream.wait(seen, 0)
                 n, done = len(snap[0]), bool(snap[2])
                 if done or (stream_output and n > seen):
-                    seen = n
                     yield [self._out(snap, logprobs)]
+                seen = n
                 if not done:
                     await event.wait()
         finally:
