@@ -80,6 +80,29 @@ def quantize_rtn(w: np.ndarray, bits: int, group_size: int) -> QuantLinear:
     return QuantLinear(q.reshape(out, n_in), scales, zeros, bits, G)
 
 
+LM_HEAD_BITS = 8  # runtime/model/weights.h kLMHeadBits
+
+
+def lm_head_group_size(hidden: int) -> int:
+    """The group size the runtime quantizes the lm head with (weights.h lm_head_group_size): 64 if
+    it divides ``hidden``, else 32, else the smallest multiple of GROUP_ALIGN that does; 0 if none."""
+    for g in (64, 32):
+        if hidden % g == 0:
+            return g
+    return next((g for g in range(GROUP_ALIGN, hidden + 1, GROUP_ALIGN) if hidden % g == 0), 0)
+
+
+def quantize_lm_head(w: np.ndarray) -> np.ndarray:
+    """The lm head the runtime computes with on an int4/int8 workspace, dequantized: the runtime keeps
+    ``output.weight [vocab, hidden]`` (fp16 on disk) in int8 for quantized workspaces, quantized at load
+    time by quantize_rtn(w, LM_HEAD_BITS, lm_head_group_size(hidden)) with the same arithmetic, so the
+    result equals the runtime's weights exactly. ``w`` is the fp16 lm head (any float dtype holding
+    fp16 values); returned as float32 ``[vocab, hidden]``, unchanged when no group size fits."""
+    w = np.asarray(w, dtype=np.float32)
+    G = lm_head_group_size(w.shape[1])
+    return quantize_rtn(w, LM_HEAD_BITS, G).dequantize() if G else w
+
+
 def valid_group_sizes(in_sizes: List[int], limit: int = 1024) -> List[int]:
     """Group sizes the runtime accepts (multiples of GROUP_ALIGN) that divide every size in ``in_sizes``."""
     return [g for g in range(GROUP_ALIGN, limit + 1, GROUP_ALIGN) if all(n % g == 0 for n in in_sizes)]

@@ -27,7 +27,6 @@ namespace turbolm {
 namespace {
 
 using kernels::KernelTable;
-using kernels::PackedMatrix;
 using kernels::QKernelTable;
 
 constexpr int kAttnQueryChunk = 64;  // queries per attention work unit: balances long prefills
@@ -398,10 +397,12 @@ void LlamaModel::Impl::run_rank(Rank& r) {
       k->rmsnorm(s.x.data() + (size_t)p.out_rows[j] * hidden, hidden, weights.shared.norm.data(), eps, 1, hidden,
                  s.xn.data() + (size_t)j * hidden, hidden);
   });
-  const PackedMatrix& out = weights.shared.output.w;
-  const int P0 = (int)((int64_t)out.n_panels * r.index / tp), P1 = (int)((int64_t)out.n_panels * (r.index + 1) / tp);
+  // fp16/bf16 panels, or int8 for quantized workspaces (weights.h kLMHeadBits).
+  const Linear& out = weights.shared.output;
+  const int np = out.n_panels();
+  const int P0 = (int)((int64_t)np * r.index / tp), P1 = (int)((int64_t)np * (r.index + 1) / tp);
   par_for(pool, P1 - P0, [&](int b, int e) {
-    k->gemm(s.xn.data(), hidden, out, logits, cfg.vocab_size, R, P0 + b, P0 + e, false);
+    linear_panels(s.xn.data(), hidden, out, logits, cfg.vocab_size, R, P0 + b, P0 + e);
   });
 }
 

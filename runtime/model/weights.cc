@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cmath>
 #include <cstdlib>
@@ -16,18 +17,31 @@
 namespace turbolm {
 
 template <typename T>
-AlignedArray<T>::AlignedArray(size_t n) : n_(n) {
-  // aligned_alloc wants a size that is a multiple of the alignment.
+AlignedArray<T>::AlignedArray(size_t n, bool huge_pages) : n_(n) {
   const size_t bytes = ((n * sizeof(T) + 63) / 64) * 64;
-  T* p = static_cast<T*>(std::aligned_alloc(64, bytes ? bytes : 64));
-  if (!p) fail("out of memory allocating ", bytes, " bytes of weights");
-  p_.reset(p);
+  const bool huge = huge_pages && bytes >= kHugePageBytes;
+  void* p = nullptr;
+  if (::posix_memalign(&p, huge ? kHugePageBytes : 64, bytes ? bytes : 64) != 0 || !p)
+    fail("out of memory allocating ", bytes, " bytes of weights");
+#ifdef MADV_HUGEPAGE
+  // Advice only: where transparent huge pages are off (or not "madvise"), this fails harmlessly.
+  if (huge) ::madvise(p, ((bytes + 4095) / 4096) * 4096, MADV_HUGEPAGE);
+#endif
+  p_.reset(static_cast<T*>(p));
 }
 template <typename T>
 void AlignedArray<T>::Free::operator()(T* p) const { std::free(p); }
 template class AlignedArray<uint16_t>;
 template class AlignedArray<float>;
 template class AlignedArray<uint8_t>;
+
+int lm_head_group_size(int hidden) {
+  for (int g : {64, 32})
+    if (hidden % g == 0) return g;
+  for (int g = kernels::kQGroupAlign; g <= hidden; g += kernels::kQGroupAlign)
+    if (hidden % g == 0) return g;
+  return 0;
+}
 
 namespace {
 
@@ -124,7 +138,7 @@ struct Loader {
   void pack(const uint16_t* src, int ld, int row0, int K, const std::vector<Cols>& cols, Linear& out) const {
     int N = 0;
     for (const Cols& c : cols) N += c.count;
-    out.panels = AlignedArray<uint16_t>(kernels::packed_elems(K, N));
+    out.panels = AlignedArray<uint16_t>(kernels::packed_elems(K, N), true);
     const uint16_t* base = src + (size_t)row0 * ld;
     if (cols.size() == 1) {
       kernels::pack_matrix(base + cols[0].begin, K, N, ld, 1, out.panels.data());
@@ -188,10 +202,45 @@ struct Loader {
           *zd++ = kernels::f16_to_f32(zr[n]);
         }
     }
-    out.qdata = AlignedArray<uint8_t>(kernels::qpacked_q_bytes(bits, K, N));
-    out.qsz = AlignedArray<float>(kernels::qpacked_sz_floats(K, N, G));
+    qpack(bits, K, N, G, q, s, z, out);
+  }
+
+  // Unpacked q [K, N], s / z [K / G, N] -> the runtime layout of kernels/qgemm.h, in `out`.
+  static void qpack(int bits, int K, int N, int G, const std::vector<uint8_t>& q, const std::vector<float>& s,
+                    const std::vector<float>& z, Linear& out) {
+    out.qdata = AlignedArray<uint8_t>(kernels::qpacked_q_bytes(bits, K, N), true);
+    out.qsz = AlignedArray<float>(kernels::qpacked_sz_floats(K, N, G), true);
     kernels::qpack_matrix(bits, K, N, G, q.data(), N, s.data(), z.data(), N, out.qdata.data(), out.qsz.data());
     out.qw = kernels::QPackedMatrix{bits, K, N, kernels::qpanels(N), G, out.qdata.data(), out.qsz.data()};
+  }
+
+  // The lm head of an int4/int8 workspace: fp16 output.weight [vocab, hidden] quantized here to
+  // int8 as W[K = hidden, N = vocab], round-to-nearest, asymmetric, per group of G rows of K, with
+  // the arithmetic of converter/quant.py quantize_rtn (fp32, scale rounded to fp16, ties to even),
+  // so quantize_lm_head there reproduces these integers exactly.
+  void load_lm_head_int8(int vocab, int hidden, int G, Linear& out) const {
+    MappedFile f = map("output.weight", vocab, hidden);
+    const int K = hidden, N = vocab, ng = K / G;
+    const float qmax = (float)((1 << kLMHeadBits) - 1);
+    std::vector<uint8_t> q((size_t)K * N);
+    std::vector<float> s((size_t)ng * N), z((size_t)ng * N);
+    std::vector<float> row(K);
+    for (int n = 0; n < N; ++n) {
+      const uint16_t* src = f.u16() + (size_t)n * K;
+      for (int k = 0; k < K; ++k) row[k] = to_f32(src[k]);
+      for (int g = 0; g < ng; ++g) {
+        const float* w = row.data() + (size_t)g * G;
+        const auto [mn, mx] = std::minmax_element(w, w + G);
+        float scale = kernels::f16_to_f32(kernels::f32_to_f16(std::max(*mx - *mn, 1e-5f) / qmax));
+        if (!(scale > 0.f)) scale = 0x1p-24f;  // fp16 underflow would divide by zero
+        const float zero = std::clamp(std::nearbyint(-*mn / scale), 0.f, qmax);
+        s[(size_t)g * N + n] = scale;
+        z[(size_t)g * N + n] = zero;
+        for (int j = 0; j < G; ++j)
+          q[(size_t)(g * G + j) * N + n] = (uint8_t)std::clamp(std::nearbyint(w[j] / scale) + zero, 0.f, qmax);
+      }
+    }
+    qpack(kLMHeadBits, K, N, G, q, s, z, out);
   }
 
   // A linear whose columns are split over ranks (w_qkv, w1, w3). `full_cols` lists, for the whole
@@ -309,10 +358,13 @@ LlamaWeights load_weights(const std::string& weights_dir, const ModelConfig& cfg
     std::memcpy(S.tok_embeddings.data(), f.u16(), sizeof(uint16_t) * cfg.vocab_size * hidden);
   }
   S.norm = L.load_vector("norm.weight", hidden);
-  {
+  if (quantized && lm_head_group_size(hidden) > 0) {
+    // The runtime keeps the lm head in int8 for quantized workspaces (weights.h kLMHeadBits).
+    L.load_lm_head_int8(cfg.vocab_size, hidden, lm_head_group_size(hidden), S.output);
+  } else {
     // output.weight is [vocab, hidden]: as W[K = hidden, N = vocab] it is the transposed view.
     MappedFile f = L.map("output.weight", cfg.vocab_size, hidden);
-    S.output.panels = AlignedArray<uint16_t>(kernels::packed_elems(hidden, cfg.vocab_size));
+    S.output.panels = AlignedArray<uint16_t>(kernels::packed_elems(hidden, cfg.vocab_size), true);
     kernels::pack_matrix(f.u16(), hidden, cfg.vocab_size, 1, hidden, S.output.panels.data());
     S.output.w = kernels::PackedMatrix{L.dtype, hidden, cfg.vocab_size,
                                        (cfg.vocab_size + kernels::kPanel - 1) / kernels::kPanel,

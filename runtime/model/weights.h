@@ -17,12 +17,17 @@
 
 namespace turbolm {
 
-// An owned, 64-byte aligned array (PackedMatrix panels must start on a cache line).
+// An owned, 64-byte aligned array (PackedMatrix panels must start on a cache line). With
+// `huge_pages`, an array of at least kHugePageBytes is 2 MiB aligned and madvise(MADV_HUGEPAGE)d
+// (Linux; a no-op elsewhere): decode streams every weight once per token, and 2 MiB pages cut the
+// TLB misses of that stream. Smaller arrays stay 64-byte aligned: they cannot fill a huge page, and
+// rounding them up would waste memory.
+constexpr size_t kHugePageBytes = size_t(2) << 20;
 template <typename T>
 class AlignedArray {
  public:
   AlignedArray() = default;
-  explicit AlignedArray(size_t n);
+  explicit AlignedArray(size_t n, bool huge_pages = false);
   T* data() { return p_.get(); }
   const T* data() const { return p_.get(); }
   size_t size() const { return n_; }
@@ -64,13 +69,24 @@ struct RankWeights {
   std::vector<LayerWeights> layers;  // [num_layer]
 };
 
-// Tensors every rank reads, held once. Quantized workspaces keep these in fp16.
+// Tensors every rank reads, held once. Quantized workspaces keep the embeddings and norm in fp16;
+// their lm head (`output`) is quantized to int8 at load time (lm_head_group_size; see load_weights).
 struct SharedWeights {
   kernels::WDType dtype = kernels::WDType::kF16;
   AlignedArray<uint16_t> tok_embeddings;  // [vocab, hidden] raw fp16/bf16 rows
   std::vector<float> norm;                // [hidden] final norm
   Linear output;                          // packed from [vocab, hidden] as K = hidden, N = vocab
 };
+
+// The runtime keeps the lm head of int4/int8 workspaces in int8: read once per decoded token, the
+// fp16 [vocab, hidden] matrix is about half of an int4 decode step's bytes (SmolLM2-135M: 57 MB
+// next to ~66 MB of int4 linears and scales; 32 MB in int8). Load-time RTN, asymmetric, per group
+// of G rows of K = hidden, with the arithmetic of the converter's quantize_rtn (converter/quant.py
+// quantize_lm_head is the Python twin the tests use as oracle).
+constexpr int kLMHeadBits = 8;
+// G = 64 if it divides hidden, else 32, else the smallest multiple of kQGroupAlign dividing hidden;
+// 0 when none does (the lm head then stays fp16).
+int lm_head_group_size(int hidden);
 
 // Workspace format versions this runtime reads (config.ini format_version): 1 = the fp16/bf16
 // LMDeploy v0.1.0 layout; 2 = adds the int4/int8 linears of workspace_template/README.md.

@@ -1,9 +1,11 @@
 """The runtime on quantized workspaces (issue 5): int4 / int8 weights (RTN at convert time, AWQ
 checkpoints) and the int8 KV cache (quant_policy = 4).
 
-Oracle: HF transformers (fp32) whose linear weights are the dequantized integers of the workspace
-(``(q - zero) * scale`` is exact in fp32), every other weight rounded to fp16 as the workspace holds
-it. Tolerances (max |diff| over all logits, relative to max |logit| of the oracle):
+Oracle: HF transformers (fp32) on exactly the weights the runtime uses: its linear weights are the
+dequantized integers of the workspace (``(q - zero) * scale`` is exact in fp32), its lm head is the
+int8 lm head the runtime quantizes at load time for int4/int8 workspaces (``quantize_lm_head``,
+converter/quant.py, the same arithmetic), every other weight is rounded to fp16 as the workspace
+holds it. Tolerances (max |diff| over all logits, relative to max |logit| of the oracle):
 - int4 / int8 workspace vs the dequantized oracle: <= 5e-3 (the same bound as fp16 vs HF; the
   runtime's fp16 KV cache dominates; measured 3.8e-3 int4 G=64/128, 3.2e-3 int8 on gqa), argmax
   of >= 97% of rows, and the greedy tokens equal;
@@ -21,7 +23,7 @@ import torch
 from turbolm import _turbomind
 from turbolm.config import read_config_ini, write_config_ini
 from turbolm.converter.main import main as convert
-from turbolm.converter.quant import quantize_rtn
+from turbolm.converter.quant import quantize_lm_head, quantize_rtn
 
 BLOCK = 16
 N_BLOCKS = 64
@@ -74,8 +76,9 @@ def rel_err(a, ref):
     return float(np.abs(a - ref).max() / np.abs(ref).max())
 
 
-def hf_model(model_dir, linear_fn=None, state=None):
-    """HF fp32 model; linears replaced by ``linear_fn(name, W)``, or the whole state from ``state``."""
+def hf_model(model_dir, linear_fn=None, state=None, int8_lm_head=True):
+    """HF fp32 model; linears replaced by ``linear_fn(name, W)``, or the whole state from ``state``;
+    with ``int8_lm_head`` the lm head is the runtime's int8 one of a quantized workspace."""
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
@@ -89,6 +92,9 @@ def hf_model(model_dir, linear_fn=None, state=None):
                 p.copy_(torch.from_numpy(linear_fn(name, p.numpy())))
             elif not (linear and state is not None):  # dequantized AWQ weights are exact already
                 p.copy_(p.half().float())
+        if int8_lm_head:  # a new Parameter: a tied lm head is untied, the embeddings stay fp16
+            head = quantize_lm_head(model.get_output_embeddings().weight.numpy())
+            model.get_output_embeddings().weight = torch.nn.Parameter(torch.from_numpy(head), requires_grad=False)
     return model
 
 
@@ -103,9 +109,11 @@ def hf_greedy(model, tokens, steps):
     return out[0, len(tokens):].tolist()
 
 
-@pytest.mark.parametrize("weight_type,group_size", [("int4", 64), ("int4", 128), ("int8", 64)])
-def test_rtn_workspace_matches_hf_on_dequantized_weights(tiny_model, tmp_path, weight_type, group_size):
-    model_dir = tiny_model("gqa")
+@pytest.mark.parametrize("variant,weight_type,group_size",
+                         [("gqa", "int4", 64), ("gqa", "int4", 128), ("gqa", "int8", 64),
+                          ("tied", "int4", 64)])  # the int8 lm head of a tied model: embeddings stay fp16
+def test_rtn_workspace_matches_hf_on_dequantized_weights(tiny_model, tmp_path, variant, weight_type, group_size):
+    model_dir = tiny_model(variant)
     wdir = make_ws(model_dir, tmp_path / "ws", weight_type=weight_type, group_size=group_size)
     bits = int(weight_type[3:])
     oracle = hf_model(model_dir, lambda n, w: quantize_rtn(w, bits, group_size).dequantize())

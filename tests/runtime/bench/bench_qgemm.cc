@@ -81,8 +81,9 @@ int main(int argc, char** argv) {
   std::printf("tables: fp16 %s, quantized %s; group size %d; physical cores %d\n", best_kernels().name,
               best_qkernels().name, G, turbolm::ThreadPool::physical_cores());
   struct Shape { const char* name; int K, N; } shapes[] = {
-      {"qkv", 576, 960}, {"wo", 576, 576}, {"w1/w3", 576, 1536}, {"w2", 1536, 576}};
-  std::vector<float> x((size_t)512 * 1536), y((size_t)512 * 1536);
+      {"qkv", 576, 960}, {"wo", 576, 576}, {"w1/w3", 576, 1536}, {"w2", 1536, 576},
+      {"lmhead", 576, 49152}};  // int8 for quantized workspaces (model/weights.h kLMHeadBits)
+  std::vector<float> x((size_t)512 * 1536), y((size_t)512 * 49152);  // y: M = 512 rows of the widest N
   for (size_t i = 0; i < x.size(); ++i) x[i] = (float)((i * 7919) % 1000) / 1000.f - 0.5f;
   std::printf("%-6s %5s %5s %4s %4s %3s %9s %8s %9s %9s | %9s %8s %9s\n", "shape", "K", "N", "fmt", "M", "thr",
               "us/call", "GB/s", "fp16eq", "GFLOP/s", "cpu-us", "GB/s", "GFLOP/s");
