@@ -68,9 +68,19 @@ def test_stop_cancels_a_running_round(api_server):
 
 
 def test_round_past_the_session_length_is_refused(api_server):
-    r = _post(api_server.url, prompt="word " * 3000, session_id=80, interactive_mode=True)
+    url = api_server.url
+    before = httpx.get(url + "/v1/stats").json()["interactive_sessions"]
+    r = _post(url, prompt="word " * 3000, session_id=80, interactive_mode=True)
     assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded"
-    _post(api_server.url, prompt="", session_id=80, interactive_mode=False, request_output_len=0)
+    # a refused round leaves no session behind
+    assert httpx.get(url + "/v1/stats").json()["interactive_sessions"] == before
+
+
+def test_malformed_messages_are_a_400(api_server):
+    r = _post(api_server.url, prompt=[{"role": "wizard", "content": "hi"}], session_id=81, interactive_mode=True)
+    assert r.status_code == 400, r.text
+    r = _post(api_server.url, prompt=[], session_id=81, interactive_mode=True)
+    assert r.status_code == 400, r.text
 
 
 def test_api_client_terminal_chat(api_server):

@@ -28,7 +28,7 @@ from fastapi.responses import StreamingResponse
 from turbolm.serve import errors
 from turbolm.serve.async_engine import AsyncEngine, EngineError, GenParams
 from turbolm.serve.errors import APIError
-from turbolm.serve.openai_api import build_router
+from turbolm.serve.openai_api import build_router, until_disconnect
 from turbolm.serve.protocol import EncodeRequest, InteractiveRequest
 from turbolm.serve.sessions import Sessions
 
@@ -127,7 +127,7 @@ def create_app(engine: AsyncEngine, served_model_name: Optional[str] = None, api
         return {"input_ids": ids, "length": [len(i) for i in ids]}
 
     @app.post("/v1/chat/interactive", dependencies=state.auth)
-    async def interactive(req: InteractiveRequest):
+    async def interactive(req: InteractiveRequest, request: Request):
         """One round of a server-side session. interactive_mode=true keeps the history for the next
         round; stop=true cancels the session's running round; an empty prompt with
         interactive_mode=false and request_output_len=0 ends the session. stream=true answers
@@ -144,8 +144,8 @@ def create_app(engine: AsyncEngine, served_model_name: Optional[str] = None, api
         params = GenParams(max_new_tokens=req.request_output_len, temperature=req.temperature, top_p=req.top_p,
                            top_k=req.top_k, repetition_penalty=req.repetition_penalty, ignore_eos=req.ignore_eos,
                            seed=req.seed, stop=list(req.stop_words or []))
-        sessions.prepare(sid, prompt)  # errors (busy, too long) before any byte is sent
-        gen = sessions.chat(sid, prompt, params, interactive_mode=req.interactive_mode)
+        prepared = sessions.prepare(sid, prompt)  # errors (busy, bad, too long) before any byte is sent
+        gen = sessions.chat(sid, prepared, params, interactive_mode=req.interactive_mode)
 
         if req.stream:
             async def lines():
@@ -159,10 +159,15 @@ def create_app(engine: AsyncEngine, served_model_name: Optional[str] = None, api
 
             return StreamingResponse(lines(), media_type="application/x-ndjson")
         text, last = [], None
-        try:
+
+        async def collect():
+            nonlocal last
             async for c in gen:
                 text.append(c.text)
                 last = c
+
+        try:  # a client that goes away cancels the round (and frees the session) like a stop
+            await until_disconnect(request, collect())
         except EngineError as e:
             raise APIError(500, str(e), "engine_error")
         return {"text": "".join(text), "tokens": last.num_tokens if last else 0,

@@ -32,7 +32,8 @@ class LocalBackend:
         self.name = f"{engine.model_name} (local engine)"
 
     async def stream(self, session_id: int, prompt: str, params: GenParams) -> AsyncIterator[str]:
-        async for c in self.sessions.chat(session_id, prompt, params, interactive_mode=True):
+        prepared = self.sessions.prepare(session_id, prompt)
+        async for c in self.sessions.chat(session_id, prepared, params, interactive_mode=True):
             yield c.text
 
     async def stop(self, session_id: int) -> None:

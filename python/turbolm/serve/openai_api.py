@@ -113,6 +113,20 @@ def sse(obj) -> str:
     return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
 
 
+def chunk_writer(req, base: dict) -> Callable[..., str]:
+    """SSE chunks of one streamed response: `base` fields + choices; with
+    stream_options.include_usage every chunk carries `usage` (null until the last one)."""
+    include_usage = bool(req.stream_options and req.stream_options.include_usage)
+
+    def chunk(choices, **extra) -> str:
+        out = dict(base, choices=choices, **extra)
+        if include_usage and "usage" not in out:
+            out["usage"] = None
+        return sse(out)
+
+    return chunk
+
+
 def sse_response(body: AsyncIterator[str]) -> StreamingResponse:
     return StreamingResponse(body, media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
@@ -193,13 +207,8 @@ def build_router(state) -> APIRouter:
 
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            base = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model}
-
-            def chunk(choices, **extra):
-                out = dict(base, choices=choices, **extra)
-                if include_usage and "usage" not in out:
-                    out["usage"] = None
-                return sse(out)
+            chunk = chunk_writer(req, {"id": rid, "object": "chat.completion.chunk", "created": created,
+                                       "model": model})
 
             async def events():
                 for i in range(req.n):
@@ -261,13 +270,7 @@ def build_router(state) -> APIRouter:
 
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            base = {"id": rid, "object": "text_completion", "created": created, "model": model}
-
-            def chunk(choices, **extra):
-                out = dict(base, choices=choices, **extra)
-                if include_usage and "usage" not in out:
-                    out["usage"] = None
-                return sse(out)
+            chunk = chunk_writer(req, {"id": rid, "object": "text_completion", "created": created, "model": model})
 
             async def events():
                 total, offsets = {}, {}

@@ -58,29 +58,33 @@ class Sessions:
             self.engine.end(session_id)
 
     def prepare(self, session_id: int, prompt: Union[str, List[dict]]):
-        """-> (input ids, sequence_start, step) for the next round; raises APIError when the
-        session is busy or the round would not fit in the session length."""
-        s = self.table.setdefault(session_id, Session())
+        """-> (input ids, sequence_start, step) for the next round; raises APIError (400) when the
+        session is busy, the messages are malformed, or the round would not fit in the session
+        length. Nothing is recorded until the round is accepted: a refused round leaves no session."""
+        s = self.table.get(session_id) or Session()
         if s.busy:
             raise APIError(400, f"session {session_id} is busy with a running request; stop it first",
                            "session_busy", "session_id")
-        if not isinstance(prompt, str):  # a whole history replaces the session's
-            s.step = 0
-            text = self.engine.template.messages2prompt(prompt)
-        else:
-            text = self.engine.template.get_prompt(prompt, sequence_start=s.step == 0)
-        ids = self.engine.encode(text, add_bos=s.step == 0)
-        if s.step + len(ids) >= self.engine.session_len:
-            raise APIError(400, f"session {session_id} would exceed the session length: {s.step} tokens of "
+        if not isinstance(prompt, str) and not prompt:
+            raise APIError(400, "prompt: an empty message list has nothing to answer", "invalid_value", "prompt")
+        step = 0 if not isinstance(prompt, str) else s.step  # a whole history replaces the session's
+        try:
+            text = (self.engine.template.messages2prompt(prompt) if not isinstance(prompt, str)
+                    else self.engine.template.get_prompt(prompt, sequence_start=step == 0))
+        except (ValueError, IndexError, KeyError) as e:
+            raise APIError(400, f"bad prompt: {e}", "invalid_value", "prompt") from None
+        ids = self.engine.encode(text, add_bos=step == 0)
+        if step + len(ids) >= self.engine.session_len:
+            raise APIError(400, f"session {session_id} would exceed the session length: {step} tokens of "
                                 f"history + {len(ids)} of prompt >= {self.engine.session_len}; end the session",
                            "context_length_exceeded", "prompt")
-        return ids, s.step == 0, s.step
+        return ids, step == 0, step
 
-    async def chat(self, session_id: int, prompt: Union[str, List[dict]], params: GenParams,
+    async def chat(self, session_id: int, prepared, params: GenParams,
                    interactive_mode: bool = True) -> AsyncIterator[Chunk]:
-        """One round. interactive_mode=False: the session is ended after it (a one-off request)."""
-        ids, start, step = self.prepare(session_id, prompt)
-        s = self.table[session_id]
+        """One round, from prepare()'s result. interactive_mode=False: the session is ended after it."""
+        ids, start, step = prepared
+        s = self.table.setdefault(session_id, Session())
         room = self.engine.session_len - step - len(ids)
         params = dataclasses.replace(params, max_new_tokens=max(0, min(params.max_new_tokens, room)))
         s.busy = True
