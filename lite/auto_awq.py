@@ -14,10 +14,8 @@ goes to ``work_dir`` beside the statistics.
 """
 from __future__ import annotations
 
-import math
 import os
 import time
-from functools import reduce
 from typing import Dict, List
 
 import torch
@@ -45,17 +43,21 @@ def linear_shapes(config) -> Dict[str, tuple]:
 
 
 def check_group_size(w_group_size, bits: int, config) -> int:
+    """The same rule `turbolm convert` applies (converter.quant), checked before any work, so a
+    checkpoint this writes always converts."""
+    from turbolm.converter.quant import GROUP_ALIGN, valid_group_sizes
+
     shapes = linear_shapes(config)
     ins = sorted({i for _, i in shapes.values()})
-    common = reduce(math.gcd, ins)
-    valid = [g for g in range(2, common + 1) if common % g == 0]
+    valid = valid_group_sizes(ins, limit=max(ins))
     try:
         group = int(w_group_size)
     except (TypeError, ValueError):
         group = -1
-    if group <= 0 or common % group:
-        raise UserError(f"--w_group_size {w_group_size} does not divide the in_features of every Linear "
-                        f"({', '.join(map(str, ins))}); valid group sizes: {', '.join(map(str, valid))}")
+    if group not in valid:
+        raise UserError(f"--w_group_size {w_group_size} must be a multiple of {GROUP_ALIGN} dividing the "
+                        f"in_features of every Linear ({', '.join(map(str, ins))}); valid group sizes: "
+                        f"{', '.join(map(str, valid)) or 'none'}")
     per = 32 // bits
     bad = [f"{n} ({o})" for n, (o, _) in shapes.items() if o % per]
     if bad:

@@ -22,8 +22,6 @@ import torch
 from .awq_pack import dequantize_awq
 
 SHARD_BYTES = 4 << 30
-TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                   "added_tokens.json", "vocab.json", "merges.txt", "chat_template.jinja", "chat_template.json")
 
 
 def quantization_config(bits: int, group_size: int) -> dict:
@@ -77,8 +75,11 @@ def save_awq(out_dir: str, model, tensors: Dict[str, torch.Tensor], bits: int, g
         cfg["dtype"] = "float16"
     with open(os.path.join(out_dir, "config.json"), "w") as f:
         json.dump(cfg, f, indent=2, default=str)
+    # The converter's tokenizer file list, less config.json: ours (with quantization_config) is written above.
+    from turbolm.converter.tokenizer import TOKENIZER_FILES
+
     copied = 0
-    for fname in TOKENIZER_FILES + ("generation_config.json",):
+    for fname in (f for f in TOKENIZER_FILES if f != "config.json"):
         src = os.path.join(source_dir, fname)
         if os.path.isfile(src) and os.path.abspath(src) != os.path.abspath(os.path.join(out_dir, fname)):
             shutil.copy(src, os.path.join(out_dir, fname))

@@ -193,10 +193,3 @@ class OnDevice:
 
     def __exit__(self, *exc):
         self.layer.to(device="cpu", dtype=self.dtype)
-
-
-def named_layer_modules(model: nn.Module, index: int) -> List[Tuple[str, nn.Module]]:
-    """(full name, module) of the linears and norms of decoder layer ``index``, names as in model.named_modules()."""
-    layer = decoder_layers(model)[index]
-    prefix = f"model.layers.{index}."
-    return [(prefix + n, layer.get_submodule(n)) for n in LINEARS + NORMS]

@@ -84,7 +84,7 @@ class GGUFSource(Source):
         try:
             hidden, heads = int(a("embedding_length")), int(a("attention.head_count"))
             tokens = _field(r, "tokenizer.ggml.tokens")
-            vocab = a("vocab_size") or (len(tokens) if tokens else self.tensors["token_embd.weight"].shape[-1])
+            vocab = a("vocab_size") or (len(tokens) if tokens else self.tensors["token_embd.weight"].shape[0])  # [vocab, hidden]
             self.spec = ModelSpec(
                 architecture=f"gguf:{arch}", num_layer=int(a("block_count")), hidden=hidden, head_num=heads,
                 kv_head_num=int(a("attention.head_count_kv") or heads),

@@ -68,6 +68,10 @@ class _TorchBinFile:
     def get_fp32(self, name):
         return self.sd[name].float().numpy()
 
+    def get_raw(self, name):  # stored dtype (AWQ's int32 qweight/qzeros), as safetensors_io's get_raw
+        t = self.sd[name]
+        return t.view(self._torch.int16).numpy().view(np.uint16) if t.dtype == self._torch.bfloat16 else t.numpy()
+
     def close(self):
         self.sd = {}
 

@@ -34,9 +34,9 @@ def test_bad_bits_before_work(tiny_model, calib_txt, tmp_path, no_work, bits):
     assert not os.listdir(tmp_path)
 
 
-@pytest.mark.parametrize("group", [48, 0, 1000])
+@pytest.mark.parametrize("group", [48, 0, 1000, 8])  # 8 divides both, but the runtime needs multiples of 16
 def test_bad_group_size_lists_valid_ones(tiny_model, calib_txt, tmp_path, no_work, group):
-    with pytest.raises(UserError, match="valid group sizes: 2, 4, 8, 16, 32, 64, 128$"):
+    with pytest.raises(UserError, match="valid group sizes: 16, 32, 64, 128$"):
         auto_awq(tiny_model("gqa"), 4, group, str(tmp_path), calib_txt, 1, 8)   # in_features 512 and 384
 
 

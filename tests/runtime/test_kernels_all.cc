@@ -9,18 +9,12 @@
 #include <vector>
 
 #include "check.h"
+#include "test_rng.h"
 #include "kernels/kernels.h"
 
 using namespace turbolm::kernels;
 
 namespace {
-
-struct Rng {
-  uint64_t s;
-  explicit Rng(uint64_t seed) : s(seed * 0x9E3779B97F4A7C15ull + 1) {}
-  uint32_t next() { s = s * 6364136223846793005ull + 1442695040888963407ull; return (uint32_t)(s >> 33); }
-  float uniform(float lo = -1.f, float hi = 1.f) { return lo + (hi - lo) * (next() & 0xffffff) / float(0x1000000); }
-};
 
 uint16_t to_bf16(float f) {  // round to nearest even (test data only; no nan here)
   uint32_t u;

