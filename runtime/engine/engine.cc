@@ -267,7 +267,13 @@ void Engine::Impl::run() {
     }
     for (Command& c : cmds) handle(c);
     if (!cmds.empty()) publish();  // a stop/end shows in stats() without waiting for a step
-    step();
+    try {
+      step();
+    } catch (const std::exception& e) {
+      // A broken invariant in the scheduler or block manager: fail everything in flight rather
+      // than let the exception end the engine thread (and the process); new requests still run.
+      sched->cancel_all(FinishReason::kError, std::string("engine step failed: ") + e.what());
+    }
     publish();
   }
 }

@@ -79,7 +79,6 @@ void Scheduler::add(const Request& req, std::shared_ptr<Stream> stream) {
   // Sampling needs the logits of the last token: recompute it if its K/V is already cached.
   if (s->max_new > 0 && s->num_cached >= (int)s->tokens.size()) s->num_cached = (int)s->tokens.size() - 1;
   s->status = SequenceStatus::kWaiting;  // cached -> waiting (its blocks stay cached, evictable)
-  s->arrival = ++ticket_;
   waiting_.push_back(s);
 }
 
@@ -221,10 +220,10 @@ void Scheduler::fail(const std::vector<ScheduledSeq>& batch, const std::string& 
   }
 }
 
-void Scheduler::cancel_all() {
+void Scheduler::cancel_all(FinishReason reason, const std::string& error) {
   std::vector<Sequence*> all(running_.begin(), running_.end());
   all.insert(all.end(), waiting_.begin(), waiting_.end());
-  for (Sequence* s : all) finish(s, FinishReason::kCancelled);
+  for (Sequence* s : all) finish(s, reason, error);
 }
 
 void Scheduler::finish(Sequence* s, FinishReason reason, const std::string& error) {

@@ -70,8 +70,8 @@ class Scheduler {
   void fail(const std::vector<ScheduledSeq>& batch, const std::string& error);
   // Preempts the latest running sequence; false when none runs.
   bool preempt_latest();
-  // Finishes every request kCancelled (engine shutdown).
-  void cancel_all();
+  // Finishes every request: kCancelled at engine shutdown, kError (with `error`) when a step broke.
+  void cancel_all(FinishReason reason = FinishReason::kCancelled, const std::string& error = "");
 
   bool has_work() const { return !running_.empty() || !waiting_.empty(); }
   int num_running() const { return (int)running_.size(); }
@@ -92,7 +92,6 @@ class Scheduler {
   std::unordered_map<uint64_t, std::unique_ptr<Sequence>> sessions_;
   std::vector<Sequence*> running_;  // admission order: preempt from the back
   std::deque<Sequence*> waiting_;   // FIFO; preempted sequences go back to the front
-  uint64_t ticket_ = 0;
   long long preemptions_ = 0;
 };
 

@@ -45,7 +45,6 @@ struct Sequence {
   std::vector<float> logprobs;  // [num_generated()] logprob of each generated token
   int num_streamed = 0;         // generated tokens already pushed to the stream (others held back)
   std::mt19937_64 rng;          // seeded with gen.random_seed when the request binds
-  uint64_t arrival = 0;         // admission ticket: FIFO among waiting, preemption order
 
   int num_generated() const { return (int)tokens.size() - prompt_len; }
   const int32_t* generated() const { return tokens.data() + prompt_len; }
