@@ -66,14 +66,12 @@ def test_streaming_client_disconnect_cancels_and_frees_blocks(api_server):
 def test_non_streaming_client_disconnect_cancels(api_server):
     before = _tokens_generated(api_server.url)
     body = {"prompt": "First Citizen:", "max_tokens": 1000, "ignore_eos": True}
-    t0 = time.time()
     try:
         httpx.post(api_server.url + "/v1/completions", json=body, timeout=0.2)
     except httpx.TimeoutException:
         pass
-    stats = wait_idle(api_server.url)
-    if time.time() - t0 < 30:  # the server polls for the disconnect every 0.25 s
-        assert stats["tokens_generated"] - before < 1000, "the abandoned request ran to the end"
+    stats = wait_idle(api_server.url)  # the server polls for the disconnect every 0.25 s
+    assert stats["tokens_generated"] - before < 1000, "the abandoned request ran to the end"
 
 
 def test_stats_endpoint_documents_the_pool(api_server):

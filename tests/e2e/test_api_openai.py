@@ -104,14 +104,15 @@ def test_chat_n_choices_stream(openai_client):
                                                    n=3, max_tokens=6, stream=True, temperature=0.9, seed=3,
                                                    stream_options={"include_usage": True},
                                                    extra_body={"ignore_eos": True})
-    finish = {}
+    finish, usage = {}, []
     for c in stream:
         for ch in c.choices:
             if ch.finish_reason:
                 finish[ch.index] = ch.finish_reason
         if c.usage:
-            assert c.usage.completion_tokens == 18
+            usage.append(c.usage)
     assert finish == {0: "length", 1: "length", 2: "length"}
+    assert len(usage) == 1 and usage[0].completion_tokens == 18  # include_usage: exactly one usage chunk
 
 
 def test_logprobs(openai_client):
