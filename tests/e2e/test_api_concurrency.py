@@ -2,7 +2,6 @@
 batch; a client that disconnects cancels its request and frees its KV blocks (GET /v1/stats)."""
 import asyncio
 import json
-import time
 
 import httpx
 import openai
