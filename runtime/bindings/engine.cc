@@ -3,6 +3,8 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <type_traits>
+
 #include "core/error.h"
 #include "engine/engine.h"
 
@@ -13,17 +15,31 @@ namespace {
 
 GenerationConfig gen_from_kwargs(const py::dict& d) {
   GenerationConfig g;
-  auto get = [&](const char* k) -> py::object { return d.contains(k) ? py::object(d[k]) : py::none(); };
-  if (auto v = get("max_new_tokens"); !v.is_none()) g.max_new_tokens = v.cast<int>();
-  if (auto v = get("top_k"); !v.is_none()) g.top_k = v.cast<int>();
-  if (auto v = get("top_p"); !v.is_none()) g.top_p = v.cast<float>();
-  if (auto v = get("temperature"); !v.is_none()) g.temperature = v.cast<float>();
-  if (auto v = get("repetition_penalty"); !v.is_none()) g.repetition_penalty = v.cast<float>();
-  if (auto v = get("random_seed"); !v.is_none()) g.random_seed = v.cast<uint64_t>();
-  if (auto v = get("ignore_eos"); !v.is_none()) g.ignore_eos = v.cast<bool>();
-  if (auto v = get("stop_sequences"); !v.is_none()) g.stop_sequences = v.cast<std::vector<std::vector<int32_t>>>();
-  if (auto v = get("logprobs"); !v.is_none()) g.logprobs = v.cast<bool>();
+  // A value of the wrong type or range (top_k = 10**14 does not fit an int) is a ValueError that
+  // names the setting, not a pybind11 cast error.
+  auto set = [&](const char* k, auto& field) {
+    if (!d.contains(k) || d[k].is_none()) return;
+    try {
+      field = d[k].cast<std::decay_t<decltype(field)>>();
+    } catch (const py::cast_error&) {
+      throw py::value_error(std::string("generation setting ") + k + " = " + py::repr(d[k]).cast<std::string>() +
+                            " has the wrong type or is out of range");
+    }
+  };
+  set("max_new_tokens", g.max_new_tokens);
+  set("top_k", g.top_k);
+  set("top_p", g.top_p);
+  set("temperature", g.temperature);
+  set("repetition_penalty", g.repetition_penalty);
+  set("random_seed", g.random_seed);
+  set("ignore_eos", g.ignore_eos);
+  set("stop_sequences", g.stop_sequences);
+  set("logprobs", g.logprobs);
   return g;
+}
+
+py::tuple tail_tuple(const Output& t, size_t total) {
+  return py::make_tuple(t.token_ids, t.logprobs, std::string(to_string(t.finish)), t.error, total);
 }
 
 }  // namespace
@@ -43,8 +59,39 @@ void bind_engine(py::module_& m) {
           },
           py::arg("seen"), py::arg("timeout_ms") = -1,
           "Block until more than `seen` tokens or the finish; returns (ids, logprobs, finish, error, in_time).")
+      .def(
+          "tail",
+          [](Stream& s, size_t from) {
+            Output t;
+            size_t total = 0;
+            s.wait_tail(from, t, total, 0);  // never blocks: the lock is held for a copy only
+            return tail_tuple(t, total);
+          },
+          py::arg("from_"),
+          "Tokens from index `from_` on, without waiting; returns (ids, logprobs, finish, error, total).")
+      .def(
+          "wait_tail",
+          [](Stream& s, size_t from, int timeout_ms) {
+            Output t;
+            size_t total = 0;
+            {
+              py::gil_scoped_release release;
+              s.wait_tail(from, t, total, timeout_ms);
+            }
+            return tail_tuple(t, total);
+          },
+          py::arg("from_"), py::arg("timeout_ms") = -1,
+          "Block until there are tokens past `from_` or the finish (or the timeout); returns (ids, logprobs, "
+          "finish, error, total) with only the new ids.")
       .def("finished", &Stream::finished)
-      .def("set_notify_fd", &Stream::set_notify_fd, py::arg("fd"));
+      .def("set_notifier", &Stream::set_notifier, py::arg("notifier"), py::arg("tag") = 0,
+           "Mark `tag` on `notifier` whenever this stream has news (None: detach).");
+
+  py::class_<Notifier, std::shared_ptr<Notifier>>(m, "Notifier",
+                                                  "An eventfd plus the tags of streams with news since drain().")
+      .def(py::init<>())
+      .def_property_readonly("fd", &Notifier::fd)
+      .def("drain", &Notifier::drain, "Tags marked since the last call (also resets the eventfd).");
 
   py::class_<Engine>(m, "Engine")
       .def(py::init([](const std::string& weights_dir, int tp, int num_threads, int max_batch_size, int session_len,

@@ -178,6 +178,7 @@ Engine::Engine(std::unique_ptr<ModelBackend> model, const EngineOptions& opts) :
   sc.max_num_tokens = budget;
   sc.session_len = session_len;
   sc.end_id = m.cfg.end_id;
+  sc.defer_delivery = true;  // outputs reach the streams after publish(): see Impl::run
   m.sched = std::make_unique<Scheduler>(sc, *m.blocks);
   m.publish();
   m.thread = std::thread([&m] { m.run(); });
@@ -200,6 +201,7 @@ Engine::~Engine() {
   }
   m.queue.clear();
   m.sched->cancel_all();
+  m.sched->deliver();
 }
 
 const ModelConfig& Engine::config() const { return impl_->cfg; }
@@ -266,7 +268,10 @@ void Engine::Impl::run() {
       cmds.swap(queue);
     }
     for (Command& c : cmds) handle(c);
-    if (!cmds.empty()) publish();  // a stop/end shows in stats() without waiting for a step
+    if (!cmds.empty()) {  // a stop/end shows in stats() without waiting for a step
+      publish();
+      sched->deliver();
+    }
     try {
       step();
     } catch (const std::exception& e) {
@@ -274,7 +279,10 @@ void Engine::Impl::run() {
       // than let the exception end the engine thread (and the process); new requests still run.
       sched->cancel_all(FinishReason::kError, std::string("engine step failed: ") + e.what());
     }
+    // Stats first, then the step's tokens and finishes: a caller that sees its request finish
+    // reads stats() that already count it (free blocks, running, tokens_generated).
     publish();
+    sched->deliver();
   }
 }
 

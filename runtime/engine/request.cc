@@ -1,9 +1,14 @@
 #include "engine/request.h"
 
+#include <sys/eventfd.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <chrono>
 #include <cstdint>
+#include <cstring>
+
+#include "core/error.h"
 
 namespace turbolm {
 
@@ -18,25 +23,83 @@ const char* to_string(FinishReason r) {
   return "?";
 }
 
-void Stream::push(int32_t token, float logprob) {
+// ---------------------------------------------------------------- Notifier
+
+Notifier::Notifier() : fd_(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) {
+  TURBOLM_CHECK(fd_ >= 0, "Notifier: eventfd failed: ", std::strerror(errno));
+}
+
+Notifier::~Notifier() {
+  if (fd_ >= 0) ::close(fd_);
+}
+
+void Notifier::mark(uint64_t tag) {
+  std::lock_guard<std::mutex> lk(mu_);
+  const bool was_empty = ready_.empty();
+  ready_.push_back(tag);
+  if (was_empty) {
+    uint64_t one = 1;
+    ssize_t r = ::write(fd_, &one, sizeof(one));  // never blocks for a single increment
+    (void)r;
+  }
+}
+
+std::vector<uint64_t> Notifier::drain() {
+  std::vector<uint64_t> out;
+  std::lock_guard<std::mutex> lk(mu_);
+  uint64_t v;
+  ssize_t r = ::read(fd_, &v, sizeof(v));  // resets the counter; EAGAIN when already 0
+  (void)r;
+  out.swap(ready_);
+  return out;
+}
+
+// ---------------------------------------------------------------- Stream
+
+void Stream::stage(int32_t token, float logprob) {
+  staged_ids_.push_back(token);
+  staged_lps_.push_back(logprob);
+}
+
+void Stream::stage_finish(FinishReason reason, const std::string& error) {
+  if (staged_finish_ != FinishReason::kNone) return;  // first finish wins
+  staged_finish_ = reason;
+  staged_error_ = error;
+}
+
+void Stream::commit() {
+  if (staged_ids_.empty() && staged_finish_ == FinishReason::kNone) return;
+  std::shared_ptr<Notifier> notifier;
+  uint64_t tag = 0;
   {
     std::lock_guard<std::mutex> lk(mu_);
-    out_.token_ids.push_back(token);
-    out_.logprobs.push_back(logprob);
-    notify_locked();
+    if (out_.finish == FinishReason::kNone) {  // nothing follows a finish
+      out_.token_ids.insert(out_.token_ids.end(), staged_ids_.begin(), staged_ids_.end());
+      out_.logprobs.insert(out_.logprobs.end(), staged_lps_.begin(), staged_lps_.end());
+      if (staged_finish_ != FinishReason::kNone) {
+        out_.finish = staged_finish_;
+        out_.error = staged_error_;
+      }
+    }
+    notifier = notifier_;
+    tag = tag_;
   }
+  staged_ids_.clear();
+  staged_lps_.clear();
+  staged_finish_ = FinishReason::kNone;
+  staged_error_.clear();
   cv_.notify_all();
+  if (notifier) notifier->mark(tag);
+}
+
+void Stream::push(int32_t token, float logprob) {
+  stage(token, logprob);
+  commit();
 }
 
 void Stream::finish(FinishReason reason, const std::string& error) {
-  {
-    std::lock_guard<std::mutex> lk(mu_);
-    if (out_.finish != FinishReason::kNone) return;  // first finish wins
-    out_.finish = reason;
-    out_.error = error;
-    notify_locked();
-  }
-  cv_.notify_all();
+  stage_finish(reason, error);
+  commit();
 }
 
 bool Stream::wait(size_t seen, Output& out, int timeout_ms) {
@@ -49,20 +112,32 @@ bool Stream::wait(size_t seen, Output& out, int timeout_ms) {
   return ok;
 }
 
-void Stream::set_notify_fd(int fd) {
-  std::lock_guard<std::mutex> lk(mu_);
-  notify_fd_ = fd;
+bool Stream::wait_tail(size_t from, Output& tail, size_t& total, int timeout_ms) {
+  std::unique_lock<std::mutex> lk(mu_);
+  auto ready = [&] { return out_.token_ids.size() > from || out_.finish != FinishReason::kNone; };
+  bool ok = true;
+  if (timeout_ms < 0) cv_.wait(lk, ready);
+  else if (timeout_ms > 0) ok = cv_.wait_for(lk, std::chrono::milliseconds(timeout_ms), ready);
+  else ok = ready();
+  const size_t n = out_.token_ids.size(), b = from < n ? from : n;
+  tail.token_ids.assign(out_.token_ids.begin() + b, out_.token_ids.end());
+  tail.logprobs.assign(out_.logprobs.begin() + b, out_.logprobs.end());
+  tail.finish = out_.finish;
+  tail.error = out_.error;
+  total = n;
+  return ok;
 }
 
-// Called with mu_ held: the owner detaches (set_notify_fd(-1)) before closing the fd, so a write
-// never reaches a closed (or reused) descriptor.
-void Stream::notify_locked() {
-  int fd = notify_fd_;
-  if (fd >= 0) {
-    uint64_t one = 1;
-    ssize_t r = ::write(fd, &one, sizeof(one));  // eventfd never blocks for a single increment
-    (void)r;
+void Stream::set_notifier(std::shared_ptr<Notifier> notifier, uint64_t tag) {
+  bool ready;
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    notifier_ = notifier;
+    tag_ = tag;
+    ready = notifier && (!out_.token_ids.empty() || out_.finish != FinishReason::kNone);
   }
+  // Outputs committed before the notifier was attached would otherwise never wake the reader.
+  if (ready) notifier->mark(tag);
 }
 
 bool Stream::finished() const {

@@ -3,6 +3,7 @@
 #pragma once
 #include <condition_variable>
 #include <cstdint>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <vector>
@@ -41,26 +42,62 @@ struct Output {
   std::string error;               // set with kError (e.g. prompt longer than the session)
 };
 
+// One wake-up source for many streams: a stream that becomes readable appends its tag to the
+// ready list, and the eventfd is written only when the list goes from empty to non-empty. An
+// asyncio loop waits on fd(), then drain()s the tags of every stream with news: one wake-up
+// and one syscall per engine step however many streams are served, not one per stream.
+class Notifier {
+ public:
+  Notifier();   // throws Error when no eventfd can be made
+  ~Notifier();  // closes the fd; streams hold a shared_ptr, so it outlives every attached stream
+  int fd() const { return fd_; }
+  void mark(uint64_t tag);        // engine side
+  std::vector<uint64_t> drain();  // caller side: the tags marked since the last drain (resets the fd)
+
+ private:
+  int fd_ = -1;
+  std::mutex mu_;
+  std::vector<uint64_t> ready_;
+};
+
+// Engine side writes in two phases so a reader never sees a token or a finish before the
+// engine's bookkeeping (stats(), the session's state) is consistent with it: stage_*() collect
+// the outputs of a step privately (engine thread only, no lock), commit() publishes them all
+// under one lock with one notification. push()/finish() are stage + commit.
+//
+// Caller side: wait() copies the whole output (the reference API yields cumulative ids);
+// read_tail()/wait_tail() copy only the tokens from a given index, so a streaming reader's cost
+// per wake-up does not grow with the output length.
 class Stream {
  public:
   // Engine side.
+  void stage(int32_t token, float logprob);
+  void stage_finish(FinishReason reason, const std::string& error = "");
+  void commit();
   void push(int32_t token, float logprob);
   void finish(FinishReason reason, const std::string& error = "");
   // Caller side: blocks until more than `seen` tokens exist or the request finished, or until
   // timeout_ms passes (-1: no timeout). Copies the state into `out`. Returns false on timeout.
   bool wait(size_t seen, Output& out, int timeout_ms = -1);
+  // Like wait(), but copies only tokens [from, n) (and their logprobs) into `tail`; returns n
+  // through `total`. timeout_ms = 0: do not block.
+  bool wait_tail(size_t from, Output& tail, size_t& total, int timeout_ms = -1);
   bool finished() const;
-  // Optional: an eventfd written (8 bytes, value 1) on every push/finish, so an asyncio loop can
-  // wait on the fd instead of a thread; the engine thread never touches Python. -1: none.
-  // Detach (set -1) before closing the fd.
-  void set_notify_fd(int fd);
+  // Optional wake-up: every commit marks `tag` on `notifier` (nullptr: none). The engine thread
+  // never touches Python. Detach (nullptr) when done reading.
+  void set_notifier(std::shared_ptr<Notifier> notifier, uint64_t tag);
 
  private:
-  void notify_locked();
   mutable std::mutex mu_;
   std::condition_variable cv_;
   Output out_;
-  int notify_fd_ = -1;
+  std::shared_ptr<Notifier> notifier_;
+  uint64_t tag_ = 0;
+  // Staged by the engine thread, not yet visible to readers.
+  std::vector<int32_t> staged_ids_;
+  std::vector<float> staged_lps_;
+  FinishReason staged_finish_ = FinishReason::kNone;
+  std::string staged_error_;
 };
 
 }  // namespace turbolm

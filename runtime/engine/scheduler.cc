@@ -24,8 +24,13 @@ const Sequence* Scheduler::find(uint64_t session_id) const {
 
 void Scheduler::add(const Request& req, std::shared_ptr<Stream> stream) {
   const uint64_t id = req.session_id;
+  struct Deliver {  // every way out of add() delivers what it staged (unless deferred)
+    Scheduler* self;
+    ~Deliver() { self->done_call(); }
+  } deliver_on_return{this};
   auto refuse = [&](const std::string& why) {
-    stream->finish(FinishReason::kError, "session " + std::to_string(id) + ": " + why);
+    stream->stage_finish(FinishReason::kError, "session " + std::to_string(id) + ": " + why);
+    touch(stream);
   };
   auto it = sessions_.find(id);
   Sequence* s = it == sessions_.end() ? nullptr : it->second.get();
@@ -36,7 +41,10 @@ void Scheduler::add(const Request& req, std::shared_ptr<Stream> stream) {
   int base = 0;  // history tokens kept before the new input
   if (!req.sequence_start) {
     if (!s) {
-      if (input == 0 && req.sequence_end) return stream->finish(FinishReason::kStop);  // ending nothing
+      if (input == 0 && req.sequence_end) {  // ending nothing
+        stream->stage_finish(FinishReason::kStop);
+        return touch(stream);
+      }
       return refuse("not found (never started, or ended); start it with sequence_start=true");
     }
     base = (int)s->tokens.size();
@@ -85,6 +93,10 @@ void Scheduler::add(const Request& req, std::shared_ptr<Stream> stream) {
 void Scheduler::stop(uint64_t session_id, bool end) {
   auto it = sessions_.find(session_id);
   if (it == sessions_.end()) return;
+  struct Deliver {
+    Scheduler* self;
+    ~Deliver() { self->done_call(); }
+  } deliver_on_return{this};
   Sequence* s = it->second.get();
   if (s->status == SequenceStatus::kWaiting || s->status == SequenceStatus::kRunning) {
     s->end_after = s->end_after || end;
@@ -176,7 +188,22 @@ bool Scheduler::preempt_latest() {
 void Scheduler::stream_ready(Sequence* s, int holdback) {
   int upto = s->num_generated() - holdback;
   const int32_t* gen = s->generated();
-  for (; s->num_streamed < upto; ++s->num_streamed) s->stream->push(gen[s->num_streamed], s->logprobs[s->num_streamed]);
+  if (s->num_streamed >= upto) return;
+  for (; s->num_streamed < upto; ++s->num_streamed) s->stream->stage(gen[s->num_streamed], s->logprobs[s->num_streamed]);
+  touch(s->stream);
+}
+
+void Scheduler::touch(const std::shared_ptr<Stream>& st) {
+  // A stream is touched at most a few times a step (tokens, then its finish): a linear scan of
+  // the recent entries keeps the list short without a set.
+  for (size_t i = touched_.size(); i-- > 0 && i + 4 >= touched_.size();)
+    if (touched_[i] == st) return;
+  touched_.push_back(st);
+}
+
+void Scheduler::deliver() {
+  for (auto& st : touched_) st->commit();  // commit() of an already-committed stream is a no-op
+  touched_.clear();
 }
 
 void Scheduler::postprocess(const std::vector<ScheduledSeq>& batch, const std::vector<int32_t>& tokens,
@@ -210,6 +237,7 @@ void Scheduler::postprocess(const std::vector<ScheduledSeq>& batch, const std::v
       stream_ready(s, stop_holdback(s->generated(), n, g.stop_sequences));
     }
   }
+  done_call();
 }
 
 void Scheduler::fail(const std::vector<ScheduledSeq>& batch, const std::string& error) {
@@ -218,12 +246,14 @@ void Scheduler::fail(const std::vector<ScheduledSeq>& batch, const std::string& 
     blocks_.deallocate(*s);  // the K/V written this step is not trustworthy: active -> free
     finish(s, FinishReason::kError, error);
   }
+  done_call();
 }
 
 void Scheduler::cancel_all(FinishReason reason, const std::string& error) {
   std::vector<Sequence*> all(running_.begin(), running_.end());
   all.insert(all.end(), waiting_.begin(), waiting_.end());
   for (Sequence* s : all) finish(s, reason, error);
+  done_call();
 }
 
 void Scheduler::finish(Sequence* s, FinishReason reason, const std::string& error) {
@@ -244,7 +274,10 @@ void Scheduler::finish(Sequence* s, FinishReason reason, const std::string& erro
     blocks_.cache(*s);                    // active -> cached (most recently used)
   }
   // Last, so a caller that sees the finish and submits again finds the session idle.
-  if (stream) stream->finish(reason, error);
+  if (stream) {
+    stream->stage_finish(reason, error);
+    touch(stream);
+  }
 }
 
 void Scheduler::check_invariants() const {

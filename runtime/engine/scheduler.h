@@ -37,6 +37,10 @@ struct SchedulerConfig {
   int max_num_tokens = 512;  // tokens computed per step at most (prompt chunks + decodes)
   int session_len = 2048;    // history + prompt + generated tokens of a session at most
   int end_id = 2;            // eos
+  // false: every call delivers its stream outputs before it returns (tests drive the scheduler
+  // directly). true: outputs are staged until deliver(), so the engine can publish its stats
+  // first and a reader that sees a finish also sees stats that include it.
+  bool defer_delivery = false;
 };
 
 // One sequence's share of a step.
@@ -73,6 +77,9 @@ class Scheduler {
   // Finishes every request: kCancelled at engine shutdown, kError (with `error`) when a step broke.
   void cancel_all(FinishReason reason = FinishReason::kCancelled, const std::string& error = "");
 
+  // Commits the staged outputs (tokens, finishes) of every stream touched since the last call.
+  void deliver();
+
   bool has_work() const { return !running_.empty() || !waiting_.empty(); }
   int num_running() const { return (int)running_.size(); }
   int num_waiting() const { return (int)waiting_.size(); }
@@ -85,7 +92,9 @@ class Scheduler {
  private:
   void preempt(Sequence* s);
   void finish(Sequence* s, FinishReason reason, const std::string& error = "");
-  void stream_ready(Sequence* s, int holdback);  // pushes generated tokens not held back
+  void stream_ready(Sequence* s, int holdback);  // stages generated tokens not held back
+  void touch(const std::shared_ptr<Stream>& st);  // remembers a stream with staged outputs
+  void done_call() { if (!cfg_.defer_delivery) deliver(); }
 
   SchedulerConfig cfg_;
   BlockManager& blocks_;
@@ -93,6 +102,7 @@ class Scheduler {
   std::vector<Sequence*> running_;  // admission order: preempt from the back
   std::deque<Sequence*> waiting_;   // FIFO; preempted sequences go back to the front
   long long preemptions_ = 0;
+  std::vector<std::shared_ptr<Stream>> touched_;  // streams with staged outputs, until deliver()
 };
 
 }  // namespace turbolm

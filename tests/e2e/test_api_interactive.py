@@ -59,7 +59,7 @@ def test_stop_cancels_a_running_round(api_server):
     while time.time() < deadline and httpx.get(url + "/v1/stats").json()["requests_running"] == 0:
         time.sleep(0.02)
     busy = _post(url, prompt="meanwhile", session_id=sid, interactive_mode=True)
-    assert busy.status_code == 400 and busy.json()["error"]["code"] == "session_busy"
+    assert busy.status_code == 409 and busy.json()["error"]["code"] == "session_busy"
     assert _post(url, session_id=sid, stop=True).json()["finish_reason"] == "cancelled"
     t.join(60)
     assert result["r"]["tokens"] < 900 and result["r"]["finish_reason"] == "cancelled"

@@ -43,11 +43,12 @@ def _error_message(r: httpx.Response) -> str:
         return f"HTTP {r.status_code}: {r.text[:200]}"
 
 
-def main(restful_api_url: str, session_id: int = 0, api_key: Optional[str] = None, request_output_len: int = 512,
+def main(restful_api_url: str, session_id: int = -1, api_key: Optional[str] = None, request_output_len: int = 512,
          temperature: float = 0.8, top_p: float = 0.8, top_k: int = 40):
     client = InteractiveClient(restful_api_url, api_key=api_key)
-    sid = int(session_id)
-    print(f"turbolm api_client: {client.url}, session {sid}. Type `end` to reset the session, `exit` to quit.")
+    sid = int(session_id)  # -1: the server hands out a fresh session on the first round
+    where = "a new session" if sid == -1 else f"session {sid}"
+    print(f"turbolm api_client: {client.url}, {where}. Type `end` to reset the session, `exit` to quit.")
     while True:
         try:
             prompt = input("\nuser >>> ")
@@ -58,7 +59,9 @@ def main(restful_api_url: str, session_id: int = 0, api_key: Optional[str] = Non
         if cmd == "exit":
             break
         if cmd == "end":
-            client.end(sid)
+            if sid != -1:
+                client.end(sid)
+            sid = -1
             print("(session ended; a new one starts)")
             continue
         if not cmd:
@@ -69,12 +72,16 @@ def main(restful_api_url: str, session_id: int = 0, api_key: Optional[str] = Non
                                       top_p=top_p, top_k=top_k):
                 if item.get("error"):
                     print(f"\n[error: {item['error']}]")
+                if item.get("session_id") is not None:
+                    sid = int(item["session_id"])
                 sys.stdout.write(item.get("text", ""))
                 sys.stdout.flush()
             print()
         except KeyboardInterrupt:
-            client.stop(sid)
+            if sid != -1:
+                client.stop(sid)
             print("\n(stopped)")
         except (RuntimeError, httpx.HTTPError) as e:
             print(f"\n[error: {e}]")
-    client.end(sid)
+    if sid != -1:
+        client.end(sid)

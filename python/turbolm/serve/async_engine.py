@@ -5,14 +5,18 @@ engine's one persistent batch and no thread waits per request. A request that is
 (client gone, stop string reached, task cancelled) cancels its engine request at once, and a
 stateless request ends its session afterwards so its KV blocks are freed.
 
-Session ids: stateless requests get ids from the engine's allocator (1 << 40 upward); ids that
-clients pick for interactive sessions must stay below `MAX_USER_SESSION_ID`, so the two never meet.
+Session ids, three ranges that never meet:
+  [0, 2**40)      ids that clients name themselves (LMDeploy's API);
+  [2**40, 2**62)  interactive sessions the server hands out: random, unguessable (sessions.py);
+  [2**62, 2**63)  stateless requests (one id per choice, from a counter here).
 """
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import itertools
 import logging
+import weakref
 from typing import AsyncIterator, Dict, List, Optional, Sequence
 
 from turbolm.serve.textstream import TextStream
@@ -20,14 +24,16 @@ from turbolm.serve.textstream import TextStream
 log = logging.getLogger("turbolm.serve")
 
 MAX_USER_SESSION_ID = 1 << 40
+SERVER_SESSION_IDS = (1 << 40, 1 << 62)
+_stateless_ids = itertools.count(1 << 62)
 
-try:  # the engine's own allocator, so ids stay unique within the process
-    from turbolm.turbomind.turbomind import new_session_id as _new_session_id
-except Exception:  # pragma: no cover - engine not built
-    _counter = itertools.count(MAX_USER_SESSION_ID)
 
-    def _new_session_id() -> int:
-        return next(_counter)
+class _Claim:
+    """A session id in use by one request (AsyncEngine.running); `tokens` generated so far."""
+    __slots__ = ("tokens",)
+
+    def __init__(self):
+        self.tokens = 0
 
 
 class EngineError(RuntimeError):
@@ -67,7 +73,7 @@ class AsyncEngine:
         self.session_len = int(tm.session_len)
         self.model_name = tm.model_name
         self._template_stop_ids = self.tokenizer.stop_words_to_ids(getattr(self.template, "stop_words", []))
-        self.running: Dict[int, int] = {}  # session id -> ids generated so far (requests in flight)
+        self.running: Dict[int, _Claim] = {}  # session id -> its request in flight
         self.requests_total = 0
 
     @classmethod
@@ -81,10 +87,21 @@ class AsyncEngine:
     # -- ids --------------------------------------------------------------------------------
     @staticmethod
     def new_session_id() -> int:
-        return _new_session_id()
+        return next(_stateless_ids)
+
+    def _release(self, sid: int, claim: "_Claim") -> None:
+        if self.running.get(sid) is claim:
+            del self.running[sid]
 
     def encode(self, text: str, add_bos: bool = True) -> List[int]:
         return self.tokenizer.encode(text, add_bos=add_bos)
+
+    async def encode_async(self, text: str, add_bos: bool = True) -> List[int]:
+        """encode() in a worker thread: the tokenizer releases the GIL, so a huge prompt does not
+        stall the event loop (and every other client's stream) while it is tokenized."""
+        if len(text) < 4096:  # a thread hop costs more than tokenizing a short text
+            return self.encode(text, add_bos=add_bos)
+        return await asyncio.to_thread(self.encode, text, add_bos)
 
     def stop_ids(self, stop: Sequence[str]) -> List[List[int]]:
         extra = self.tokenizer.stop_words_to_ids(stop)
@@ -103,50 +120,56 @@ class AsyncEngine:
         return out
 
     # -- generation -------------------------------------------------------------------------
-    async def generate(self, input_ids: List[int], params: GenParams, session_id: Optional[int] = None,
-                       sequence_start: bool = True, step: int = 0, end_session: bool = True
-                       ) -> AsyncIterator[Chunk]:
+    def generate(self, input_ids: List[int], params: GenParams, session_id: Optional[int] = None,
+                 sequence_start: bool = True, step: int = 0, end_session: bool = True) -> AsyncIterator[Chunk]:
+        """Stream one request (see _generate). The session id is marked running from this call on,
+        and the mark goes when the stream ends, or when it is collected without ever running."""
+        sid = self.new_session_id() if session_id is None else int(session_id)
+        if sid in self.running:
+            raise EngineError(f"session {sid}: busy: a request of this session is still running")
+        claim = self.running[sid] = _Claim()
+        gen = self._generate(input_ids, params, sid, claim, sequence_start, step, end_session)
+        weakref.finalize(gen, self._release, sid, claim)
+        return gen
+
+    async def _generate(self, input_ids: List[int], params: GenParams, sid: int, claim: "_Claim",
+                        sequence_start: bool, step: int, end_session: bool) -> AsyncIterator[Chunk]:
         """Stream one request. `end_session=False` keeps the session's KV cache for a next round
         (interactive sessions); otherwise the session is ended when the request is over, however
         it ends. Raises EngineError when the engine reports an error."""
-        sid = self.new_session_id() if session_id is None else int(session_id)
         inst = self.tm.create_instance()
         text = TextStream(self.tokenizer, params.stop)
-        agen = inst.async_stream_infer(
+        agen = inst.async_stream_deltas(
             sid, input_ids, request_output_len=int(params.max_new_tokens), sequence_start=sequence_start,
             sequence_end=False, step=step, top_k=int(params.top_k), top_p=float(params.top_p),
             temperature=float(params.temperature), repetition_penalty=float(params.repetition_penalty),
-            ignore_eos=bool(params.ignore_eos), random_seed=params.seed, stream_output=True,
+            ignore_eos=bool(params.ignore_eos), random_seed=params.seed,
             stop_words=self.stop_ids(params.stop), logprobs=bool(params.logprobs))
         self.requests_total += 1
-        self.running[sid] = 0
         seen, finished = 0, False
         try:
-            async for outs in agen:
-                out = outs[0]
-                ids = out[0]
-                new = list(ids[seen:])
-                lps = list(out.logprobs[seen:len(ids)]) if params.logprobs and out.logprobs is not None else None
-                seen = len(ids)
-                self.running[sid] = seen
-                if out.finish_reason == "error":
+            async for new, new_lps, finish_reason, error in agen:
+                seen += len(new)
+                lps = new_lps if params.logprobs else None
+                claim.tokens = seen
+                if finish_reason == "error":
                     finished = True
-                    raise EngineError(out.error or "the engine failed the request")
+                    raise EngineError(error or "the engine failed the request")
                 piece, hit = text.push(new)
                 if hit:
                     finished = False  # still running in the engine: cancelled below
                     yield Chunk(piece, new, lps, seen, "stop")
                     return
-                if out.finish_reason is not None:
+                if finish_reason:
                     finished = True
                     rest, hit = text.finish()
-                    reason = "stop" if hit else _FINISH.get(out.finish_reason, out.finish_reason)
+                    reason = "stop" if hit else _FINISH.get(finish_reason, finish_reason)
                     yield Chunk(piece + rest, new, lps, seen, reason)
                     return
                 if piece or new:
                     yield Chunk(piece, new, lps, seen, None)
         finally:
-            self.running.pop(sid, None)
+            self._release(sid, claim)
             if not finished:
                 inst.cancel(sid)
             try:
@@ -155,14 +178,3 @@ class AsyncEngine:
                 pass
             if end_session:
                 inst.end(sid)
-
-    async def generate_all(self, input_ids: List[int], params: GenParams, **kw) -> Chunk:
-        """Run a request to the end; one Chunk with the whole text, ids and logprobs."""
-        texts, ids, lps, last = [], [], [], Chunk("", [], None, 0, None)
-        async for c in self.generate(input_ids, params, **kw):
-            texts.append(c.text)
-            ids.extend(c.token_ids)
-            if c.logprobs is not None:
-                lps.extend(c.logprobs)
-            last = c
-        return Chunk("".join(texts), ids, lps if params.logprobs else None, last.num_tokens, last.finish_reason)

@@ -1,24 +1,21 @@
 """`turbolm serve gradio PATH_OR_URL`: a chat page with streaming, Stop, Reset and sampling controls.
 
 Backed by the engine in this process (a workspace / HF dir / .gguf path) or by a running
-api_server (an http(s) URL, through its /v1/chat/interactive). Each browser tab holds its own
-session id (gr.State), so tabs never share a history; Reset ends the session (frees its KV
+api_server (an http(s) URL, through its /v1/chat/interactive). Each browser tab starts a fresh
+session on its first message (an unguessable id handed out by the session table or the server)
+and keeps it in gr.State, so tabs never share a history; idle sessions expire; Reset ends the session (frees its KV
 blocks), Stop cancels the running answer. share=True only when asked.
 """
 from __future__ import annotations
 
-import itertools
 import json
 import os
-import random
 import time
-from typing import AsyncIterator, Optional
+from typing import AsyncIterator, Optional, Tuple
 
 from turbolm.serve.async_engine import AsyncEngine, GenParams
 
 UPDATE_EVERY_S = 0.05
-# tab sessions: ids far from the small ones that api_client users type, below the server's 2**40
-_tab_ids = itertools.count(random.randrange(1 << 30, 1 << 31))
 
 
 class LocalBackend:
@@ -31,10 +28,16 @@ class LocalBackend:
         self.sessions = Sessions(engine)
         self.name = f"{engine.model_name} (local engine)"
 
-    async def stream(self, session_id: int, prompt: str, params: GenParams) -> AsyncIterator[str]:
-        prepared = self.sessions.prepare(session_id, prompt)
-        async for c in self.sessions.chat(session_id, prepared, params, interactive_mode=True):
-            yield c.text
+    async def stream(self, session_id: Optional[int], prompt: str,
+                     params: GenParams) -> AsyncIterator[Tuple[str, int]]:
+        """(text, session id) pieces; session_id None starts a fresh session of this tab's own."""
+        self.sessions.start_reaper()  # idle tabs' sessions expire like the API server's
+        if session_id is None:
+            session_id = self.sessions.new_id(None)
+        session = self.sessions.lookup(session_id, None, create=False)
+        rnd = await self.sessions.begin_round(session, session_id, prompt)
+        async for c in self.sessions.run_round(rnd, params, interactive_mode=True):
+            yield c.text, session_id
 
     async def stop(self, session_id: int) -> None:
         self.sessions.stop(session_id)
@@ -54,8 +57,11 @@ class RemoteBackend:
         self.http = httpx.AsyncClient(base_url=self.url, headers=headers, timeout=600.0)
         self.name = f"api_server at {self.url}"
 
-    async def stream(self, session_id: int, prompt: str, params: GenParams) -> AsyncIterator[str]:
-        body = dict(prompt=prompt, session_id=session_id, interactive_mode=True, stream=True,
+    async def stream(self, session_id: Optional[int], prompt: str,
+                     params: GenParams) -> AsyncIterator[Tuple[str, int]]:
+        """(text, session id) pieces; session_id None asks the server for a fresh session."""
+        body = dict(prompt=prompt, session_id=-1 if session_id is None else session_id, interactive_mode=True,
+                    stream=True,
                     request_output_len=params.max_new_tokens, temperature=params.temperature, top_p=params.top_p,
                     top_k=params.top_k)
         async with self.http.stream("POST", "/v1/chat/interactive", json=body) as r:
@@ -67,7 +73,7 @@ class RemoteBackend:
                     item = json.loads(line)
                     if item.get("error"):
                         raise RuntimeError(item["error"])
-                    yield item.get("text", "")
+                    yield item.get("text", ""), int(item["session_id"])
 
     async def _post(self, body: dict) -> None:
         await self.http.post("/v1/chat/interactive", json=body)
@@ -102,8 +108,6 @@ def build_demo(backend):
 
         async def respond(message, history, sid, n, t, p, k):
             history = list(history or [])
-            if sid is None:
-                sid = next(_tab_ids)
             if not message or not message.strip():
                 yield "", history, sid
                 return
@@ -113,7 +117,7 @@ def build_demo(backend):
             # the page re-renders the whole chat on each update: at most UPDATE_EVERY_S apart
             text, shown, last = "", "", 0.0
             try:
-                async for piece in backend.stream(sid, message, params):
+                async for piece, sid in backend.stream(sid, message, params):
                     text += piece
                     if text != shown and time.monotonic() - last >= UPDATE_EVERY_S:
                         history[-1] = {"role": "assistant", "content": text}

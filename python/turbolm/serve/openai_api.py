@@ -16,7 +16,7 @@ from typing import AsyncIterator, Callable, List, Optional, Tuple
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from turbolm.serve.async_engine import Chunk, EngineError, GenParams
+from turbolm.serve.async_engine import MAX_USER_SESSION_ID, Chunk, EngineError, GenParams
 from turbolm.serve.errors import APIError, error_body
 from turbolm.serve.protocol import ChatCompletionRequest, CompletionRequest, usage
 
@@ -40,15 +40,28 @@ def check_prompt(state, ids: List[int]) -> int:
 
 
 def session_ids(state, req, n: int) -> List[Optional[int]]:
+    """The session id of each choice: None (the engine allocates) unless the client names one,
+    which must be its own (below 2**40), idle, and not an interactive session. The caller must
+    start generate() on it before its next await, which claims it."""
     sid = req.session_id
     if sid is None or sid == -1:
         return [None] * n  # the engine allocates
     if n != 1:
         raise APIError(400, "session_id can only be given with n = 1", "invalid_value", "session_id")
-    state.sessions.check_id(sid)
+    if not 0 <= sid < MAX_USER_SESSION_ID:
+        raise APIError(400, f"session_id must be -1 or in [0, {MAX_USER_SESSION_ID})", "invalid_value",
+                       "session_id")
     if sid in state.sessions.table or sid in state.engine.running:
-        raise APIError(400, f"session {sid} is in use", "session_busy", "session_id")
+        raise APIError(409, f"session {sid} is in use", "session_busy", "session_id")
     return [sid]
+
+
+def engine_error(e: EngineError) -> APIError:
+    """The engine refused a request ('session N: why': its input) -> 400; it failed -> 500."""
+    msg = str(e)
+    if msg.startswith("session "):
+        return APIError(400, msg, "invalid_request", None)
+    return APIError(500, msg, "engine_error", type="server_error")
 
 
 def gen_params(req, max_new: int, index: int, logprobs: bool) -> GenParams:
@@ -109,8 +122,20 @@ async def until_disconnect(request: Request, coro):
             task.cancel()
 
 
+async def collect(stream: AsyncIterator[Chunk], logprobs: bool) -> Chunk:
+    """Run one choice's stream to the end: one Chunk with the whole text, ids and logprobs."""
+    texts, ids, lps, last = [], [], [], Chunk("", [], None, 0, None)
+    async for c in stream:
+        texts.append(c.text)
+        ids.extend(c.token_ids)
+        if c.logprobs is not None:
+            lps.extend(c.logprobs)
+        last = c
+    return Chunk("".join(texts), ids, lps if logprobs else None, last.num_tokens, last.finish_reason)
+
+
 def sse(obj) -> str:
-    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+    return f"data: {json.dumps(obj)}\n\n"
 
 
 def chunk_writer(req, base: dict) -> Callable[..., str]:
@@ -171,7 +196,8 @@ async def stream_events(make_events: Callable[[], AsyncIterator[str]]) -> AsyncI
         async for ev in make_events():
             yield ev
     except EngineError as e:
-        yield sse(error_body(500, str(e), "engine_error"))
+        err = engine_error(e)
+        yield sse(error_body(err.status, err.message, err.code, err.param, err.type))
     except APIError as e:
         yield sse(error_body(e.status, e.message, e.code, e.param))
     yield "data: [DONE]\n\n"
@@ -194,16 +220,16 @@ def build_router(state) -> APIRouter:
             prompt = state.engine.template.messages2prompt(msgs)
         except ValueError as e:
             raise APIError(400, str(e), "invalid_value", "messages")
-        ids = state.engine.encode(prompt, add_bos=True)
+        ids = await state.engine.encode_async(prompt, add_bos=True)
         room = check_prompt(state, ids)
         max_new = min(req.max_completion_tokens or req.max_tokens or room, room)
         sids = session_ids(state, req, req.n)
         want_lp = bool(req.logprobs)
         rid, created, model = f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), state.model_name
 
-        def streams():
-            return [state.engine.generate(ids, gen_params(req, max_new, i, want_lp), session_id=sids[i])
-                    for i in range(req.n)]
+        # Created now, before any await: creating a stream claims its session id.
+        streams = [state.engine.generate(ids, gen_params(req, max_new, i, want_lp), session_id=sids[i])
+                   for i in range(req.n)]
 
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
@@ -215,7 +241,7 @@ def build_router(state) -> APIRouter:
                     yield chunk([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
                                   "finish_reason": None}])
                 total = {}
-                async for i, c in merge(streams()):
+                async for i, c in merge(streams):
                     total[i] = c.num_tokens
                     if c.text or c.logprobs:
                         yield chunk([{"index": i, "delta": {"content": c.text},
@@ -230,13 +256,12 @@ def build_router(state) -> APIRouter:
             return sse_response(stream_events(events))
 
         async def run_all():
-            return await asyncio.gather(*[state.engine.generate_all(
-                ids, gen_params(req, max_new, i, want_lp), session_id=sids[i]) for i in range(req.n)])
+            return await asyncio.gather(*[collect(s, want_lp) for s in streams])
 
         try:
             results = await until_disconnect(request, run_all())
         except EngineError as e:
-            raise APIError(500, str(e), "engine_error")
+            raise engine_error(e)
         choices = [{"index": i, "message": {"role": "assistant", "content": r.text},
                     "logprobs": chat_logprobs(state, r.token_ids, r.logprobs, req.top_logprobs),
                     "finish_reason": finish(r.finish_reason)} for i, r in enumerate(results)]
@@ -253,7 +278,7 @@ def build_router(state) -> APIRouter:
             raise APIError(400, "the prompt is empty", "invalid_value", "prompt")
         encoded = []
         for p in prompts:
-            ids = state.engine.encode(p, add_bos=True) if isinstance(p, str) else list(p)
+            ids = await state.engine.encode_async(p, add_bos=True) if isinstance(p, str) else list(p)
             room = check_prompt(state, ids)
             text = p if isinstance(p, str) else state.engine.tokenizer.decode(ids)
             encoded.append((ids, text, min(req.max_tokens or room, room)))
@@ -268,6 +293,10 @@ def build_router(state) -> APIRouter:
         def params(idx, max_new):
             return gen_params(req, max_new, idx, want_lp)
 
+        # Created now, before any await: creating a stream claims its session id.
+        streams = [state.engine.generate(ids, params(idx, max_new), session_id=sids[idx])
+                   for idx, ids, _, max_new in jobs]
+
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             chunk = chunk_writer(req, {"id": rid, "object": "text_completion", "created": created, "model": model})
@@ -278,8 +307,6 @@ def build_router(state) -> APIRouter:
                     for idx, _, text, _ in jobs:
                         offsets[idx] = len(text)
                         yield chunk([{"index": idx, "text": text, "logprobs": None, "finish_reason": None}])
-                streams = [state.engine.generate(ids, params(idx, max_new), session_id=sids[idx])
-                           for idx, ids, _, max_new in jobs]
                 async for i, c in merge(streams):
                     idx = jobs[i][0]
                     total[idx] = c.num_tokens
@@ -295,13 +322,12 @@ def build_router(state) -> APIRouter:
             return sse_response(stream_events(events))
 
         async def run_all():
-            return await asyncio.gather(*[state.engine.generate_all(ids, params(idx, max_new), session_id=sids[idx])
-                                          for idx, ids, _, max_new in jobs])
+            return await asyncio.gather(*[collect(s, want_lp) for s in streams])
 
         try:
             results = await until_disconnect(request, run_all())
         except EngineError as e:
-            raise APIError(500, str(e), "engine_error")
+            raise engine_error(e)
         choices = []
         for (idx, _, text, _), r in zip(jobs, results):
             head = text if req.echo else ""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import weakref
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
 
 from turbolm import _turbomind
@@ -125,11 +126,6 @@ class TurboMindInstance:
         return self.engine.submit(int(session_id), [int(t) for t in ids], bool(sequence_start), bool(sequence_end),
                                   rewind, gen)
 
-    @staticmethod
-    def _out(snapshot, logprobs: bool) -> GenOut:
-        ids, lps, finish, error, _ = snapshot
-        return GenOut(ids, finish, error, list(lps) if logprobs else None)
-
     def stream_infer(self, session_id: int, input_ids: IdsArg, request_output_len: int = 512,
                      sequence_start: bool = True, sequence_end: bool = False, step: int = 0, stop: bool = False,
                      top_k: int = 40, top_p: float = 0.8, temperature: float = 0.8,
@@ -143,14 +139,19 @@ class TurboMindInstance:
             return
         stream = self._submit(session_id, input_ids, request_output_len, sequence_start, sequence_end, step, top_k,
                               top_p, temperature, repetition_penalty, ignore_eos, random_seed, stop_words, logprobs)
-        seen, done = 0, False
+        ids: List[int] = []
+        lps: List[float] = []
+        done = False
         try:
             while not done:
-                snap = stream.wait(seen, 200)  # a timeout keeps Ctrl-C responsive
-                n, done = len(snap[0]), bool(snap[2])
-                if done or (stream_output and n > seen):
-                    yield [self._out(snap, logprobs)]
-                seen = n  # also without stream_output: wait for the next token, never spin
+                # A timeout keeps Ctrl-C responsive; only the new tail crosses from C++.
+                new_ids, new_lps, finish, error, total = stream.wait_tail(len(ids), 200)
+                ids.extend(new_ids)
+                lps.extend(new_lps)
+                done = bool(finish)
+                if done or (stream_output and new_ids):
+                    yield [GenOut(ids, finish, error, list(lps) if logprobs else None)]
+                # without stream_output: wait for the next token, never spin
         finally:
             if not done:
                 self.cancel(session_id)
@@ -161,46 +162,93 @@ class TurboMindInstance:
                                  repetition_penalty: float = 1.0, ignore_eos: bool = False,
                                  random_seed: Optional[int] = None, stream_output: bool = True,
                                  stop_words: Optional[List[List[int]]] = None, logprobs: bool = False, **kwargs):
-        """The asyncio twin of stream_infer: waits on an eventfd, never on a thread."""
+        """The asyncio twin of stream_infer: waits on the loop's Notifier, never on a thread."""
         if stop:
             self.cancel(session_id)
             return
-        loop = asyncio.get_running_loop()
-        fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        event = asyncio.Event()
+        ids: List[int] = []
+        lps: List[float] = []
+        async for new_ids, new_lps, finish, error in self.async_stream_deltas(
+                session_id, input_ids, request_output_len, sequence_start, sequence_end, step, top_k, top_p,
+                temperature, repetition_penalty, ignore_eos, random_seed, stop_words, logprobs):
+            ids.extend(new_ids)
+            lps.extend(new_lps)
+            if finish or stream_output:
+                yield [GenOut(ids, finish, error, list(lps) if logprobs else None)]
 
-        def on_readable():
-            try:
-                os.eventfd_read(fd)
-            except BlockingIOError:
-                pass
-            event.set()
-
-        loop.add_reader(fd, on_readable)
+    async def async_stream_deltas(self, session_id: int, input_ids: IdsArg, request_output_len: int = 512,
+                                  sequence_start: bool = True, sequence_end: bool = False, step: int = 0,
+                                  top_k: int = 40, top_p: float = 0.8, temperature: float = 0.8,
+                                  repetition_penalty: float = 1.0, ignore_eos: bool = False,
+                                  random_seed: Optional[int] = None, stop_words: Optional[List[List[int]]] = None,
+                                  logprobs: bool = False):
+        """What servers use: yields ``(new_ids, new_logprobs, finish_reason, error)`` with only the
+        tokens since the previous yield (several when the reader fell behind), so the cost of a
+        yield does not grow with the output. ``finish_reason`` is '' while running. Leaving the
+        loop early (break, task cancelled) cancels the request."""
+        waiter = _LoopWaiter.get(asyncio.get_running_loop())
+        tag, event = waiter.register()
         stream = None
         done = False
         try:
             stream = self._submit(session_id, input_ids, request_output_len, sequence_start, sequence_end, step,
                                   top_k, top_p, temperature, repetition_penalty, ignore_eos, random_seed,
                                   stop_words, logprobs)
-            stream.set_notify_fd(fd)
+            stream.set_notifier(waiter.notifier, tag)
             seen = 0
-            while not done:
-                event.clear()  # clear before the snapshot: a push after it sets the event again
-                snap = stream.wait(seen, 0)
-                n, done = len(snap[0]), bool(snap[2])
-                if done or (stream_output and n > seen):
-                    yield [self._out(snap, logprobs)]
-                seen = n
-                if not done:
-                    await event.wait()
+            while True:
+                event.clear()  # before the read: a commit after it marks the tag again
+                new_ids, new_lps, finish, error, total = stream.tail(seen)
+                seen = total
+                if finish:
+                    done = True
+                    yield new_ids, new_lps, finish, error
+                    return
+                if new_ids:
+                    yield new_ids, new_lps, finish, error
+                await event.wait()
         finally:
+            waiter.unregister(tag)
             if stream is not None:
-                stream.set_notify_fd(-1)
+                stream.set_notifier(None, 0)
                 if not done:
                     self.cancel(session_id)
-            loop.remove_reader(fd)
-            os.close(fd)
+
+
+class _LoopWaiter:
+    """One Notifier per asyncio loop: the engine marks the tags of streams with news and writes
+    the eventfd once per step; one reader callback drains the tags and wakes those streams'
+    tasks. So serving N streams costs one wake-up per engine step, not N eventfds and N syscalls."""
+
+    _by_loop: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopWaiter]" = weakref.WeakKeyDictionary()
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.notifier = _turbomind.Notifier()
+        self.events: Dict[int, asyncio.Event] = {}
+        self._tags = itertools.count(1)
+        loop.add_reader(self.notifier.fd, self._on_ready)
+
+    @classmethod
+    def get(cls, loop: asyncio.AbstractEventLoop) -> "_LoopWaiter":
+        w = cls._by_loop.get(loop)
+        if w is None:
+            w = cls._by_loop[loop] = cls(loop)
+        return w
+
+    def register(self):
+        tag = next(self._tags)
+        ev = self.events[tag] = asyncio.Event()
+        return tag, ev
+
+    def unregister(self, tag: int) -> None:
+        self.events.pop(tag, None)
+
+    def _on_ready(self) -> None:
+        events = self.events
+        for tag in self.notifier.drain():
+            ev = events.get(tag)
+            if ev is not None:
+                ev.set()
 
 
 _session_counter = itertools.count(1 << 40)
