@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Dict, List
+from typing import Dict, List, Optional, Tuple
 
 import torch
 
@@ -25,7 +25,7 @@ from turbolm.errors import UserError
 from .awq_checkpoint import save_awq
 from .awq_pack import pack_awq
 from .awq_search import SearchConfig, capture_inputs, smooth_and_clip_layer
-from .calib_data import get_calib_data, load_text
+from .calib_data import RECORD_FILE, get_calib_data, load_record, load_text, save_record
 from .calibrate import CalibStats, check_device, run_layerwise
 from .kv_qparams import parse_bool
 from .model_utils import LINEARS, load_config, load_model, model_info
@@ -65,11 +65,35 @@ def check_group_size(w_group_size, bits: int, config) -> int:
     return group
 
 
+def calib_settings(work_dir: str, calib_dataset: Optional[str], calib_samples: Optional[int],
+                   calib_seqlen: Optional[int]) -> Tuple[str, int, int]:
+    """The calibration set of ``auto_awq``: the flags given, else what `calibrate` recorded in
+    ``work_dir`` (samples and seqlen only with the recorded set), else 128 x 2048."""
+    rec = load_record(work_dir)
+    if calib_dataset is None:
+        if rec is None:
+            raise UserError(f"no calibration set: pass --calib_dataset (a .txt/.jsonl file, or c4/ptb/wikitext2/"
+                            f"pileval from the local HF datasets cache), or run `turbolm lite calibrate --work_dir "
+                            f"{work_dir}` first so that {os.path.join(work_dir, RECORD_FILE)} records it")
+        calib_dataset = rec["calib_dataset"]
+        print(f"auto_awq: calibrating on {calib_dataset}, as recorded in {os.path.join(work_dir, RECORD_FILE)}")
+    same = rec is not None and rec["calib_dataset"] == calib_dataset
+    if calib_samples is None:
+        calib_samples = rec["calib_samples"] if same else 128
+    if calib_seqlen is None:
+        calib_seqlen = rec["calib_seqlen"] if same else 2048
+    return calib_dataset, int(calib_samples), int(calib_seqlen)
+
+
 def auto_awq(model: str, w_bits: int = 4, w_group_size: int = 128, work_dir: str = "./work_dir",
-             calib_dataset: str = "wikitext2", calib_samples: int = 128, calib_seqlen: int = 2048,
-             device: str = "cpu", search_clip=True, search_tokens: int = 2048) -> None:
-    """Quantize ``model`` (HF dir) and save an AWQ checkpoint plus calibration stats in ``work_dir``."""
+             calib_dataset: Optional[str] = None, calib_samples: Optional[int] = None,
+             calib_seqlen: Optional[int] = None, device: str = "cpu", search_clip=True,
+             search_tokens: int = 2048) -> None:
+    """Quantize ``model`` (HF dir) and save an AWQ checkpoint plus calibration stats in ``work_dir``.
+    ``calib_dataset`` None: the set `lite calibrate` recorded in ``work_dir`` (``calib_settings``)."""
     # Every check that needs no weights comes before any work.
+    calib_dataset, calib_samples, calib_seqlen = calib_settings(work_dir, calib_dataset, calib_samples,
+                                                                calib_seqlen)
     bits = check_bits(w_bits)
     device = check_device(device)
     clip = parse_bool(search_clip, "search_clip")
@@ -109,6 +133,7 @@ def auto_awq(model: str, w_bits: int = 4, w_group_size: int = 128, work_dir: str
 
     stats = run_layerwise(hf_model, data, device, on_layer=on_layer, desc=f"auto_awq w{bits} g{group}")
     stats.save(work_dir)
+    save_record(work_dir, calib_dataset, calib_samples, calib_seqlen)
     save_awq(work_dir, hf_model, packed, bits, group, model, tokenizer)
     alphas = [s[k] for s in summaries for k in s if k.endswith(".alpha")]
     rel = [s[k] for s in summaries for k in s if k.endswith(".rel_loss")]

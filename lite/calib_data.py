@@ -4,7 +4,7 @@ Sources (``SOURCES`` registry):
 
 - a path to a ``.txt`` file (the whole file is one text) or a ``.jsonl`` file (one JSON object
   per line with a ``"text"`` field, or a bare JSON string; documents are joined with blank
-  lines). This always works offline, e.g. ``/work/shared/data/wikitext2-test.txt``.
+  lines). This always works offline: any plain text in the language the model will see.
 - the named sets ``c4``, ``ptb``, ``wikitext2``, ``pileval``, read from the local Hugging Face
   datasets cache only; nothing is downloaded. When the set (or the ``datasets`` package) is
   absent the error says how to fetch it, or to pass a .txt path instead.
@@ -54,7 +54,9 @@ NAMED_SETS: Dict[str, NamedSet] = {
                         fetch="load_dataset('mit-han-lab/pile-val-backup', split='validation')"),
 }
 
-EXAMPLE_TXT = "/work/shared/data/wikitext2-test.txt"
+EXAMPLE_TXT = "my_text.txt"  # in messages: any local plain-text file will do
+
+RECORD_FILE = "calib_meta.json"  # work_dir/calib_meta.json: the set `calibrate` used, for `auto_awq`
 
 
 def _read_txt(path: str, budget_chars: int) -> str:
@@ -89,7 +91,7 @@ def _read_named(name: str, budget_chars: int, seed: int) -> str:
     spec = NAMED_SETS[name]
     how = (f"put it in the local HF datasets cache on a machine with network "
            f"(pip install datasets; python -c \"from datasets import load_dataset; {spec.fetch}\") "
-           f"or pass a .txt/.jsonl path instead, e.g. --calib_dataset {EXAMPLE_TXT}")
+           f"or pass a local .txt/.jsonl file instead, e.g. --calib_dataset {EXAMPLE_TXT}")
     try:
         import datasets
     except ImportError:
@@ -133,7 +135,7 @@ def load_text(calib_dataset: str, budget_chars: int = 1 << 62, seed: int = 0) ->
     if os.path.exists(calib_dataset):
         raise UserError(f"calibration file {calib_dataset}: only .txt and .jsonl files are read")
     raise UserError(f"calib_dataset '{calib_dataset}' is neither a .txt/.jsonl path nor one of "
-                    f"{', '.join(NAMED_SETS)}; e.g. --calib_dataset {EXAMPLE_TXT}")
+                    f"{', '.join(NAMED_SETS)}; pass a local text file, e.g. --calib_dataset {EXAMPLE_TXT}")
 
 
 def tokenize(tokenizer, text: str) -> List[int]:
@@ -166,3 +168,30 @@ def get_calib_data(calib_dataset: str, tokenizer, n_samples: int, seqlen: int, s
     rng = random.Random(seed)
     starts = [rng.randint(0, len(ids) - seqlen) for _ in range(n_samples)]
     return torch.stack([ids_t[s:s + seqlen] for s in starts])
+
+
+def save_record(work_dir: str, calib_dataset: str, n_samples: int, seqlen: int) -> str:
+    """Write ``work_dir/calib_meta.json``: which set (a file as its absolute path), how many samples
+    of how many tokens; `auto_awq` reads it back so both steps calibrate on the same text."""
+    dataset = os.path.abspath(calib_dataset) if os.path.exists(calib_dataset) else calib_dataset
+    path = os.path.join(work_dir, RECORD_FILE)
+    os.makedirs(work_dir, exist_ok=True)
+    with open(path, "w") as f:
+        json.dump({"calib_dataset": dataset, "calib_samples": int(n_samples), "calib_seqlen": int(seqlen)}, f,
+                  indent=1)
+    return path
+
+
+def load_record(work_dir: str) -> Optional[dict]:
+    """The record of ``save_record``, or None when ``work_dir`` has none."""
+    path = os.path.join(work_dir, RECORD_FILE)
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path) as f:
+            rec = json.load(f)
+        return {"calib_dataset": str(rec["calib_dataset"]), "calib_samples": int(rec["calib_samples"]),
+                "calib_seqlen": int(rec["calib_seqlen"])}
+    except (ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{path}: not a calibration record of `turbolm lite calibrate` ({type(e).__name__}); "
+                        "re-run calibrate or pass --calib_dataset") from None

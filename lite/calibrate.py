@@ -7,6 +7,8 @@ Files written to ``work_dir`` (``torch.save``), as LMDeploy's ``lite/apis/calibr
   ``model.named_modules()`` (``model.layers.0.self_attn.q_proj``).
 - ``outputs_stats.pth``: the same for the outputs of those Linears and of the two norms of each
   layer (``model.layers.0.input_layernorm``).
+- ``calib_meta.json``: the calibration set, samples and seqlen (``calib_data.save_record``), so
+  ``auto_awq`` in the same ``work_dir`` calibrates on the same text without being told again.
 - ``key_stats.pth`` / ``value_stats.pth``: ``{stat: {layer_index: Tensor[kv_heads, head_dim]}}`` for
   stat in max, min, absmax. Keys are taken after RoPE (as the KV cache holds them): the k_proj
   output with the model's own rotary embedding applied; values are the v_proj output.
@@ -25,7 +27,7 @@ from tqdm import tqdm
 
 from turbolm.errors import UserError
 
-from .calib_data import get_calib_data, load_text
+from .calib_data import get_calib_data, load_text, save_record
 from .model_utils import (LINEARS, NORMS, OnDevice, decoder_layers, layer0_inputs, layer_output, load_config,
                           load_model, model_info, rotary_fn, sample_batches)
 from .observers import ActivationObserver, KVObserver
@@ -158,5 +160,7 @@ def calibrate(model: str, calib_dataset: str = "wikitext2", calib_samples: int =
     data = get_calib_data(calib_dataset, tokenizer, calib_samples, calib_seqlen)
     stats = run_layerwise(hf_model, data, device)
     stats.save(work_dir)
+    save_record(work_dir, calib_dataset, calib_samples, calib_seqlen)
     print(f"calibrate: {data.shape[0]} x {data.shape[1]} tokens of {calib_dataset}, "
-          f"{len(decoder_layers(hf_model))} layers in {time.time() - t0:.1f}s; stats in {work_dir}")
+          f"{len(decoder_layers(hf_model))} layers in {time.time() - t0:.1f}s; stats and calib_meta.json "
+          f"in {work_dir}")

@@ -9,7 +9,8 @@ One scalar per layer for k and one for v, over the rank's heads (as LMDeploy v0.
 - symmetric (``--kv_sym``): ``scale = absmax / 127``, ``zp = 0``.
 
 The runtime stores ``q = clamp(round((f - zp) / scale), -128, 127)`` and reads ``q * scale + zp``
-(DESIGN.md §3). Everything is checked against the workspace's config.ini before a file is written.
+(DESIGN.md §3). Everything is checked against the workspace's config.ini before a file is written;
+then config.ini gets ``quant_policy = 4`` (int8 KV), unless ``--set_quant_policy False``.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from typing import Dict, List, Tuple
 import numpy as np
 import torch
 
-from turbolm.config import ConfigError, read_config_ini, workspace_weights_dir
+from turbolm.config import ConfigError, read_config_ini, workspace_weights_dir, write_config_ini
 from turbolm.errors import UserError
 
 from .calibrate import KV_STATS, STAT_FILES
@@ -88,9 +89,24 @@ def layer_qparams(key: Dict[str, torch.Tensor], value: Dict[str, torch.Tensor], 
     return out
 
 
-def main(work_dir: str, turbomind_dir: str, kv_sym=False, num_tp: int = 1) -> None:
-    """Write ``layers.{i}.past_kv_scale.{r}.weight`` for every layer and rank (see module docstring)."""
+INT8_KV_POLICY = 4
+
+
+def set_quant_policy(ini: str, policy: int) -> int:
+    """Rewrite ``quant_policy`` in config.ini through the one schema; returns the old value."""
+    cfg = read_config_ini(ini)
+    old = cfg["quant_policy"]
+    if old != policy:
+        cfg["quant_policy"] = policy
+        write_config_ini(ini, cfg)
+    return old
+
+
+def main(work_dir: str, turbomind_dir: str, kv_sym=False, num_tp: int = 1, set_policy=True) -> None:
+    """Write ``layers.{i}.past_kv_scale.{r}.weight`` for every layer and rank (see module docstring),
+    then switch the workspace to int8 KV (``quant_policy = 4``) unless ``set_policy`` is false."""
     symmetric = parse_bool(kv_sym, "kv_sym")
+    set_policy = parse_bool(set_policy, "set_quant_policy")
     try:
         num_tp = int(num_tp)
     except (TypeError, ValueError):
@@ -126,4 +142,14 @@ def main(work_dir: str, turbomind_dir: str, kv_sym=False, num_tp: int = 1) -> No
     for path, params in files.items():
         params.tofile(path)
     print(f"kv_qparams: wrote {len(files)} past_kv_scale files ({'symmetric' if symmetric else 'asymmetric'}, "
-          f"{num_tp} rank(s)) to {weights_dir}; set quant_policy = 4 in its config.ini to use int8 KV")
+          f"{num_tp} rank(s)) to {weights_dir}")
+    if not set_policy:
+        print(f"kv_qparams: left quant_policy = {cfg['quant_policy']} in {ini}; set quant_policy = "
+              f"{INT8_KV_POLICY} there to use int8 KV")
+        return
+    old = set_quant_policy(ini, INT8_KV_POLICY)
+    if old == INT8_KV_POLICY:
+        print(f"kv_qparams: {ini} already has quant_policy = {INT8_KV_POLICY} (int8 KV cache)")
+    else:
+        print(f"kv_qparams: set quant_policy = {INT8_KV_POLICY} (was {old}) in {ini}: the workspace now keeps "
+              "its KV cache in int8")

@@ -97,3 +97,18 @@ def test_errors_write_nothing(tmp_path, case, match):
     with pytest.raises(UserError, match=match):
         main(str(tmp_path), str(weights), kv_sym=False, num_tp=tp)
     assert not [f for f in os.listdir(weights) if "past_kv_scale" in f]
+
+
+def test_switches_the_workspace_to_int8_kv(tmp_path, capsys):
+    from turbolm.config import read_config_ini
+
+    weights, _ = _workspace(tmp_path), _stats(tmp_path)
+    ini = str(weights / "config.ini")
+    main(str(tmp_path), str(weights), set_policy="False")
+    assert read_config_ini(ini)["quant_policy"] == 0 and "left quant_policy = 0" in capsys.readouterr().out
+    main(str(tmp_path), str(weights))
+    assert read_config_ini(ini)["quant_policy"] == 4
+    assert "set quant_policy = 4 (was 0)" in capsys.readouterr().out
+    before = read_config_ini(ini)
+    main(str(tmp_path), str(weights))
+    assert read_config_ini(ini) == before and "already has quant_policy = 4" in capsys.readouterr().out
