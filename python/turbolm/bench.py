@@ -175,7 +175,7 @@ def main(model_path=None, backends="turbolm,hf_fp32,hf_bf16", prompt_len=512, de
     results: Dict[str, Dict] = {}
     for b in names:
         print(f"bench: running {b} ...", file=sys.stderr, flush=True)
-        cmd = [sys.executable, "-m", "turbolm.bench", "--model_path", model_path, "--worker", b,
+        cmd = [sys.executable, "-m", "turbolm.cli", "bench", model_path, "--worker", b,
                "--prompt_len", str(prompt_len), "--decode_tokens", str(decode_tokens),
                "--concurrency", ",".join(map(str, conc)), "--threads", str(threads)]
         if cache_max_entry_count is not None:
@@ -207,7 +207,7 @@ def main(model_path=None, backends="turbolm,hf_fp32,hf_bf16", prompt_len=512, de
     return None
 
 
-if __name__ == "__main__":
-    import fire
+if __name__ == "__main__":  # `python -m turbolm.bench ...` is `turbolm bench ...`
+    from turbolm.cli import main as cli
 
-    fire.Fire(main)
+    cli(["bench", *sys.argv[1:]])

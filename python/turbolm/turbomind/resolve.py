@@ -33,6 +33,9 @@ def resolve_workspace(path: str, model_name: str | None = None) -> Tuple[str, bo
     from turbolm.converter.main import main as convert
     from turbolm.converter.sources import SOURCES
 
+    if not path.startswith("pypi:") and not os.path.exists(path):
+        raise UserError(f"{path}: no such file or directory; pass a workspace made by `turbolm convert`, an HF "
+                        "model directory or a .gguf file")
     if not any(cls.claims(path) for cls in SOURCES.values()):  # the converter's own format detection
         raise UserError(f"{path}: not a workspace (no triton_models/weights/config.ini), an HF model directory "
                         "(no config.json) or a .gguf file; make a workspace with `turbolm convert`")

