@@ -34,9 +34,15 @@ Notifier::~Notifier() {
 }
 
 void Notifier::mark(uint64_t tag) {
-  std::lock_guard<std::mutex> lk(mu_);
-  const bool was_empty = ready_.empty();
-  ready_.push_back(tag);
+  bool was_empty;
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    was_empty = ready_.empty();
+    ready_.push_back(tag);
+  }
+  // Written after the unlock: the write wakes the reader, which would otherwise block on mu_
+  // while this thread is still inside it. A drain() between the push and the write takes the
+  // tag early and leaves one spurious wake-up with an empty list, which costs nothing.
   if (was_empty) {
     uint64_t one = 1;
     ssize_t r = ::write(fd_, &one, sizeof(one));  // never blocks for a single increment

@@ -28,20 +28,24 @@ async def _one(http, prompt: str, max_tokens: int) -> Dict[str, float]:
     body = {"prompt": prompt, "max_tokens": max_tokens, "stream": True, "ignore_eos": True, "temperature": 0.8,
             "stream_options": {"include_usage": True}}
     t0 = time.perf_counter()
-    ttft, tokens = None, 0
+    ttft, t_last, tokens = None, None, 0
     async with http.stream("POST", "/v1/completions", json=body) as r:
         r.raise_for_status()
         async for line in r.aiter_lines():
             if not line.startswith("data: {"):
                 continue
             obj = json.loads(line[6:])
-            if ttft is None and obj.get("choices") and (obj["choices"][0].get("text") or
-                                                        obj["choices"][0].get("finish_reason")):
-                ttft = time.perf_counter() - t0
+            if obj.get("choices") and (obj["choices"][0].get("text") or obj["choices"][0].get("finish_reason")):
+                t_last = time.perf_counter() - t0
+                if ttft is None:
+                    ttft = t_last
             if obj.get("usage"):
                 tokens = obj["usage"]["completion_tokens"]
-    return {"ttft": ttft if ttft is not None else time.perf_counter() - t0, "latency": time.perf_counter() - t0,
-            "tokens": tokens}
+    latency = time.perf_counter() - t0
+    ttft = latency if ttft is None else ttft
+    # the inter-token rate after the first token: the measure of the engine's batch-1 decode
+    decode = (tokens - 1) / (t_last - ttft) if tokens > 1 and t_last and t_last > ttft else float("nan")
+    return {"ttft": ttft, "latency": latency, "tokens": tokens, "decode_tok_s": decode}
 
 
 async def run_level(url: str, concurrency: int, requests: int, max_tokens: int, prompt: str) -> Dict[str, float]:
@@ -65,7 +69,8 @@ async def run_level(url: str, concurrency: int, requests: int, max_tokens: int, 
     return {"concurrency": concurrency, "requests": len(results), "wall_s": wall, "req_per_s": len(results) / wall,
             "tok_per_s": tokens / wall, "tokens": tokens, "ttft_p50_ms": 1000 * _pct(ttft, 50),
             "ttft_p99_ms": 1000 * _pct(ttft, 99), "latency_p50_ms": 1000 * _pct(lat, 50),
-            "latency_p99_ms": 1000 * _pct(lat, 99), "ttft_mean_ms": 1000 * statistics.mean(ttft)}
+            "latency_p99_ms": 1000 * _pct(lat, 99), "ttft_mean_ms": 1000 * statistics.mean(ttft),
+            "decode_tok_s": statistics.median([r["decode_tok_s"] for r in results])}
 
 
 def main(url: str, concurrency="1,8,32", requests: int = 32, max_tokens: int = 64,
