@@ -28,6 +28,7 @@ from fastapi.responses import StreamingResponse
 from turbolm.serve import errors
 from turbolm.serve.async_engine import AsyncEngine, EngineError, GenParams
 from turbolm.serve.errors import APIError
+from turbolm.serve.guards import DEFAULT_MAX_BODY_BYTES, install_guards
 from turbolm.serve.openai_api import build_router, until_disconnect
 from turbolm.serve.protocol import EncodeRequest, InteractiveRequest
 from turbolm.serve.sessions import Sessions
@@ -66,31 +67,18 @@ class ServerState:
                            "model_not_found", "model")
 
 
-class JSONBodyMiddleware:
-    """Reads every POST body as JSON whatever its Content-Type (curl -d sends form encoding), as
-    OpenAI's API does; a body that is not JSON is then a clean 400."""
-
-    def __init__(self, app):
-        self.app = app
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] == "http" and scope["method"] == "POST":
-            headers = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
-            scope = dict(scope, headers=headers + [(b"content-type", b"application/json")])
-        await self.app(scope, receive, send)
-
-
 def _ndjson(obj) -> str:
     return json.dumps(obj, ensure_ascii=False) + "\n"
 
 
-def create_app(engine: AsyncEngine, served_model_name: Optional[str] = None, api_keys: Sequence[str] = ()) -> FastAPI:
+def create_app(engine: AsyncEngine, served_model_name: Optional[str] = None, api_keys: Sequence[str] = (), *,
+               max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, allowed_origins: Sequence[str] = ()) -> FastAPI:
     state = ServerState(engine, served_model_name, api_keys)
     app = FastAPI(title="turbolm API server", version="0.1.0",
                   description="OpenAI-compatible API over the turbolm engine. Extras: top_k, repetition_penalty, "
                               "ignore_eos, session_id; /v1/chat/interactive for server-side sessions.")
     app.state.turbolm = state
-    app.add_middleware(JSONBodyMiddleware)
+    install_guards(app, max_body_bytes=max_body_bytes, allowed_origins=allowed_origins)
     errors.install(app)
     app.include_router(build_router(state))
 

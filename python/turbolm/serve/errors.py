@@ -18,7 +18,7 @@ log = logging.getLogger("turbolm.serve")
 # status -> OpenAI error type
 _TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 404: "invalid_request_error",
           405: "invalid_request_error", 409: "invalid_request_error", 413: "invalid_request_error",
-          429: "rate_limit_exceeded"}
+          415: "invalid_request_error", 429: "rate_limit_exceeded"}
 
 
 class APIError(Exception):
