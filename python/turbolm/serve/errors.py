@@ -38,18 +38,37 @@ def error_response(e: APIError) -> JSONResponse:
     return JSONResponse(error_body(e.status, e.message, e.code, e.param, e.type), status_code=e.status)
 
 
+# the error types of protocol.py's own checks: named before any other error of the same request
+_OWN_ERRORS = ("invalid_unicode", "too_many")
+_BASIC_TAGS = {"str", "int", "float", "bool", "none"}
+
+
+def _is_union_tag(part) -> bool:
+    """pydantic names the member of a Union that failed (`str`, `list[str]`, `ChatMessage`) in `loc`."""
+    return isinstance(part, str) and (part in _BASIC_TAGS or "[" in part or part[:1].isupper())
+
+
 def _validation_message(exc: RequestValidationError):
     errs = exc.errors()
     if not errs:
         return "invalid request", None
-    first = errs[0]
-    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
-    param = ".".join(loc) or None
+    first = next((e for e in errs if e.get("type") in _OWN_ERRORS), errs[0])
+    raw = [p for p in first.get("loc", ()) if p != "body"]
     if first.get("type") == "json_invalid":
         return "the request body is not valid JSON", None
-    if first.get("type") == "missing" and not loc:
+    if first.get("type") == "missing" and not raw:
         return "the request body is missing", None
+    cut = next((i for i, p in enumerate(raw) if _is_union_tag(p)), len(raw))
+    own = first.get("type") in _OWN_ERRORS
+    param = ".".join(str(p) for p in (raw if own else raw[:cut]) if not _is_union_tag(p)) or None
     msg = first.get("msg", "invalid value")
+    if cut < len(raw) and not own:  # no member of a Union matched: name the members
+        tags = []
+        for e in errs:
+            loc = [p for p in e.get("loc", ()) if p != "body"]
+            if loc[:cut] == raw[:cut] and len(loc) > cut and loc[cut] not in tags:
+                tags.append(loc[cut])
+        msg = f"expected {' or '.join(str(t) for t in tags)}"
     return (f"{param}: {msg}" if param else msg), param
 
 

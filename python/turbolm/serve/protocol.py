@@ -1,17 +1,93 @@
 """Request bodies of the API server (pydantic). Field names and ranges follow OpenAI's API; the
 extras (top_k, repetition_penalty, ignore_eos, session_id) follow LMDeploy's. Anything that fails
-validation is answered 400 in OpenAI's error shape (see errors.py)."""
+validation is answered 400 in OpenAI's error shape (see errors.py).
+
+Every number is bounded so that it fits the engine's C++ type (int32 lengths and top_k, uint64
+seeds, float sampling parameters that stay finite and nonzero as float32), and every list a client
+sends is capped (the caps below, named in the 400's message). Every text field must be valid
+Unicode: a lone surrogate such as "\\ud800" (which JSON can spell) is a 400 naming the field. The
+total size of a request (prompt characters included) is bounded by the body limit (guards.py)."""
 from __future__ import annotations
 
+import re
 from typing import Dict, List, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
 
-StopArg = Optional[Union[str, List[str]]]
+from turbolm.serve.async_engine import MAX_USER_SESSION_ID, SERVER_SESSION_IDS
+
+# -- caps: each over-limit request gets a 400 that names the cap ------------------------------
+MAX_N = 16  # choices per request (`n`)
+MAX_STOP = 16  # stop strings per request (`stop`, `stop_words`)
+MAX_PROMPTS = 64  # prompts per /v1/completions request
+MAX_ENCODE_INPUTS = 256  # texts per /v1/encode request
+MAX_MESSAGES = 1024  # messages per chat (/v1/chat/completions, /v1/chat/interactive)
+
+# -- bounds of the engine's types --------------------------------------------------------------
+INT32_MAX = (1 << 31) - 1  # max_tokens, request_output_len, top_k are C++ ints
+UINT64_MAX = (1 << 64) - 1  # the engine's random seed
+MAX_SESSION_ID = MAX_USER_SESSION_ID - 1  # ids >= 2**40 are the server's own (stateless requests)
+MAX_INTERACTIVE_SESSION_ID = SERVER_SESSION_IDS[1] - 1  # interactive ids the server hands out go this high
+# float32 keeps these finite and nonzero; the sampler divides logits by the penalty
+MIN_REPETITION_PENALTY, MAX_REPETITION_PENALTY = 0.01, 100.0
+# below this a temperature is greedy in all but name, and 1/t would overflow float32: read it as 0
+GREEDY_TEMPERATURE = 1e-5
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _bad_text(value, path: str = ""):
+    """(path, char) of the first lone surrogate in a str / list / dict value, else None."""
+    if isinstance(value, str):
+        m = _SURROGATE.search(value)
+        return (path, m.group()) if m else None
+    if isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            bad = _bad_text(v, f"{path}[{i}]")
+            if bad:
+                return bad
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            bad = _bad_text(k, f"{path}.<key>") or _bad_text(v, f"{path}.{k}")
+            if bad:
+                return bad
+    return None  # numbers, bools, None, nested models (they check their own fields)
+
+
+def _cap(items: Optional[list], cap: int, name: str, what: str) -> None:
+    if isinstance(items, list) and len(items) > cap:
+        raise PydanticCustomError("too_many", "at most {cap} {what} per request ({name}); got {got}",
+                                  {"cap": cap, "what": what, "name": name, "got": len(items)})
 
 
 class _Req(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    # NaN / Infinity are valid in Python's JSON: refuse them in every float field
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _valid_unicode(cls, v, info: ValidationInfo):
+        bad = _bad_text(v)
+        if bad:
+            where, ch = bad
+            raise PydanticCustomError(
+                "invalid_unicode", "the text{where} contains a lone surrogate {code}; text must be valid Unicode "
+                                   "(send the character's UTF-8, or a whole surrogate pair in JSON)",
+                {"where": f" at {info.field_name}{where}" if where else "", "code": f"U+{ord(ch):04X}"})
+        return v
+
+    # the fields below are those of the models that have them
+    @field_validator("stop", "stop_words", check_fields=False)
+    @classmethod
+    def _stop_strings(cls, v):
+        _cap(v, MAX_STOP, "MAX_STOP", "stop strings")
+        return v
+
+    @field_validator("temperature", check_fields=False)
+    @classmethod
+    def _greedy(cls, v):
+        return 0.0 if v < GREEDY_TEMPERATURE else v
 
 
 class StreamOptions(_Req):
@@ -33,26 +109,19 @@ class _Sampling(_Req):
     model: Optional[str] = None
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
-    n: int = Field(1, ge=1, le=16)
-    stop: StopArg = None
+    n: int = Field(1, ge=1, le=MAX_N, description=f"choices to generate, at most {MAX_N} (MAX_N)")
+    stop: Optional[Union[str, List[str]]] = Field(None, json_schema_extra={"maxItems": MAX_STOP})
     stream: StrictBool = False
     stream_options: Optional[StreamOptions] = None
-    seed: Optional[int] = None
+    seed: Optional[int] = Field(None, ge=0, le=UINT64_MAX)
     presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)  # accepted, not applied
     frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)  # accepted, not applied
     user: Optional[str] = None
     # extras
-    top_k: int = Field(0, ge=0)
-    repetition_penalty: float = Field(1.0, gt=0.0)
+    top_k: int = Field(0, ge=0, le=INT32_MAX, description="0 (or >= the vocabulary): no top-k cut")
+    repetition_penalty: float = Field(1.0, ge=MIN_REPETITION_PENALTY, le=MAX_REPETITION_PENALTY)
     ignore_eos: StrictBool = False
-    session_id: Optional[int] = Field(None, ge=-1)
-
-    @field_validator("stop")
-    @classmethod
-    def _stop(cls, v):
-        if isinstance(v, list) and len(v) > 16:
-            raise ValueError("at most 16 stop strings")
-        return v
+    session_id: Optional[int] = Field(None, ge=-1, le=MAX_SESSION_ID)
 
     def stop_list(self) -> List[str]:
         if self.stop is None:
@@ -61,43 +130,69 @@ class _Sampling(_Req):
 
 
 class ChatCompletionRequest(_Sampling):
-    messages: List[ChatMessage] = Field(..., min_length=1)
-    max_tokens: Optional[int] = Field(None, ge=1)
-    max_completion_tokens: Optional[int] = Field(None, ge=1)
+    messages: List[ChatMessage] = Field(..., min_length=1, json_schema_extra={"maxItems": MAX_MESSAGES})
+    max_tokens: Optional[int] = Field(None, ge=1, le=INT32_MAX)
+    max_completion_tokens: Optional[int] = Field(None, ge=1, le=INT32_MAX)
     logprobs: StrictBool = False
     top_logprobs: Optional[int] = Field(None, ge=0, le=20)
 
+    @field_validator("messages")
+    @classmethod
+    def _messages(cls, v):
+        _cap(v, MAX_MESSAGES, "MAX_MESSAGES", "messages")
+        return v
+
 
 class CompletionRequest(_Sampling):
+    # one prompt (text or token ids) or a list of them, at most MAX_PROMPTS
     prompt: Union[str, List[str], List[int], List[List[int]]]
-    max_tokens: Optional[int] = Field(16, ge=1)
+    max_tokens: Optional[int] = Field(16, ge=1, le=INT32_MAX)
     logprobs: Optional[int] = Field(None, ge=0, le=5)
     echo: StrictBool = False
     suffix: Optional[str] = None
 
+    @field_validator("prompt")
+    @classmethod
+    def _prompts(cls, v):
+        if isinstance(v, list) and v and not isinstance(v[0], int):  # a list of prompts, not one of ids
+            _cap(v, MAX_PROMPTS, "MAX_PROMPTS", "prompts")
+        return v
+
 
 class InteractiveRequest(_Req):
     """POST /v1/chat/interactive (LMDeploy's): one round of a server-side session."""
-    prompt: Union[str, List[ChatMessage]] = ""
-    session_id: int = Field(-1, ge=-1)
+    prompt: Union[str, List[ChatMessage]] = Field("", json_schema_extra={"maxItems": MAX_MESSAGES})
+    session_id: int = Field(-1, ge=-1, le=MAX_INTERACTIVE_SESSION_ID)  # also ids the server handed out
     interactive_mode: StrictBool = False  # keep the history for the next round
     stream: StrictBool = False
     stop: StrictBool = False  # cancel the session's running request
     cancel: Optional[StrictBool] = None  # alias of stop
-    request_output_len: int = Field(512, ge=0)
+    request_output_len: int = Field(512, ge=0, le=INT32_MAX)
     top_p: float = Field(0.8, gt=0.0, le=1.0)
-    top_k: int = Field(40, ge=0)
+    top_k: int = Field(40, ge=0, le=INT32_MAX)
     temperature: float = Field(0.8, ge=0.0, le=2.0)
-    repetition_penalty: float = Field(1.0, gt=0.0)
+    repetition_penalty: float = Field(1.0, ge=MIN_REPETITION_PENALTY, le=MAX_REPETITION_PENALTY)
     ignore_eos: StrictBool = False
-    seed: Optional[int] = None
-    stop_words: Optional[List[str]] = None
+    seed: Optional[int] = Field(None, ge=0, le=UINT64_MAX)
+    stop_words: Optional[List[str]] = Field(None, json_schema_extra={"maxItems": MAX_STOP})
+
+    @field_validator("prompt")
+    @classmethod
+    def _messages(cls, v):
+        _cap(v, MAX_MESSAGES, "MAX_MESSAGES", "messages")
+        return v
 
 
 class EncodeRequest(_Req):
-    input: Union[str, List[str]]
+    input: Union[str, List[str]] = Field(..., json_schema_extra={"maxItems": MAX_ENCODE_INPUTS})
     do_preprocess: StrictBool = False  # render the chat template around each input first
     add_bos: StrictBool = True
+
+    @field_validator("input")
+    @classmethod
+    def _inputs(cls, v):
+        _cap(v, MAX_ENCODE_INPUTS, "MAX_ENCODE_INPUTS", "inputs")
+        return v
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> Dict[str, int]:
