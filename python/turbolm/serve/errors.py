@@ -96,5 +96,8 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):
         log.exception("unhandled error on %s", request.url.path)
-        return JSONResponse(error_body(500, f"internal error: {type(exc).__name__}: {exc}", "internal_error"),
+        # the details stay in the server's log: an exception's text can show internals (paths,
+        # pybind11 casts, engine state) that a client has no business reading
+        return JSONResponse(error_body(500, f"internal error ({type(exc).__name__}); the server's log has the "
+                                            "details", "internal_error"),
                             status_code=500)
