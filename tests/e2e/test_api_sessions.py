@@ -163,3 +163,4 @@ def test_gradio_local_backend_tabs_get_their_own_sessions(tiny_ws):
     a, b = asyncio.run(main())
     assert a != b and all(SERVER_IDS[0] <= i < SERVER_IDS[1] for i in (a, b))
     assert backend.sessions.step(a) > 0 and backend.sessions.step(b) > 0
+

@@ -17,6 +17,8 @@ Errors use OpenAI's JSON shape with 400 / 401 / 404 (never FastAPI's 422).
 """
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import json
 import logging
 import time
@@ -25,11 +27,12 @@ from typing import List, Optional, Sequence, Union
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import StreamingResponse
 
+from turbolm.errors import UserError
 from turbolm.serve import errors
 from turbolm.serve.async_engine import AsyncEngine, EngineError, GenParams
 from turbolm.serve.errors import APIError
 from turbolm.serve.guards import DEFAULT_MAX_BODY_BYTES, install_guards
-from turbolm.serve.openai_api import build_router, until_disconnect
+from turbolm.serve.openai_api import build_router, engine_error, until_disconnect
 from turbolm.serve.protocol import EncodeRequest, InteractiveRequest
 from turbolm.serve.sessions import Sessions
 
@@ -46,9 +49,9 @@ def parse_api_keys(api_keys: Union[None, str, Sequence[str]]) -> List[str]:
 
 class ServerState:
     def __init__(self, engine: AsyncEngine, served_model_name: Optional[str] = None,
-                 api_keys: Sequence[str] = ()):
+                 api_keys: Sequence[str] = (), session_ttl: float = 1800.0):
         self.engine = engine
-        self.sessions = Sessions(engine)
+        self.sessions = Sessions(engine, ttl=session_ttl)
         self.model_name = served_model_name or engine.model_name
         self.api_keys = set(api_keys)
         self.started = int(time.time())
@@ -61,6 +64,13 @@ class ServerState:
             raise APIError(401, "Incorrect API key provided." if key else "Missing API key: send "
                            "'Authorization: Bearer KEY'.", "invalid_api_key")
 
+    def owner(self, request: Request) -> Optional[str]:
+        """Who owns the sessions a request creates: its API key (None when the server has none)."""
+        if not self.api_keys:
+            return None
+        header = request.headers.get("authorization", "")
+        return header[7:].strip() if header.lower().startswith("bearer ") else None
+
     def check_model(self, name: Optional[str]) -> None:
         if name is not None and name != self.model_name:
             raise APIError(404, f"The model `{name}` does not exist; this server serves `{self.model_name}`.",
@@ -68,13 +78,21 @@ class ServerState:
 
 
 def _ndjson(obj) -> str:
-    return json.dumps(obj, ensure_ascii=False) + "\n"
+    return json.dumps(obj) + "\n"
 
 
 def create_app(engine: AsyncEngine, served_model_name: Optional[str] = None, api_keys: Sequence[str] = (), *,
-               max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, allowed_origins: Sequence[str] = ()) -> FastAPI:
-    state = ServerState(engine, served_model_name, api_keys)
-    app = FastAPI(title="turbolm API server", version="0.1.0",
+               max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, allowed_origins: Sequence[str] = (),
+               session_ttl: float = 1800.0) -> FastAPI:
+    state = ServerState(engine, served_model_name, api_keys, session_ttl=session_ttl)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        state.sessions.start_reaper()  # idle interactive sessions expire after session_ttl
+        yield
+        await state.sessions.stop_reaper()
+
+    app = FastAPI(title="turbolm API server", version="0.1.0", lifespan=lifespan,
                   description="OpenAI-compatible API over the turbolm engine. Extras: top_k, repetition_penalty, "
                               "ignore_eos, session_id; /v1/chat/interactive for server-side sessions.")
     app.state.turbolm = state
@@ -103,15 +121,15 @@ def create_app(engine: AsyncEngine, served_model_name: Optional[str] = None, api
 
     @app.post("/v1/encode", dependencies=state.auth)
     async def encode(req: EncodeRequest):
-        def one(text):
+        async def one(text):
             if req.do_preprocess:
                 text = engine.template.get_prompt(text, sequence_start=True)
-            return engine.encode(text, add_bos=req.add_bos)
+            return await engine.encode_async(text, add_bos=req.add_bos)
 
         if isinstance(req.input, str):
-            ids = one(req.input)
+            ids = await one(req.input)
             return {"input_ids": ids, "length": len(ids)}
-        ids = [one(t) for t in req.input]
+        ids = [await one(t) for t in req.input]
         return {"input_ids": ids, "length": [len(i) for i in ids]}
 
     @app.post("/v1/chat/interactive", dependencies=state.auth)
@@ -121,19 +139,35 @@ def create_app(engine: AsyncEngine, served_model_name: Optional[str] = None, api
         interactive_mode=false and request_output_len=0 ends the session. stream=true answers
         newline-delimited JSON items {text, tokens, finish_reason, history_tokens, session_id}."""
         sessions = state.sessions
-        sid = sessions.new_id() if req.session_id == -1 else sessions.check_id(req.session_id)
+        owner = state.owner(request)
         if req.stop or req.cancel:
-            sessions.stop(sid)
-            return {"text": "", "tokens": 0, "finish_reason": "cancelled", "session_id": sid}
+            if req.session_id != -1:
+                sessions.lookup(req.session_id, owner, create=False)
+                sessions.stop(req.session_id)
+            return {"text": "", "tokens": 0, "finish_reason": "cancelled", "session_id": req.session_id}
         prompt = req.prompt if isinstance(req.prompt, str) else [m.model_dump() for m in req.prompt]
         if not req.interactive_mode and not prompt and req.request_output_len == 0:
-            sessions.end(sid)  # LMDeploy's way of ending a session
-            return {"text": "", "tokens": 0, "finish_reason": "end", "session_id": sid}
+            if req.session_id != -1:  # LMDeploy's way of ending a session
+                sessions.lookup(req.session_id, owner, create=False)
+                sessions.end(req.session_id)
+            return {"text": "", "tokens": 0, "finish_reason": "end", "session_id": req.session_id}
         params = GenParams(max_new_tokens=req.request_output_len, temperature=req.temperature, top_p=req.top_p,
                            top_k=req.top_k, repetition_penalty=req.repetition_penalty, ignore_eos=req.ignore_eos,
                            seed=req.seed, stop=list(req.stop_words or []))
-        prepared = sessions.prepare(sid, prompt)  # errors (busy, bad, too long) before any byte is sent
-        gen = sessions.chat(sid, prepared, params, interactive_mode=req.interactive_mode)
+        if req.session_id == -1:
+            sid = sessions.new_id(owner)  # reserved now: concurrent requests never share it
+            session = sessions.table[sid]
+        else:
+            sid = int(req.session_id)
+            session = sessions.lookup(sid, owner, create=True)
+        fresh = session.step == 0 and not session.busy
+        try:  # errors (busy, bad, too long) before any byte is sent
+            rnd = await sessions.begin_round(session, sid, prompt)
+        except APIError:
+            if fresh and sessions.table.get(sid) is session and not session.busy and session.step == 0:
+                del sessions.table[sid]  # a refused first round leaves no session behind
+            raise
+        gen = sessions.run_round(rnd, params, interactive_mode=req.interactive_mode)
 
         if req.stream:
             async def lines():
@@ -157,7 +191,7 @@ def create_app(engine: AsyncEngine, served_model_name: Optional[str] = None, api
         try:  # a client that goes away cancels the round (and frees the session) like a stop
             await until_disconnect(request, collect())
         except EngineError as e:
-            raise APIError(500, str(e), "engine_error")
+            raise engine_error(e)
         return {"text": "".join(text), "tokens": last.num_tokens if last else 0,
                 "finish_reason": last.finish_reason if last else None, "history_tokens": sessions.step(sid),
                 "session_id": sid}
@@ -165,17 +199,44 @@ def create_app(engine: AsyncEngine, served_model_name: Optional[str] = None, api
     return app
 
 
+def _is_loopback(host: str) -> bool:
+    if host in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def warn_if_exposed(host: str, api_keys: Sequence[str]) -> bool:
+    """Logs a warning (and returns True) when the server would listen beyond loopback without an
+    API key. The default bind stays LMDeploy's 0.0.0.0; the warning says what that means."""
+    if api_keys or _is_loopback(host):
+        return False
+    log.warning("listening on %s without an API key: anyone who can reach this address can use the model "
+                "and its sessions. Pass --api_keys KEY (or --server_name 127.0.0.1 for this machine only).", host)
+    return True
+
+
 def serve(model_path: str, server_name: str = "0.0.0.0", server_port: int = 23333, instance_num: int = 64,
           tp: int = 1, served_model_name: Optional[str] = None, api_keys=None, log_level: str = "info",
           model_name: Optional[str] = None, session_len: Optional[int] = None,
-          cache_max_entry_count: Optional[float] = None, **kwargs):
+          cache_max_entry_count: Optional[float] = None, allowed_origins=None, max_body_mb: float = 4.0,
+          session_ttl: float = 1800.0):
     import uvicorn
 
     logging.basicConfig(level=str(log_level).upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    keys = parse_api_keys(api_keys)
+    origins = parse_api_keys(allowed_origins)  # the same comma-separated list
+    if not max_body_mb or float(max_body_mb) <= 0:
+        raise UserError(f"--max_body_mb must be > 0, got {max_body_mb}")
     extra = {k: v for k, v in dict(session_len=session_len, cache_max_entry_count=cache_max_entry_count).items()
              if v is not None}
     engine = AsyncEngine.from_path(model_path, tp=tp, instance_num=instance_num, model_name=model_name, **extra)
-    app = create_app(engine, served_model_name=served_model_name, api_keys=parse_api_keys(api_keys))
+    app = create_app(engine, served_model_name=served_model_name, api_keys=keys,
+                     max_body_bytes=int(float(max_body_mb) * (1 << 20)), allowed_origins=origins,
+                     session_ttl=float(session_ttl))
+    warn_if_exposed(str(server_name), keys)
     log.info("serving %s as %r on http://%s:%s (docs at /docs)", model_path, app.state.turbolm.model_name,
              server_name, server_port)
     uvicorn.run(app, host=server_name, port=int(server_port), log_level=str(log_level).lower(),
