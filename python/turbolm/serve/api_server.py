@@ -11,12 +11,22 @@ Endpoints
                                waiting sequences, requests in flight, interactive sessions
   GET  /docs                   the interactive API docs (Swagger UI)
 
-Every request shares the engine's one persistent batch: handlers iterate async_stream_infer; no
-pool of instances, no busy waiting. `--api-keys k1,k2` requires `Authorization: Bearer k` on /v1/*.
-Errors use OpenAI's JSON shape with 400 / 401 / 404 (never FastAPI's 422).
+Every request shares the engine's one persistent batch: handlers iterate the engine's stream
+deltas (AsyncEngine.generate); no pool of instances, no busy waiting, no thread per request.
+
+Multi-user safety: `--api_keys k1,k2` requires `Authorization: Bearer k` on /v1/*; interactive
+sessions are unguessable, reserved when handed out, owned by the key that made them and expire
+after `--session_ttl` idle seconds (sessions.py); POST bodies must be application/json (415,
+so a cross-origin form or text/plain post never runs) and at most `--max_body_mb` (413, read no
+further); CORS is closed unless `--allowed_origins` opens it (guards.py). Tokenizing runs in a
+worker thread, so a huge prompt never stalls the other clients' streams.
+
+Errors use OpenAI's JSON shape with 400 / 401 / 404 / 409 / 413 / 415 (never FastAPI's 422), and
+bad input never gets a 5xx.
 """
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ipaddress
 import json
@@ -25,7 +35,7 @@ import time
 from typing import List, Optional, Sequence, Union
 
 from fastapi import Depends, FastAPI, Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 
 from turbolm.errors import UserError
 from turbolm.serve import errors
@@ -128,9 +138,13 @@ def create_app(engine: AsyncEngine, served_model_name: Optional[str] = None, api
 
         if isinstance(req.input, str):
             ids = await one(req.input)
-            return {"input_ids": ids, "length": len(ids)}
-        ids = [await one(t) for t in req.input]
-        return {"input_ids": ids, "length": [len(i) for i in ids]}
+            out = {"input_ids": ids, "length": len(ids)}
+        else:
+            ids = [await one(t) for t in req.input]
+            out = {"input_ids": ids, "length": [len(i) for i in ids]}
+        # A body limit's worth of text is ~10^6 ids: render their JSON off the event loop too.
+        body = json.dumps(out) if len(ids) < 4096 else await asyncio.to_thread(json.dumps, out)
+        return Response(body, media_type="application/json")
 
     @app.post("/v1/chat/interactive", dependencies=state.auth)
     async def interactive(req: InteractiveRequest, request: Request):
