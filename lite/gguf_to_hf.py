@@ -16,6 +16,7 @@ from turbolm.errors import UserError
 def gguf_to_hf(gguf_path: str, out_dir: str, tokenizer_path: Optional[str] = None) -> str:
     """Writes ``out_dir`` (config, safetensors, tokenizer) atomically, replacing it; returns it.
     The tokenizer comes from the GGUF, or from the HF tokenizer folder ``tokenizer_path``."""
+    import accelerate  # noqa: F401  (transformers reads a GGUF only with it; fail here, by name)
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
