@@ -118,6 +118,7 @@ struct Engine::Impl {
   // Engine thread only.
   std::vector<ForwardItem> items;
   std::vector<float> logits;
+  std::vector<Sequence*> sampled;  // the step's sampling rows, in logits row order
   long long steps = 0, tokens_computed = 0, tokens_generated = 0;
   std::thread thread;
 
@@ -323,16 +324,21 @@ void Engine::Impl::step() {
     sched->fail(batch, std::string("model forward failed: ") + e.what());
     return;
   }
-  std::vector<int32_t> tokens;
-  std::vector<float> logprobs;
-  int r = 0;
-  for (const ScheduledSeq& b : batch) {
-    if (!b.sample) continue;
-    Sequence& s = *b.seq;
-    SampleResult res = sample(&logits[(size_t)r++ * vocab], vocab, s.gen, s.tokens, s.rng);
-    tokens.push_back(res.token);
-    logprobs.push_back(res.logprob);
-  }
+  // Rows are independent (each has its own sequence, settings and generator), so they are
+  // sampled in parallel on the model's pool, which is idle between forwards.
+  sampled.clear();
+  for (const ScheduledSeq& b : batch)
+    if (b.sample) sampled.push_back(b.seq);
+  std::vector<int32_t> tokens(rows);
+  std::vector<float> logprobs(rows);
+  model->parallel_for(rows, [&](int begin, int end) {
+    for (int r = begin; r < end; ++r) {
+      Sequence& s = *sampled[r];
+      SampleResult res = sample(&logits[(size_t)r * vocab], vocab, s.gen, s.tokens, s.rng);
+      tokens[r] = res.token;
+      logprobs[r] = res.logprob;
+    }
+  });
   tokens_generated += rows;
   ++steps;
   sched->postprocess(batch, tokens, logprobs);

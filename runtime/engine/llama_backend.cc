@@ -13,6 +13,7 @@ class LlamaBackend final : public ModelBackend {
   size_t kv_bytes_per_block() const override { return model_.kv_bytes_per_block(); }
   void allocate_kv(int num_blocks) override { model_.allocate_kv(num_blocks); }
   void forward(const std::vector<ForwardItem>& batch, float* logits) override { model_.forward(batch, logits); }
+  void parallel_for(int n, const std::function<void(int, int)>& fn) override { model_.parallel_for(n, fn); }
 
  private:
   LlamaModel model_;

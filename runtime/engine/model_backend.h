@@ -3,6 +3,7 @@
 // whole engine loop -- threads, scheduling, preemption, eviction -- is tested without weights.
 #pragma once
 #include <cstddef>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -20,6 +21,10 @@ class ModelBackend {
   virtual void allocate_kv(int num_blocks) = 0;
   // Same contract as LlamaModel::forward.
   virtual void forward(const std::vector<ForwardItem>& batch, float* logits) = 0;
+  // Same contract as LlamaModel::parallel_for; a backend without threads runs fn(0, n).
+  virtual void parallel_for(int n, const std::function<void(int begin, int end)>& fn) {
+    if (n > 0) fn(0, n);
+  }
 };
 
 // Loads a workspace's weights into a LlamaModel behind the ModelBackend interface.

@@ -5,13 +5,42 @@
 #include <limits>
 #include <numeric>
 
+#include "kernels/kernels.h"
+
 namespace turbolm {
 
 bool is_greedy(const GenerationConfig& g) { return g.temperature <= 0.f || g.top_k == 1; }
 
+namespace {
+
+// Per-thread scratch of the vocabulary's size: sampling runs on the engine thread or, one row per
+// range, on the model's pool threads, and must not allocate per token.
+struct Scratch {
+  std::vector<float> p;
+  std::vector<int32_t> idx;
+  std::vector<uint8_t> seen;
+};
+Scratch& scratch(int vocab) {
+  thread_local Scratch s;
+  if ((int)s.p.size() < vocab) {
+    s.p.resize(vocab);
+    s.idx.resize(vocab);
+    s.seen.resize(vocab);
+  }
+  return s;
+}
+
+const kernels::KernelTable& K() {
+  static const kernels::KernelTable& k = kernels::best_kernels();
+  return k;
+}
+
+}  // namespace
+
 void apply_repetition_penalty(float* logits, int vocab, const int32_t* context, int n, float penalty) {
   if (penalty == 1.f || n == 0) return;
-  std::vector<uint8_t> seen(vocab, 0);
+  std::vector<uint8_t>& seen = scratch(vocab).seen;
+  std::fill(seen.begin(), seen.begin() + vocab, 0);
   for (int i = 0; i < n; ++i) {
     int32_t t = context[i];
     if (t < 0 || t >= vocab || seen[t]) continue;
@@ -32,36 +61,33 @@ int32_t argmax(const float* logits, int vocab) {
 }
 
 float log_softmax_at(const float* logits, int vocab, int32_t token) {
-  double m = *std::max_element(logits, logits + vocab);
-  double sum = 0;
-  for (int i = 0; i < vocab; ++i) sum += std::exp((double)logits[i] - m);
+  const float m = K().row_max(logits, vocab);
+  const double sum = K().exp_sum(logits, vocab, m, scratch(vocab).p.data());
   return (float)((double)logits[token] - m - std::log(sum));
 }
 
 std::vector<std::pair<int32_t, float>> top_k_top_p(const float* logits, int vocab, int top_k, float top_p) {
   // Softmax over the whole row first; top-k renormalization is a rescale of these.
-  float m = *std::max_element(logits, logits + vocab);
-  std::vector<float> p(vocab);
-  double total = 0;
-  for (int i = 0; i < vocab; ++i) total += (p[i] = std::exp(logits[i] - m));
+  Scratch& sc = scratch(vocab);
+  float* p = sc.p.data();
+  const double total = K().exp_sum(logits, vocab, K().row_max(logits, vocab), p);
 
-  std::vector<int32_t> idx(vocab);
-  std::iota(idx.begin(), idx.end(), 0);
+  int32_t* idx = sc.idx.data();
+  std::iota(idx, idx + vocab, 0);
   auto more_probable = [&](int32_t a, int32_t b) { return p[a] > p[b] || (p[a] == p[b] && a < b); };
   int k = (top_k > 0 && top_k < vocab) ? top_k : vocab;
+  if (k < vocab) std::nth_element(idx, idx + k, idx + vocab, more_probable);  // the top k, unordered: O(vocab)
   // Sort only as much as needed: top-p usually keeps a few tokens, so sort a prefix and double it
   // until the kept set is inside the sorted prefix.
   int sorted = 0;
   auto sort_prefix = [&](int upto) {
     upto = std::min(upto, k);
     if (upto <= sorted) return;
-    if (sorted == 0) std::partial_sort(idx.begin(), idx.begin() + upto, idx.end(), more_probable);
-    else std::partial_sort(idx.begin() + sorted, idx.begin() + upto, idx.end(), more_probable);
+    std::partial_sort(idx + sorted, idx + upto, idx + k, more_probable);
     sorted = upto;
   };
   double mass_k = 0;  // top-k mass (renormalizer)
   if (k < vocab) {
-    sort_prefix(k);
     for (int i = 0; i < k; ++i) mass_k += p[idx[i]];
   } else {
     mass_k = total;
@@ -82,6 +108,8 @@ std::vector<std::pair<int32_t, float>> top_k_top_p(const float* logits, int voca
       if (keep < sorted || sorted == k) break;
       chunk *= 2;
     }
+  } else {
+    sort_prefix(k);
   }
   std::vector<std::pair<int32_t, float>> out(keep);
   double mass = 0;
@@ -98,15 +126,34 @@ SampleResult sample(float* logits, int vocab, const GenerationConfig& g, const s
   SampleResult r;
   if (is_greedy(g)) {
     r.token = argmax(logits, vocab);
-  } else {
-    apply_temperature(logits, vocab, g.temperature);
-    auto cand = top_k_top_p(logits, vocab, g.top_k, g.top_p);
-    double u = uniform01(rng), cum = 0;
-    r.token = cand.back().first;  // rounding: u beyond the summed probabilities
-    for (auto& c : cand) {
-      cum += c.second;
-      if (u < cum) { r.token = c.first; break; }
+    if (g.logprobs) r.logprob = log_softmax_at(logits, vocab, r.token);
+    return r;
+  }
+  apply_temperature(logits, vocab, g.temperature);
+  const bool whole_vocab = !(g.top_k > 0 && g.top_k < vocab) && !(g.top_p < 1.f);
+  if (whole_vocab) {
+    // No truncation (OpenAI's defaults): draw from the softmax in index order, one pass for the
+    // exponentials and one for the cumulative sum, nothing sorted or allocated.
+    float* p = scratch(vocab).p.data();
+    const float m = K().row_max(logits, vocab);
+    const double total = K().exp_sum(logits, vocab, m, p);
+    const double u = uniform01(rng) * total;
+    double cum = 0;
+    r.token = -1;
+    for (int i = 0; i < vocab; ++i) {
+      cum += p[i];
+      if (p[i] > 0.f) r.token = i;  // rounding: u beyond the summed mass takes the last possible token
+      if (u < cum) break;
     }
+    if (g.logprobs) r.logprob = (float)((double)logits[r.token] - m - std::log(total));
+    return r;
+  }
+  auto cand = top_k_top_p(logits, vocab, g.top_k, g.top_p);
+  double u = uniform01(rng), cum = 0;
+  r.token = cand.back().first;  // rounding: u beyond the summed probabilities
+  for (auto& c : cand) {
+    cum += c.second;
+    if (u < cum) { r.token = c.first; break; }
   }
   if (g.logprobs) r.logprob = log_softmax_at(logits, vocab, r.token);
   return r;

@@ -7,7 +7,13 @@
 //   3. temperature (logits / T), 4. top-k, 5. top-p over the top-k renormalized probabilities
 //      (keep the smallest most-probable set whose cumulative probability >= top_p; at least one),
 //   6. draw from the kept set with the request's std::mt19937_64 (seeded by random_seed), using
-//      53-bit uniforms so a seed gives the same tokens on every platform.
+//      53-bit uniforms so a seed gives the same tokens on every platform (the exponentials come
+//      from the CPU's kernel table, so the last bits may differ between an AVX-512 and a scalar
+//      machine). With no truncation (top_k 0, top_p 1) the draw scans the softmax in index order
+//      and sorts nothing; otherwise the kept set is ordered most probable first.
+// Cost: vocabulary-sized passes with the kernel table's row_max / exp_sum, on per-thread scratch
+// (no allocation per token); top-k is an nth_element, top-p sorts only the prefix it keeps.
+// Every function here is pure over its arguments and may run on any thread.
 // Logprob of the chosen token: log-softmax over the whole vocabulary of the processed logits
 // after repetition penalty and temperature (T taken as 1 when greedy), before top-k/top-p
 // truncation -- so it stays finite and comparable across settings.

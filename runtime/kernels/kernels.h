@@ -81,6 +81,10 @@ using RopeFn = void (*)(float* x, int ldx, int T, int heads, int head_dim, int r
 using SiluMulFn = void (*)(const float* gate, const float* up, float* out, int n);
 // Converts n fp16 / bf16 values to fp32 (embedding rows).
 using ToF32Fn = void (*)(const uint16_t* src, WDType dtype, float* dst, int n);
+// max(x[0..n)), n >= 1 (the sampler's softmax over a vocabulary row).
+using RowMaxFn = float (*)(const float* x, int n);
+// out[i] = exp(x[i] - shift) for i < n; returns their sum (accumulated in fp32 lanes). out may be x.
+using ExpSumFn = float (*)(const float* x, int n, float shift, float* out);
 
 struct KernelTable {
   const char* name;  // "ref", "avx2", "avx512"
@@ -91,6 +95,8 @@ struct KernelTable {
   RopeFn rope;
   SiluMulFn silu_mul;
   ToF32Fn to_f32;
+  RowMaxFn row_max;
+  ExpSumFn exp_sum;
 };
 
 const KernelTable& reference_kernels();

@@ -1,6 +1,6 @@
 // AVX2 + FMA + F16C kernel table, for CPUs without AVX-512. The GEMM (the decode and prefill
-// hot path), rmsnorm and to_f32 are vectorized; kv_store, attention, rope and silu_mul are the
-// reference functions for now. Like kernels_avx512.cc: file-local, reached only via dispatch.
+// hot path), rmsnorm and to_f32 are vectorized; kv_store, attention, rope, silu_mul, row_max and
+// exp_sum are the reference functions for now. Like kernels_avx512.cc: file-local, reached only via dispatch.
 #include <immintrin.h>
 #include <math.h>
 
@@ -109,7 +109,7 @@ void to_f32_avx2(const uint16_t* src, WDType dtype, float* dst, int n) {
 
 const KernelTable* avx2_kernels() {
   static const KernelTable t = [] {
-    KernelTable k = reference_kernels();  // kv_store, attention, rope, silu_mul: reference
+    KernelTable k = reference_kernels();  // kv_store, attention, rope, silu_mul, row_max, exp_sum: reference
     k.name = "avx2";
     k.gemm = gemm_avx2;
     k.rmsnorm = rmsnorm_avx2;

@@ -4,6 +4,8 @@
 // avx512_kernels(). (No inline functions from shared headers are called here either, so the
 // linker can never pick an AVX-512 copy of one for the rest of the program; avx512_common.h's
 // helpers are file-local.)
+#include <limits>
+
 #include "avx512_common.h"
 #include "tables.h"
 
@@ -261,11 +263,32 @@ void to_f32_avx512(const uint16_t* src, WDType dtype, float* dst, int n) {
   }
 }
 
+float row_max_avx512(const float* x, int n) {
+  __m512 m = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+  for (int i = 0; i < n; i += 16) {
+    const __mmask16 k = tail_mask(n - i);
+    m = _mm512_mask_max_ps(m, k, m, _mm512_maskz_loadu_ps(k, x + i));
+  }
+  return _mm512_reduce_max_ps(m);
+}
+
+float exp_sum_avx512(const float* x, int n, float shift, float* out) {
+  const __m512 s = _mm512_set1_ps(shift);
+  __m512 acc = _mm512_setzero_ps();
+  for (int i = 0; i < n; i += 16) {
+    const __mmask16 k = tail_mask(n - i);
+    const __m512 e = exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, x + i), s));
+    _mm512_mask_storeu_ps(out + i, k, e);
+    acc = _mm512_mask_add_ps(acc, k, acc, e);
+  }
+  return _mm512_reduce_add_ps(acc);
+}
+
 }  // namespace
 
 const KernelTable* avx512_kernels() {
   static const KernelTable t{"avx512", gemm_avx512, avx512::kv_store, avx512::attention, rmsnorm_avx512,
-                             rope_avx512, silu_mul_avx512, to_f32_avx512};
+                             rope_avx512, silu_mul_avx512, to_f32_avx512, row_max_avx512, exp_sum_avx512};
   return &t;
 }
 

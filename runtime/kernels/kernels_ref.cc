@@ -133,11 +133,23 @@ void to_f32_ref(const uint16_t* src, WDType dtype, float* dst, int n) {
   for (int i = 0; i < n; ++i) dst[i] = wload(src + i, dtype);
 }
 
+float row_max_ref(const float* x, int n) {
+  float m = x[0];
+  for (int i = 1; i < n; ++i) m = x[i] > m ? x[i] : m;
+  return m;
+}
+
+float exp_sum_ref(const float* x, int n, float shift, float* out) {
+  double sum = 0;  // the reference sums in double; SIMD tables in fp32 lanes
+  for (int i = 0; i < n; ++i) sum += (out[i] = std::exp(x[i] - shift));
+  return (float)sum;
+}
+
 }  // namespace
 
 const KernelTable& reference_kernels() {
   static const KernelTable t{"ref", gemm_ref, kv_store_ref, attention_ref, rmsnorm_ref,
-                             rope_ref, silu_mul_ref, to_f32_ref};
+                             rope_ref, silu_mul_ref, to_f32_ref, row_max_ref, exp_sum_ref};
   return t;
 }
 

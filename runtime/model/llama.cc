@@ -428,6 +428,10 @@ void LlamaModel::allocate_kv(int num_blocks) {
 
 int LlamaModel::num_kv_blocks() const { return impl_->num_blocks; }
 
+void LlamaModel::parallel_for(int n, const std::function<void(int, int)>& fn) {
+  impl_->ranks[0].pool->parallel_for(n, fn);  // rank 0 runs on the caller's thread: it owns this pool
+}
+
 void LlamaModel::forward(const std::vector<ForwardItem>& batch, float* logits) {
   Impl& m = *impl_;
   if (batch.empty()) return;

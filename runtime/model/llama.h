@@ -7,6 +7,7 @@
 // communicator after wo and w2 (sum of partial results).
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -51,6 +52,10 @@ class LlamaModel {
   // Runs the batch; writes logits rows in batch order: 1 row for kLast, n_tokens rows for
   // kAll, none for kNone. logits: [rows, vocab_size] fp32.
   void forward(const std::vector<ForwardItem>& batch, float* logits);
+
+  // Runs fn over ranges of [0, n) on rank 0's thread pool (ThreadPool::parallel_for), for work
+  // between two forwards on the same calling thread, e.g. sampling the step's rows.
+  void parallel_for(int n, const std::function<void(int begin, int end)>& fn);
 
  private:
   struct Impl;

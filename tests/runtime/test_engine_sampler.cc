@@ -1,6 +1,7 @@
 // Sampler: every processing step against hand-computed values, seeded reproducibility, the
 // sampled distribution, and whole-sequence stop matching.
 #include <cmath>
+#include <limits>
 #include <map>
 
 #include "check.h"
@@ -120,9 +121,33 @@ TEST(logprob_is_of_penalized_tempered_distribution) {
   std::vector<float> half = {0.5f, 1.f, 1.5f};
   CHECK(r.token == 1 || r.token == 2);
   CHECK_NEAR(r.logprob, log_softmax_at(half.data(), 3, r.token), 1e-6);
+  g.top_k = 0;  // no truncation: the one-pass draw reports the same logprob
+  g.top_p = 1.f;
+  for (int i = 0; i < 20; ++i) {
+    l = raw;
+    r = sample(l.data(), 3, g, {}, rng);
+    CHECK(r.token >= 0 && r.token < 3);
+    CHECK_NEAR(r.logprob, log_softmax_at(half.data(), 3, r.token), 1e-6);
+  }
   g.logprobs = false;
   l = raw;
   CHECK_NEAR(sample(l.data(), 3, g, {}, rng).logprob, 0.0, 0);
+}
+
+TEST(whole_vocab_draw_never_picks_an_impossible_token) {
+  GenerationConfig g;
+  g.top_k = 0;
+  std::vector<float> row(1000, -std::numeric_limits<float>::infinity());
+  row[3] = 0.f;
+  row[997] = 0.f;
+  std::mt19937_64 rng(5);
+  std::map<int, int> n;
+  for (int i = 0; i < 2000; ++i) {
+    auto l = row;
+    n[sample(l.data(), 1000, g, {}, rng).token]++;
+  }
+  CHECK_EQ(n[3] + n[997], 2000);
+  CHECK_NEAR(n[3] / 2000.0, 0.5, 0.05);
 }
 
 static std::vector<int32_t> draw(uint64_t seed, int n, const GenerationConfig& g, const std::vector<float>& row) {

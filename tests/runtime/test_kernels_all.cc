@@ -306,6 +306,26 @@ TEST(to_f32_all_tables) {
       }
 }
 
+TEST(row_max_exp_sum_all_tables) {
+  for (const KernelTable* kt : simd_tables())
+    for (int n : {1, 15, 16, 17, 1001, 49152}) {
+      Rng rng(n + 7);
+      std::vector<float> x(n), r(n), t(n);
+      for (int i = 0; i < n; ++i) x[i] = rng.uniform(-30.f, 30.f);
+      x[(n * 5) / 7] = 41.5f;  // the maximum, anywhere (the tail included)
+      const float m = kt->row_max(x.data(), n);
+      CHECK_EQ(m, reference_kernels().row_max(x.data(), n));
+      CHECK_EQ(m, 41.5f);
+      const float sr = reference_kernels().exp_sum(x.data(), n, m, r.data());
+      const float st = kt->exp_sum(x.data(), n, m, t.data());
+      CHECK(std::fabs(st - sr) <= 1e-5f * sr);
+      int bad = 0;
+      for (int i = 0; i < n; ++i) bad += !(std::fabs(t[i] - r[i]) <= 2e-7f * r[i] + 1e-30f);
+      CHECK_EQ(bad, 0);
+      CHECK_EQ(t[(n * 5) / 7], 1.f);  // exp(0) exactly
+    }
+}
+
 TEST(dispatch) {
   auto all = supported_kernels();
   CHECK(!all.empty());

@@ -50,7 +50,7 @@ log = logging.getLogger("turbolm.serve")
 
 
 def parse_api_keys(api_keys: Union[None, str, Sequence[str]]) -> List[str]:
-    """`fire` hands `--api-keys a,b` over as a tuple, one key as a str."""
+    """`--api_keys a,b` (one comma-separated str), or keys already split (a list / tuple)."""
     if api_keys is None or api_keys is False:
         return []
     items = api_keys.split(",") if isinstance(api_keys, str) else [str(k) for k in api_keys]

@@ -1,7 +1,7 @@
 """The server against the engine under it, in one run (issue 8 §1):
 
     python -m turbolm.serve.bench_server WORKSPACE [WORKSPACE ...] [--concurrency 1,8,32]
-                                         [--requests 64] [--max_tokens 64]
+                                         [--requests 64] [--max_tokens 64] [--repeat 3]
 
 For each workspace: `turbolm bench WS --backends turbolm` (the engine alone, its own process),
 then `turbolm serve api_server WS` started on 127.0.0.1 and loaded by bench_client (streaming
@@ -18,6 +18,7 @@ import asyncio
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -94,20 +95,30 @@ def server_figures(ws: str, conc: List[int], requests: int, max_tokens: int, por
             proc.kill()
 
 
+def _median_dicts(ds: List[Dict]) -> Dict:
+    keys = [k for k, v in ds[0].items() if isinstance(v, (int, float))]
+    return {k: statistics.median(d[k] for d in ds) for k in keys}
+
+
 def main(*workspaces: str, concurrency: str = "1,8,32", requests: int = 64, max_tokens: int = 64,
-         port: int = 23911):
+         port: int = 23911, repeat: int = 1):
     conc = [int(c) for c in str(concurrency).split(",") if c.strip()]
     print(f"cpu: {cpu_model()}; {os.cpu_count()} cpus; flags: {cpu_flags()}")
-    print(f"requests per level: {requests}, {max_tokens} tokens each (ignore_eos), streaming /v1/completions")
+    print(f"requests per level: {requests}, {max_tokens} tokens each (ignore_eos), streaming /v1/completions; "
+          f"median of {repeat} interleaved engine/server rounds")
     rows = []
     for ws in workspaces:
-        print(f"bench_server: {ws}: engine ...", file=sys.stderr, flush=True)
-        eng = engine_figures(ws, conc, max_tokens)
-        print(f"bench_server: {ws}: server ...", file=sys.stderr, flush=True)
-        srv = server_figures(ws, conc, requests, max_tokens, port)
+        engs, srvs = [], []
+        for r in range(max(1, int(repeat))):  # interleaved, so a noisy neighbour hits both sides alike
+            print(f"bench_server: {ws}: round {r + 1}: engine ...", file=sys.stderr, flush=True)
+            engs.append(engine_figures(ws, conc, max_tokens))
+            print(f"bench_server: {ws}: round {r + 1}: server ...", file=sys.stderr, flush=True)
+            srvs.append(server_figures(ws, conc, requests, max_tokens, port))
+        eng = _median_dicts(engs)
+        srv = [_median_dicts([s[i] for s in srvs]) for i in range(len(conc))]
         rows.append((ws, eng, srv))
     head = (f"{'workspace':<24} {'C':>3} {'engine tok/s':>12} {'server tok/s':>12} {'ratio':>6} "
-            f"{'server decode':>13} {'ratio':>6} {'TTFT p50':>9} {'TTFT p99':>9}")
+            f"{'server decode':>13} {'ratio':>6} {'TTFT p50':>9} {'TTFT p99':>9} {'client cpu/tok':>14}")
     print(head)
     print("-" * len(head))
     for ws, eng, srv in rows:
@@ -117,7 +128,8 @@ def main(*workspaces: str, concurrency: str = "1,8,32", requests: int = 64, max_
             dec = s["decode_tok_s"] if c == 1 else None
             dec_s = f"{dec:>13.1f} {dec / e:>6.2f}" if dec else f"{'':>13} {'':>6}"
             print(f"{name:<24} {c:>3} {e:>12.1f} {s['tok_per_s']:>12.1f} {s['tok_per_s'] / e:>6.2f} {dec_s} "
-                  f"{s['ttft_p50_ms']:>7.0f}ms {s['ttft_p99_ms']:>7.0f}ms", flush=True)
+                  f"{s['ttft_p50_ms']:>7.0f}ms {s['ttft_p99_ms']:>7.0f}ms {s['client_cpu_ms_per_token']:>12.3f}ms",
+                  flush=True)
 
 
 def cli(argv=None) -> None:
@@ -130,8 +142,10 @@ def cli(argv=None) -> None:
     p.add_argument("--requests", type=int, default=64, help="requests per concurrency level")
     p.add_argument("--max_tokens", "--max-tokens", type=int, default=64, help="tokens per request")
     p.add_argument("--port", type=int, default=23911, help="loopback port for the server")
+    p.add_argument("--repeat", type=int, default=1, help="interleaved engine/server rounds; medians are shown")
     a = p.parse_args(argv)
-    main(*a.workspaces, concurrency=a.concurrency, requests=a.requests, max_tokens=a.max_tokens, port=a.port)
+    main(*a.workspaces, concurrency=a.concurrency, requests=a.requests, max_tokens=a.max_tokens, port=a.port,
+         repeat=a.repeat)
 
 
 if __name__ == "__main__":
