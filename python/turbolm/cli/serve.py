@@ -34,8 +34,8 @@ def serve():
 @click.option("--allowed_origins", default=None,
               help="comma-separated origins allowed by CORS (e.g. http://localhost:3000)  [default: none, CORS closed]")
 @click.option("--max_body_mb", type=POSITIVE_FLOAT, default=4.0, help="request bodies above this size get a 413")
-@click.option("--session_ttl", type=POSITIVE_FLOAT, default=1800.0,
-              help="seconds after which an idle interactive session expires and frees its KV blocks")
+@click.option("--session_ttl", type=click.FloatRange(min=0), default=1800.0,
+              help="seconds after which an idle interactive session expires and frees its KV blocks (0: never)")
 @click.option("--log_level", type=click.Choice(["trace", "debug", "info", "warning", "error", "critical"],
                                                case_sensitive=False), default="info")
 @click.option("--model_name", default=None, help="chat template  [default: the workspace's model_name]")

@@ -9,8 +9,9 @@ Unicode: a lone surrogate such as "\\ud800" (which JSON can spell) is a 400 nami
 total size of a request (prompt characters included) is bounded by the body limit (guards.py)."""
 from __future__ import annotations
 
+import json
 import re
-from typing import Dict, List, Literal, Optional, Union
+from typing import Any, Dict, List, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
@@ -59,6 +60,14 @@ def _cap(items: Optional[list], cap: int, name: str, what: str) -> None:
     if isinstance(items, list) and len(items) > cap:
         raise PydanticCustomError("too_many", "at most {cap} {what} per request ({name}); got {got}",
                                   {"cap": cap, "what": what, "name": name, "got": len(items)})
+
+
+# Accepted only with these neutral values (anything else is a 400, see _Sampling._unsupported).
+UNSUPPORTED: Dict[str, tuple] = {
+    "presence_penalty": (0, 0.0), "frequency_penalty": (0, 0.0), "logit_bias": ({},),
+    "response_format": ({"type": "text"},), "tools": ([],), "tool_choice": ("none", "auto"), "functions": ([],),
+    "function_call": ("none", "auto"), "best_of": (1,), "suffix": ("",),
+}
 
 
 class _Req(BaseModel):
@@ -114,9 +123,27 @@ class _Sampling(_Req):
     stream: StrictBool = False
     stream_options: Optional[StreamOptions] = None
     seed: Optional[int] = Field(None, ge=0, le=UINT64_MAX)
-    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)  # accepted, not applied
-    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)  # accepted, not applied
     user: Optional[str] = None
+    # OpenAI parameters this server does not implement yet: refused (400) unless neutral, never
+    # accepted and ignored. Typed Any so the 400 says "not supported", not "wrong type".
+    presence_penalty: Any = Field(None, description="not supported yet: 0 or absent")
+    frequency_penalty: Any = Field(None, description="not supported yet: 0 or absent")
+    logit_bias: Any = Field(None, description="not supported yet: {} or absent")
+    response_format: Any = Field(None, description='not supported yet: {"type": "text"} or absent')
+    tools: Any = Field(None, description="not supported yet: [] or absent")
+    tool_choice: Any = Field(None, description='not supported yet: "none" / "auto" or absent')
+    functions: Any = Field(None, description="not supported yet: [] or absent")
+    function_call: Any = Field(None, description='not supported yet: "none" / "auto" or absent')
+
+    @field_validator(*UNSUPPORTED, check_fields=False)
+    @classmethod
+    def _unsupported(cls, v, info: ValidationInfo):
+        neutral = UNSUPPORTED[info.field_name]
+        if v is not None and not any(v == n and type(v) is type(n) for n in neutral):  # noqa: E721
+            raise PydanticCustomError("unsupported", "{name} is not supported by this server yet; leave it out "
+                                      "(or send {neutral})", {"name": info.field_name,
+                                                              "neutral": " or ".join(map(json.dumps, neutral))})
+        return None
     # extras
     top_k: int = Field(0, ge=0, le=INT32_MAX, description="0 (or >= the vocabulary): no top-k cut")
     repetition_penalty: float = Field(1.0, ge=MIN_REPETITION_PENALTY, le=MAX_REPETITION_PENALTY)
@@ -134,7 +161,8 @@ class ChatCompletionRequest(_Sampling):
     max_tokens: Optional[int] = Field(None, ge=1, le=INT32_MAX)
     max_completion_tokens: Optional[int] = Field(None, ge=1, le=INT32_MAX)
     logprobs: StrictBool = False
-    top_logprobs: Optional[int] = Field(None, ge=0, le=20)
+    # the engine returns the chosen token's logprob only, so one "top" alternative at most for now
+    top_logprobs: Optional[int] = Field(None, ge=0, le=1, description="0 or 1 (alternatives: not yet)")
 
     @field_validator("messages")
     @classmethod
@@ -147,9 +175,10 @@ class CompletionRequest(_Sampling):
     # one prompt (text or token ids) or a list of them, at most MAX_PROMPTS
     prompt: Union[str, List[str], List[int], List[List[int]]]
     max_tokens: Optional[int] = Field(16, ge=1, le=INT32_MAX)
-    logprobs: Optional[int] = Field(None, ge=0, le=5)
+    logprobs: Optional[int] = Field(None, ge=0, le=1, description="0 or 1 (alternatives: not yet)")
     echo: StrictBool = False
-    suffix: Optional[str] = None
+    suffix: Any = Field(None, description='not supported yet: "" or absent')
+    best_of: Any = Field(None, description="not supported yet: 1 or absent")
 
     @field_validator("prompt")
     @classmethod
