@@ -77,7 +77,10 @@ def calib_settings(work_dir: str, calib_dataset: Optional[str], calib_samples: O
                             f"{work_dir}` first so that {os.path.join(work_dir, RECORD_FILE)} records it")
         calib_dataset = rec["calib_dataset"]
         print(f"auto_awq: calibrating on {calib_dataset}, as recorded in {os.path.join(work_dir, RECORD_FILE)}")
-    same = rec is not None and rec["calib_dataset"] == calib_dataset
+    def key(d: str) -> str:  # the record keeps a file as an absolute path: compare files by theirs
+        return os.path.abspath(d) if os.path.exists(d) else d
+
+    same = rec is not None and key(rec["calib_dataset"]) == key(calib_dataset)
     if calib_samples is None:
         calib_samples = rec["calib_samples"] if same else 128
     if calib_seqlen is None:

@@ -296,7 +296,10 @@ void Engine::Impl::handle(Command& c) {
       case Command::Kind::kPpl: c.ppl->result.set_value(run_ppl(*c.ppl)); break;
     }
   } catch (const std::exception& e) {
-    if (c.kind == Command::Kind::kSubmit) c.stream->finish(FinishReason::kError, e.what());
+    if (c.kind == Command::Kind::kSubmit) {
+      publish();  // as everywhere: stats before the finish a caller can see
+      c.stream->finish(FinishReason::kError, e.what());
+    }
     if (c.kind == Command::Kind::kPpl) c.ppl->result.set_exception(std::current_exception());
   }
 }

@@ -9,7 +9,7 @@
 
 namespace turbolm {
 
-bool is_greedy(const GenerationConfig& g) { return g.temperature <= 0.f || g.top_k == 1; }
+bool is_greedy(const GenerationConfig& g) { return g.temperature < kGreedyTemperature || g.top_k == 1; }
 
 namespace {
 
@@ -137,14 +137,21 @@ SampleResult sample(float* logits, int vocab, const GenerationConfig& g, const s
     float* p = scratch(vocab).p.data();
     const float m = K().row_max(logits, vocab);
     const double total = K().exp_sum(logits, vocab, m, p);
-    const double u = uniform01(rng) * total;
-    double cum = 0;
-    r.token = -1;
-    for (int i = 0; i < vocab; ++i) {
-      cum += p[i];
-      if (p[i] > 0.f) r.token = i;  // rounding: u beyond the summed mass takes the last possible token
-      if (u < cum) break;
+    const double u01 = uniform01(rng);
+    auto draw = [&](double u) {
+      double cum = 0;
+      for (int i = 0; i < vocab; ++i)
+        if (u < (cum += p[i])) return i;
+      return -1;
+    };
+    r.token = draw(u01 * total);
+    if (r.token < 0) {
+      // `total` (fp32 lanes) came out above the double running sum: draw again on the exact mass
+      double exact = 0;
+      for (int i = 0; i < vocab; ++i) exact += p[i];
+      r.token = draw(u01 * exact);
     }
+    if (r.token < 0) r.token = argmax(logits, vocab);  // no finite mass (a NaN row): never an invalid id
     if (g.logprobs) r.logprob = (float)((double)logits[r.token] - m - std::log(total));
     return r;
   }

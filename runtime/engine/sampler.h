@@ -3,7 +3,7 @@
 // Order (HF transformers' LogitsProcessor order):
 //   1. repetition penalty over the tokens already in the sequence (the whole session history):
 //      a logit > 0 is divided by the penalty, a logit <= 0 multiplied;
-//   2. greedy (argmax, first index on ties) when temperature <= 0 or top_k == 1; otherwise
+//   2. greedy (argmax, first index on ties) when temperature < 1e-5 or top_k == 1; otherwise
 //   3. temperature (logits / T), 4. top-k, 5. top-p over the top-k renormalized probabilities
 //      (keep the smallest most-probable set whose cumulative probability >= top_p; at least one),
 //   6. draw from the kept set with the request's std::mt19937_64 (seeded by random_seed), using
@@ -34,6 +34,8 @@ struct SampleResult {
   float logprob = 0.f;
 };
 
+// Below this a temperature is greedy in all but name (1/T overflows float32 logits): argmax.
+constexpr float kGreedyTemperature = 1e-5f;
 bool is_greedy(const GenerationConfig& g);
 
 // In place. `context`: the tokens already in the sequence (duplicates are penalized once).

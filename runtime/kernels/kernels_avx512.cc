@@ -277,7 +277,9 @@ float exp_sum_avx512(const float* x, int n, float shift, float* out) {
   __m512 acc = _mm512_setzero_ps();
   for (int i = 0; i < n; i += 16) {
     const __mmask16 k = tail_mask(n - i);
-    const __m512 e = exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, x + i), s));
+    // exp512 is exact down to about -87 and wrong far below it: clamp (exp(-104) is 0 in fp32)
+    const __m512 d = _mm512_max_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, x + i), s), _mm512_set1_ps(-104.f));
+    const __m512 e = exp512(d);
     _mm512_mask_storeu_ps(out + i, k, e);
     acc = _mm512_mask_add_ps(acc, k, acc, e);
   }

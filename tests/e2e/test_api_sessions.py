@@ -60,7 +60,9 @@ def test_second_concurrent_round_is_409_and_the_first_is_intact(api_server, stre
     first = _post(url, prompt="Before we proceed", session_id=-1, interactive_mode=True, request_output_len=3,
                   top_k=1).json()
     sid = first["session_id"]
-    body = dict(prompt="any further", session_id=sid, interactive_mode=True, stream=True, request_output_len=200,
+    # long enough (the tiny model makes ~1000 tokens/s) that the round is surely still running when
+    # the second request arrives a few milliseconds after the first streamed line
+    body = dict(prompt="any further", session_id=sid, interactive_mode=True, stream=True, request_output_len=900,
                 ignore_eos=True, top_k=1)
     with httpx.Client(base_url=url, timeout=120) as http:
         with http.stream("POST", "/v1/chat/interactive", json=body) as long_round:
@@ -74,10 +76,10 @@ def test_second_concurrent_round_is_409_and_the_first_is_intact(api_server, stre
             assert busy.json()["error"]["code"] == "session_busy"
             items = [item] + [json.loads(line) for line in lines if line.strip()]
     last = items[-1]
-    assert last["tokens"] == 200 and last["finish_reason"] == "length"
+    assert last["tokens"] == 900 and last["finish_reason"] == "length"
     # the refused round left no trace: the history is the first round + the long round exactly
     n_prompt = httpx.post(url + "/v1/encode", json={"input": "any further", "add_bos": False}).json()["length"]
-    assert last["history_tokens"] == first["history_tokens"] + n_prompt + 200
+    assert last["history_tokens"] == first["history_tokens"] + n_prompt + 900
     nxt = _post(url, prompt="x", session_id=sid, interactive_mode=True, request_output_len=1, top_k=1).json()
     assert nxt["history_tokens"] > last["history_tokens"]
     assert _end(url, sid).status_code == 200
@@ -164,3 +166,58 @@ def test_gradio_local_backend_tabs_get_their_own_sessions(tiny_ws):
     assert a != b and all(SERVER_IDS[0] <= i < SERVER_IDS[1] for i in (a, b))
     assert backend.sessions.step(a) > 0 and backend.sessions.step(b) > 0
 
+
+
+def test_clients_recover_from_an_expired_session(tiny_ws, tmp_path):
+    """api_client and the Gradio backends start a new session (and say so) when theirs expired."""
+    import pexpect
+
+    from e2e_servers import turbolm_cmd
+    from turbolm.serve.async_engine import GenParams
+    from turbolm.serve.gradio_app import EXPIRED_NOTE, RemoteBackend
+
+    srv = Server(["serve", "api_server", tiny_ws, "--session_ttl", "1"], str(tmp_path / "ttl2.log"))
+    try:
+        cmd = turbolm_cmd("serve", "api_client", srv.url)
+        child = pexpect.spawn(cmd[0], cmd[1:], encoding="utf-8", timeout=120)
+        child.expect("user >>> ")
+        child.sendline("hello")
+        child.expect("user >>> ")
+        deadline = time.time() + 20
+        while time.time() < deadline and httpx.get(srv.url + "/v1/stats").json()["interactive_sessions"]:
+            time.sleep(0.2)
+        child.sendline("still there?")
+        child.expect("session expired on the server")
+        child.expect("user >>> ")
+        assert httpx.get(srv.url + "/v1/stats").json()["interactive_sessions"] == 1  # the new one
+        child.sendline("exit")
+        child.expect(pexpect.EOF)
+
+        async def remote():
+            backend = RemoteBackend(srv.url)
+            out = [p async for p in backend.stream(SERVER_IDS[0] + 99, "hi", GenParams(max_new_tokens=2, top_k=1))]
+            await backend.http.aclose()
+            return out
+
+        pieces = asyncio.run(remote())
+        assert pieces[0][0] == EXPIRED_NOTE
+        assert pieces[-1][1] != SERVER_IDS[0] + 99 and SERVER_IDS[0] <= pieces[-1][1] < SERVER_IDS[1]
+    finally:
+        srv.close()
+
+
+def test_gradio_local_backend_recovers_from_an_expired_session(tiny_ws):
+    from turbolm.serve.async_engine import AsyncEngine, GenParams
+    from turbolm.serve.gradio_app import EXPIRED_NOTE, LocalBackend
+
+    backend = LocalBackend(AsyncEngine.from_path(tiny_ws))
+
+    async def main():
+        out = [p async for p in backend.stream(SERVER_IDS[0] + 5, "hello", GenParams(max_new_tokens=3, top_k=1))]
+        await backend.sessions.stop_reaper()
+        return out
+
+    pieces = asyncio.run(main())
+    assert pieces[0][0] == EXPIRED_NOTE
+    new = pieces[-1][1]
+    assert new != SERVER_IDS[0] + 5 and new in backend.sessions.table and backend.sessions.step(new) > 0

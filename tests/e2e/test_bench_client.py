@@ -10,8 +10,12 @@ from turbolm.serve.bench_client import run_level
 
 
 def test_run_level_counts_every_token(api_server):
-    row = asyncio.run(run_level(api_server.url, 3, 7, 9, "First Citizen: hear me"))
+    row = asyncio.run(run_level(api_server.url, 3, 7, 9, "First Citizen: hear me", temperature=0.8))
     assert row["requests"] == 7 and row["tokens"] == 7 * 9  # ignore_eos: exactly max_tokens each
+    assert row["client_cpu_ms_per_token"] > 0
+    # one client alone receives a chunk per token, so every request has a decode rate
+    row = asyncio.run(run_level(api_server.url, 1, 3, 24, "First Citizen: hear me"))
+    assert row["requests"] == 3 and row["tokens"] == 3 * 24
     assert 0 < row["ttft_p50_ms"] <= row["latency_p50_ms"]
     assert row["tok_per_s"] > 0 and row["decode_tok_s"] > 0 and row["client_cpu_ms_per_token"] > 0
 

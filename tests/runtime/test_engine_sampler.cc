@@ -134,6 +134,25 @@ TEST(logprob_is_of_penalized_tempered_distribution) {
   CHECK_NEAR(sample(l.data(), 3, g, {}, rng).logprob, 0.0, 0);
 }
 
+TEST(degenerate_rows_still_give_a_valid_token) {
+  GenerationConfig g;
+  g.top_k = 0;
+  g.logprobs = true;
+  std::mt19937_64 rng(3);
+  std::vector<float> nan_row(50, std::numeric_limits<float>::quiet_NaN());
+  for (int i = 0; i < 20; ++i) {
+    auto l = nan_row;
+    int32_t t = sample(l.data(), 50, g, {}, rng).token;
+    CHECK(t >= 0 && t < 50);
+  }
+  std::vector<float> row = {1.f, 3.f, 2.f, -1e30f};
+  g.temperature = 1e-20f;  // 1/T overflows: greedy
+  for (int i = 0; i < 20; ++i) {
+    auto l = row;
+    CHECK_EQ(sample(l.data(), 4, g, {}, rng).token, 1);
+  }
+}
+
 TEST(whole_vocab_draw_never_picks_an_impossible_token) {
   GenerationConfig g;
   g.top_k = 0;

@@ -21,6 +21,9 @@ class InteractiveClient:
         """Yields the server's stream items ({"text", "tokens", "finish_reason", ...})."""
         body = dict(prompt=prompt, session_id=session_id, interactive_mode=True, stream=True, **params)
         with self.http.stream("POST", "/v1/chat/interactive", json=body) as r:
+            if r.status_code == 404 and session_id != -1:
+                r.read()
+                raise SessionGone(_error_message(r))
             if r.status_code != 200:
                 r.read()
                 raise RuntimeError(_error_message(r))
@@ -34,6 +37,20 @@ class InteractiveClient:
     def end(self, session_id: int) -> None:
         self.http.post("/v1/chat/interactive", json=dict(prompt="", session_id=session_id, interactive_mode=False,
                                                          request_output_len=0))
+
+
+class SessionGone(RuntimeError):
+    """The server no longer has the session (it expired, or was ended elsewhere)."""
+
+
+def _round(client: InteractiveClient, prompt: str, sid: int, params: dict) -> Iterator[dict]:
+    """One round's items; a session the server no longer has (404, raised before any item) is
+    replaced by a fresh one, and the user is told the history is gone."""
+    try:
+        yield from client.stream(prompt, sid, **params)
+    except SessionGone:
+        print("(the session expired on the server; a new one starts)\nassistant: ", end="")
+        yield from client.stream(prompt, -1, **params)
 
 
 def _error_message(r: httpx.Response) -> str:
@@ -67,9 +84,9 @@ def main(restful_api_url: str, session_id: int = -1, api_key: Optional[str] = No
         if not cmd:
             continue
         sys.stdout.write("assistant: ")
+        params = dict(request_output_len=request_output_len, temperature=temperature, top_p=top_p, top_k=top_k)
         try:
-            for item in client.stream(prompt, sid, request_output_len=request_output_len, temperature=temperature,
-                                      top_p=top_p, top_k=top_k):
+            for item in _round(client, prompt, sid, params):
                 if item.get("error"):
                     print(f"\n[error: {item['error']}]")
                 if item.get("session_id") is not None:

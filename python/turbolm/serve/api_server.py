@@ -131,19 +131,17 @@ def create_app(engine: AsyncEngine, served_model_name: Optional[str] = None, api
 
     @app.post("/v1/encode", dependencies=state.auth)
     async def encode(req: EncodeRequest):
-        async def one(text):
-            if req.do_preprocess:
-                text = engine.template.get_prompt(text, sequence_start=True)
-            return await engine.encode_async(text, add_bos=req.add_bos)
-
+        texts = [req.input] if isinstance(req.input, str) else list(req.input)
+        if req.do_preprocess:
+            texts = [engine.template.get_prompt(t, sequence_start=True) for t in texts]
+        ids = await engine.encode_many_async(texts, add_bos=req.add_bos)
         if isinstance(req.input, str):
-            ids = await one(req.input)
-            out = {"input_ids": ids, "length": len(ids)}
+            out = {"input_ids": ids[0], "length": len(ids[0])}
         else:
-            ids = [await one(t) for t in req.input]
             out = {"input_ids": ids, "length": [len(i) for i in ids]}
         # A body limit's worth of text is ~10^6 ids: render their JSON off the event loop too.
-        body = json.dumps(out) if len(ids) < 4096 else await asyncio.to_thread(json.dumps, out)
+        n_ids = sum(len(i) for i in ids)
+        body = json.dumps(out) if n_ids < 4096 else await asyncio.to_thread(json.dumps, out)
         return Response(body, media_type="application/json")
 
     @app.post("/v1/chat/interactive", dependencies=state.auth)
@@ -192,6 +190,8 @@ def create_app(engine: AsyncEngine, served_model_name: Optional[str] = None, api
                 except EngineError as e:
                     yield _ndjson({"text": "", "tokens": 0, "finish_reason": "error", "error": str(e),
                                    "session_id": sid})
+                finally:
+                    await gen.aclose()  # ends the round (cancels it in the engine) now
 
             return StreamingResponse(lines(), media_type="application/x-ndjson")
         text, last = [], None

@@ -23,6 +23,7 @@ from turbolm.serve.textstream import TextStream
 
 log = logging.getLogger("turbolm.serve")
 
+_INLINE_CHARS = 4096  # texts shorter than this in all are tokenized on the event loop
 MAX_USER_SESSION_ID = 1 << 40
 SERVER_SESSION_IDS = (1 << 40, 1 << 62)
 _stateless_ids = itertools.count(1 << 62)
@@ -99,9 +100,13 @@ class AsyncEngine:
     async def encode_async(self, text: str, add_bos: bool = True) -> List[int]:
         """encode() in a worker thread: the tokenizer releases the GIL, so a huge prompt does not
         stall the event loop (and every other client's stream) while it is tokenized."""
-        if len(text) < 4096:  # a thread hop costs more than tokenizing a short text
-            return self.encode(text, add_bos=add_bos)
-        return await asyncio.to_thread(self.encode, text, add_bos)
+        return (await self.encode_many_async([text], add_bos))[0]
+
+    async def encode_many_async(self, texts: Sequence[str], add_bos: bool = True) -> List[List[int]]:
+        """Several texts, in one worker-thread hop when they are long together."""
+        if sum(len(t) for t in texts) < _INLINE_CHARS:  # a thread hop costs more than a short text
+            return [self.encode(t, add_bos=add_bos) for t in texts]
+        return await asyncio.to_thread(lambda: [self.encode(t, add_bos=add_bos) for t in texts])
 
     def stop_ids(self, stop: Sequence[str]) -> List[List[int]]:
         extra = self.tokenizer.stop_words_to_ids(stop)

@@ -4,7 +4,8 @@
         --max_tokens 64
 
 Each client sends its share of the requests one after another on one keep-alive connection
-(streaming /v1/completions with ignore_eos and stream_options.include_usage, so every request
+(streaming /v1/completions, temperature 0 unless --temperature, with ignore_eos and
+stream_options.include_usage, so every request
 makes exactly max_tokens tokens, counted by the server's usage). Reports, per concurrency level:
 requests/s, output tokens/s, p50/p99 time to first token (first content chunk) and latency, the
 median per-request decode rate (tokens after the first / time after the first: the measure of
@@ -20,6 +21,7 @@ import json
 import statistics
 import time
 from typing import Dict, List, Tuple
+from math import nan
 from urllib.parse import urlsplit
 
 
@@ -90,15 +92,17 @@ class Connection:
         return b"".join([c async for c in self._chunks(headers)])
 
 
-async def _one(conn: Connection, prompt: str, max_tokens: int) -> Dict[str, float]:
-    body = {"prompt": prompt, "max_tokens": max_tokens, "stream": True, "ignore_eos": True, "temperature": 0.8,
-            "stream_options": {"include_usage": True}}
+async def _one(conn: Connection, prompt: str, max_tokens: int, temperature: float) -> Dict[str, float]:
+    body = {"prompt": prompt, "max_tokens": max_tokens, "stream": True, "ignore_eos": True,
+            "temperature": temperature, "stream_options": {"include_usage": True}}
     t0 = time.perf_counter()
     ttft, t_last, tokens = None, None, 0
     async for data in conn.post_stream("/v1/completions", body):
         if not data.startswith("{"):
             continue  # [DONE]
         obj = json.loads(data)
+        if "error" in obj:  # an error event mid-stream: the request failed, its tokens do not count
+            raise RuntimeError(f"the server failed a request: {obj['error']}")
         choices = obj.get("choices")
         if choices and (choices[0].get("text") or choices[0].get("finish_reason")):
             t_last = time.perf_counter() - t0
@@ -120,7 +124,8 @@ def _host_port(url: str) -> Tuple[str, int]:
     return u.hostname, u.port or 80
 
 
-async def run_level(url: str, concurrency: int, requests: int, max_tokens: int, prompt: str) -> Dict[str, float]:
+async def run_level(url: str, concurrency: int, requests: int, max_tokens: int, prompt: str,
+                    temperature: float = 0.0) -> Dict[str, float]:
     host, port = _host_port(url)
     per_client = [requests // concurrency + (1 if i < requests % concurrency else 0) for i in range(concurrency)]
     results: List[Dict[str, float]] = []
@@ -129,7 +134,7 @@ async def run_level(url: str, concurrency: int, requests: int, max_tokens: int, 
     async def client(i: int, n: int):
         await conns[i].open()
         for j in range(n):
-            results.append(await _one(conns[i], f"{prompt} (client {i}, request {j})", max_tokens))
+            results.append(await _one(conns[i], f"{prompt} (client {i}, request {j})", max_tokens, temperature))
 
     cpu0, t0 = time.process_time(), time.perf_counter()
     try:
@@ -145,17 +150,18 @@ async def run_level(url: str, concurrency: int, requests: int, max_tokens: int, 
             "tok_per_s": tokens / wall, "tokens": tokens, "ttft_p50_ms": 1000 * _pct(ttft, 50),
             "ttft_p99_ms": 1000 * _pct(ttft, 99), "latency_p50_ms": 1000 * _pct(lat, 50),
             "latency_p99_ms": 1000 * _pct(lat, 99), "ttft_mean_ms": 1000 * statistics.mean(ttft),
-            "decode_tok_s": statistics.median([r["decode_tok_s"] for r in results]),
+            # requests whose tokens all came in one chunk have no decode rate: left out
+            "decode_tok_s": statistics.median([r["decode_tok_s"] for r in results if r["decode_tok_s"] > 0] or [nan]),
             "client_cpu_ms_per_token": 1000 * cpu / max(tokens, 1)}
 
 
 def main(url: str, concurrency="1,8,32", requests: int = 32, max_tokens: int = 64,
-         prompt: str = "First Citizen: Before we proceed any further, hear me speak."):
+         prompt: str = "First Citizen: Before we proceed any further, hear me speak.", temperature: float = 0.0):
     levels = [int(c) for c in str(concurrency).split(",") if c.strip()]
     print(f"{'conc':>4} {'reqs':>5} {'req/s':>7} {'tok/s':>8} {'ttft p50':>9} {'ttft p99':>9} "
           f"{'lat p50':>8} {'lat p99':>8} {'decode/s':>8} {'client cpu/tok':>14}  (ms)")
     for c in levels:
-        row = asyncio.run(run_level(url, c, max(int(requests), c), int(max_tokens), prompt))
+        row = asyncio.run(run_level(url, c, max(int(requests), c), int(max_tokens), prompt, float(temperature)))
         print(f"{c:>4} {row['requests']:>5} {row['req_per_s']:>7.2f} {row['tok_per_s']:>8.1f} "
               f"{row['ttft_p50_ms']:>9.1f} {row['ttft_p99_ms']:>9.1f} {row['latency_p50_ms']:>8.1f} "
               f"{row['latency_p99_ms']:>8.1f} {row['decode_tok_s']:>8.1f} {row['client_cpu_ms_per_token']:>14.3f}",
@@ -172,8 +178,11 @@ def cli(argv=None) -> None:
     p.add_argument("--requests", type=int, default=32, help="requests per concurrency level")
     p.add_argument("--max_tokens", "--max-tokens", type=int, default=64, help="tokens per request")
     p.add_argument("--prompt", default="First Citizen: Before we proceed any further, hear me speak.")
+    p.add_argument("--temperature", type=float, default=0.0,
+                   help="0: greedy, as `turbolm bench` measures the engine; > 0 loads the sampler too")
     a = p.parse_args(argv)
-    main(a.url, concurrency=a.concurrency, requests=a.requests, max_tokens=a.max_tokens, prompt=a.prompt)
+    main(a.url, concurrency=a.concurrency, requests=a.requests, max_tokens=a.max_tokens, prompt=a.prompt,
+         temperature=a.temperature)
 
 
 if __name__ == "__main__":

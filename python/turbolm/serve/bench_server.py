@@ -63,7 +63,8 @@ def engine_figures(ws: str, conc: List[int], max_tokens: int) -> Dict:
     return json.loads(line[len("BENCH_JSON "):])
 
 
-def server_figures(ws: str, conc: List[int], requests: int, max_tokens: int, port: int) -> List[Dict]:
+def server_figures(ws: str, conc: List[int], requests: int, max_tokens: int, port: int,
+                   temperature: float) -> List[Dict]:
     import httpx
 
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
@@ -86,7 +87,7 @@ def server_figures(ws: str, conc: List[int], requests: int, max_tokens: int, por
             time.sleep(0.3)
         prompt = "First Citizen: Before we proceed any further, hear me speak."
         asyncio.run(run_level(url, 1, 2, 8, prompt))  # warm-up
-        return [asyncio.run(run_level(url, c, max(requests, c), max_tokens, prompt)) for c in conc]
+        return [asyncio.run(run_level(url, c, max(requests, c), max_tokens, prompt, temperature)) for c in conc]
     finally:
         proc.terminate()
         try:
@@ -101,11 +102,11 @@ def _median_dicts(ds: List[Dict]) -> Dict:
 
 
 def main(*workspaces: str, concurrency: str = "1,8,32", requests: int = 64, max_tokens: int = 64,
-         port: int = 23911, repeat: int = 1):
+         port: int = 23911, repeat: int = 1, temperature: float = 0.0):
     conc = [int(c) for c in str(concurrency).split(",") if c.strip()]
     print(f"cpu: {cpu_model()}; {os.cpu_count()} cpus; flags: {cpu_flags()}")
-    print(f"requests per level: {requests}, {max_tokens} tokens each (ignore_eos), streaming /v1/completions; "
-          f"median of {repeat} interleaved engine/server rounds")
+    print(f"requests per level: {requests}, {max_tokens} tokens each (ignore_eos, temperature {temperature}), "
+          f"streaming /v1/completions; median of {repeat} interleaved engine/server rounds")
     rows = []
     for ws in workspaces:
         engs, srvs = [], []
@@ -113,7 +114,7 @@ def main(*workspaces: str, concurrency: str = "1,8,32", requests: int = 64, max_
             print(f"bench_server: {ws}: round {r + 1}: engine ...", file=sys.stderr, flush=True)
             engs.append(engine_figures(ws, conc, max_tokens))
             print(f"bench_server: {ws}: round {r + 1}: server ...", file=sys.stderr, flush=True)
-            srvs.append(server_figures(ws, conc, requests, max_tokens, port))
+            srvs.append(server_figures(ws, conc, requests, max_tokens, port, temperature))
         eng = _median_dicts(engs)
         srv = [_median_dicts([s[i] for s in srvs]) for i in range(len(conc))]
         rows.append((ws, eng, srv))
@@ -143,9 +144,11 @@ def cli(argv=None) -> None:
     p.add_argument("--max_tokens", "--max-tokens", type=int, default=64, help="tokens per request")
     p.add_argument("--port", type=int, default=23911, help="loopback port for the server")
     p.add_argument("--repeat", type=int, default=1, help="interleaved engine/server rounds; medians are shown")
+    p.add_argument("--temperature", type=float, default=0.0,
+                   help="the server's requests (the engine figures are greedy, as `turbolm bench` runs)")
     a = p.parse_args(argv)
     main(*a.workspaces, concurrency=a.concurrency, requests=a.requests, max_tokens=a.max_tokens, port=a.port,
-         repeat=a.repeat)
+         repeat=a.repeat, temperature=a.temperature)
 
 
 if __name__ == "__main__":

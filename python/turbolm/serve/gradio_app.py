@@ -16,6 +16,7 @@ from typing import AsyncIterator, Optional, Tuple
 from turbolm.serve.async_engine import AsyncEngine, GenParams
 
 UPDATE_EVERY_S = 0.05
+EXPIRED_NOTE = "(the previous conversation expired on the server; this is a new one)\n\n"
 
 
 class LocalBackend:
@@ -31,11 +32,22 @@ class LocalBackend:
     async def stream(self, session_id: Optional[int], prompt: str,
                      params: GenParams) -> AsyncIterator[Tuple[str, int]]:
         """(text, session id) pieces; session_id None starts a fresh session of this tab's own."""
+        from turbolm.serve.errors import APIError
+
         self.sessions.start_reaper()  # idle tabs' sessions expire like the API server's
-        if session_id is None:
+        if session_id is not None and session_id not in self.sessions.table:
+            yield EXPIRED_NOTE, session_id  # expired while the tab was idle: a new conversation
+            session_id = None
+        fresh = session_id is None
+        if fresh:
             session_id = self.sessions.new_id(None)
-        session = self.sessions.lookup(session_id, None, create=False)
-        rnd = await self.sessions.begin_round(session, session_id, prompt)
+        session = self.sessions.table[session_id]
+        try:
+            rnd = await self.sessions.begin_round(session, session_id, prompt)
+        except APIError:
+            if fresh:
+                self.sessions.table.pop(session_id, None)  # a refused first round keeps no session
+            raise
         async for c in self.sessions.run_round(rnd, params, interactive_mode=True):
             yield c.text, session_id
 
@@ -59,21 +71,28 @@ class RemoteBackend:
 
     async def stream(self, session_id: Optional[int], prompt: str,
                      params: GenParams) -> AsyncIterator[Tuple[str, int]]:
-        """(text, session id) pieces; session_id None asks the server for a fresh session."""
-        body = dict(prompt=prompt, session_id=-1 if session_id is None else session_id, interactive_mode=True,
-                    stream=True,
-                    request_output_len=params.max_new_tokens, temperature=params.temperature, top_p=params.top_p,
-                    top_k=params.top_k)
-        async with self.http.stream("POST", "/v1/chat/interactive", json=body) as r:
-            if r.status_code != 200:
-                await r.aread()
-                raise RuntimeError(r.json().get("error", {}).get("message", r.text))
-            async for line in r.aiter_lines():
-                if line.strip():
-                    item = json.loads(line)
-                    if item.get("error"):
-                        raise RuntimeError(item["error"])
-                    yield item.get("text", ""), int(item["session_id"])
+        """(text, session id) pieces; session_id None asks the server for a fresh session, and so
+        does one the server no longer knows (expired: 404)."""
+        for attempt in range(2):
+            body = dict(prompt=prompt, session_id=-1 if session_id is None else session_id,
+                        interactive_mode=True, stream=True, request_output_len=params.max_new_tokens,
+                        temperature=params.temperature, top_p=params.top_p, top_k=params.top_k)
+            async with self.http.stream("POST", "/v1/chat/interactive", json=body) as r:
+                if r.status_code == 404 and session_id is not None and attempt == 0:
+                    await r.aread()
+                    yield EXPIRED_NOTE, session_id
+                    session_id = None
+                    continue
+                if r.status_code != 200:
+                    await r.aread()
+                    raise RuntimeError(r.json().get("error", {}).get("message", r.text))
+                async for line in r.aiter_lines():
+                    if line.strip():
+                        item = json.loads(line)
+                        if item.get("error"):
+                            raise RuntimeError(item["error"])
+                        yield item.get("text", ""), int(item["session_id"])
+                return
 
     async def _post(self, body: dict) -> None:
         await self.http.post("/v1/chat/interactive", json=body)

@@ -73,8 +73,11 @@ def gen_params(req, max_new: int, index: int, logprobs: bool) -> GenParams:
 async def merge(streams: List[AsyncIterator[Chunk]]) -> AsyncIterator[Tuple[int, Chunk]]:
     """Interleave several choice streams as (index, chunk); closing it cancels them all."""
     if len(streams) == 1:
-        async for c in streams[0]:
-            yield 0, c
+        try:
+            async for c in streams[0]:
+                yield 0, c
+        finally:
+            await streams[0].aclose()  # now, not when the collector gets to it: cancels the request
         return
     queue: asyncio.Queue = asyncio.Queue()
     done = object()
@@ -190,16 +193,24 @@ def completion_logprobs(state, ids: List[int], lps: Optional[List[float]], top: 
             "top_logprobs": [{t: lp} for t, lp in zip(tokens, lps)] if top else None, "text_offset": offsets}
 
 
-async def stream_events(make_events: Callable[[], AsyncIterator[str]]) -> AsyncIterator[str]:
-    """Engine errors mid-stream become an error event; the stream always ends with [DONE]."""
+async def stream_events(make_events: Callable[[], AsyncIterator[str]],
+                        streams: List[AsyncIterator[Chunk]]) -> AsyncIterator[str]:
+    """Engine errors mid-stream become an error event; the stream always ends with [DONE].
+    However it ends (a client gone mid-write included), the choices' engine streams are closed
+    here and now, so their requests are cancelled and their session ids released at once."""
+    events = make_events()
     try:
-        async for ev in make_events():
+        async for ev in events:
             yield ev
     except EngineError as e:
         err = engine_error(e)
         yield sse(error_body(err.status, err.message, err.code, err.param, err.type))
     except APIError as e:
         yield sse(error_body(e.status, e.message, e.code, e.param))
+    finally:
+        await events.aclose()
+        for s in streams:
+            await s.aclose()
     yield "data: [DONE]\n\n"
 
 
@@ -253,7 +264,7 @@ def build_router(state) -> APIRouter:
                 if include_usage:
                     yield chunk([], usage=usage(len(ids), sum(total.values())))
 
-            return sse_response(stream_events(events))
+            return sse_response(stream_events(events, streams))
 
         async def run_all():
             return await asyncio.gather(*[collect(s, want_lp) for s in streams])
@@ -276,9 +287,11 @@ def build_router(state) -> APIRouter:
             prompts = [prompts]
         if not prompts:
             raise APIError(400, "the prompt is empty", "invalid_value", "prompt")
+        texts = [p for p in prompts if isinstance(p, str)]
+        text_ids = iter(await state.engine.encode_many_async(texts, add_bos=True))
         encoded = []
         for p in prompts:
-            ids = await state.engine.encode_async(p, add_bos=True) if isinstance(p, str) else list(p)
+            ids = next(text_ids) if isinstance(p, str) else list(p)
             room = check_prompt(state, ids)
             text = p if isinstance(p, str) else state.engine.tokenizer.decode(ids)
             encoded.append((ids, text, min(req.max_tokens or room, room)))
@@ -319,7 +332,7 @@ def build_router(state) -> APIRouter:
                     comp = sum(total.values())
                     yield chunk([], usage=usage(prompt_tokens, comp))
 
-            return sse_response(stream_events(events))
+            return sse_response(stream_events(events, streams))
 
         async def run_all():
             return await asyncio.gather(*[collect(s, want_lp) for s in streams])

@@ -71,8 +71,10 @@ UNSUPPORTED: Dict[str, tuple] = {
 
 
 class _Req(BaseModel):
-    # NaN / Infinity are valid in Python's JSON: refuse them in every float field
-    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
+    # An unknown parameter (a typo such as `temperture`, or one this server does not have) is a 400
+    # naming it, as OpenAI's API answers, never accepted and ignored. NaN / Infinity are valid in
+    # Python's JSON: refuse them in every float field.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     @field_validator("*", mode="after")
     @classmethod
@@ -104,14 +106,31 @@ class StreamOptions(_Req):
 
 
 class ContentPart(_Req):
-    type: str = "text"
+    type: Literal["text"] = "text"  # images and audio: not supported (a 400, not dropped)
     text: str = ""
 
 
 class ChatMessage(_Req):
+    # Clients replay the assistant messages they got back, with every field of OpenAI's message
+    # object: those fields are accepted when empty (null / []), refused when they carry content.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     role: Literal["system", "user", "assistant", "developer"]
     content: Optional[Union[str, List[ContentPart]]] = None
     name: Optional[str] = None
+    refusal: Optional[str] = None
+    annotations: Optional[List[Any]] = None
+    audio: Any = Field(None, description="not supported: null")
+    function_call: Any = Field(None, description="not supported yet: null")
+    tool_calls: Any = Field(None, description="not supported yet: null or []")
+    tool_call_id: Any = Field(None, description="not supported yet: null")
+
+    @field_validator("audio", "function_call", "tool_calls", "tool_call_id")
+    @classmethod
+    def _empty_only(cls, v, info: ValidationInfo):
+        if v not in (None, []):
+            raise PydanticCustomError("unsupported", "{name} in a message is not supported by this server yet",
+                                      {"name": info.field_name})
+        return None
 
 
 class _Sampling(_Req):

@@ -28,7 +28,8 @@ import time
 import weakref
 from typing import AsyncIterator, Dict, List, Optional, Union
 
-from turbolm.serve.async_engine import MAX_USER_SESSION_ID, SERVER_SESSION_IDS, AsyncEngine, Chunk, GenParams
+from turbolm.serve.async_engine import (MAX_USER_SESSION_ID, SERVER_SESSION_IDS, AsyncEngine, Chunk, EngineError,
+                                        GenParams)
 from turbolm.serve.errors import APIError
 
 log = logging.getLogger("turbolm.serve")
@@ -161,20 +162,30 @@ class Sessions:
 
     async def _run(self, r: Round, params: GenParams, interactive_mode: bool) -> AsyncIterator[Chunk]:
         sid = r.session_id
+        s = self.table.get(sid)
+        if s is None or s.round is not r:
+            return  # ended (or taken over) between begin_round and now: submit nothing
         room = self.engine.session_len - r.step - len(r.ids)
         params = dataclasses.replace(params, max_new_tokens=max(0, min(params.max_new_tokens, room)))
-        generated = 0
+        generated, refused = 0, False
+        # Submitting happens synchronously in the first iteration, before any await, so once this
+        # loop has started the engine holds the round's prompt (unless it refused it).
+        inner = self.engine.generate(r.ids, params, session_id=sid, sequence_start=r.start, step=r.step,
+                                     end_session=False)
         try:
-            async for c in self.engine.generate(r.ids, params, session_id=sid, sequence_start=r.start,
-                                                step=r.step, end_session=False):
+            async for c in inner:
                 generated = c.num_tokens
-                s = self.table.get(sid)
-                if s is not None and s.round is r:
+                if s.round is r:
                     s.step = r.step + len(r.ids) + generated
                 yield c
+        except EngineError:
+            refused = generated == 0  # the engine kept nothing of this round: the history is unchanged
+            raise
         finally:
-            s = self.table.get(sid)
-            if s is not None and s.round is r:
+            # Close the engine stream now, not when the collector gets to it: its request must be
+            # cancelled and its id released before the session is free for the next round.
+            await inner.aclose()
+            if s.round is r and not refused:
                 s.step = r.step + len(r.ids) + generated
             self._release(sid, r)
             if not interactive_mode:
