@@ -108,21 +108,29 @@ async def merge(streams: List[AsyncIterator[Chunk]]) -> AsyncIterator[Tuple[int,
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
+async def _disconnected(request: Request) -> None:
+    """Returns when the client goes away: once the body is read, the next ASGI message a server
+    sends is http.disconnect (no polling, so an abandoned request stops within milliseconds)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
 async def until_disconnect(request: Request, coro):
     """Await `coro`, cancelling it when the client disconnects first."""
     task = asyncio.ensure_future(coro)
+    gone = asyncio.ensure_future(_disconnected(request))
     try:
-        while True:
-            done, _ = await asyncio.wait({task}, timeout=0.25)
-            if done:
-                return task.result()
-            if await request.is_disconnected():
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
-                raise APIError(499, "client closed the request", "client_closed")
+        await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            return task.result()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        raise APIError(499, "client closed the request", "client_closed")
     finally:
-        if not task.done():
-            task.cancel()
+        for t in (task, gone):
+            if not t.done():
+                t.cancel()
+        await asyncio.gather(gone, return_exceptions=True)
 
 
 async def collect(stream: AsyncIterator[Chunk], logprobs: bool) -> Chunk:
