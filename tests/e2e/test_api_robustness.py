@@ -425,7 +425,7 @@ def test_openapi_renders_with_the_bounds(engine):
 # schemathesis: requests generated from /openapi.json (valid and invalid), none gets a 5xx
 
 
-def test_no_generated_request_gets_a_5xx(server):
+def test_no_generated_request_gets_a_5xx(server, tmp_path):
     """schemathesis' own runner (`st run`), so the check does not lean on its pytest plugin's
     use of pytest internals (which breaks with new pytest releases): valid and invalid requests
     for every operation, 30 each, deterministic, failing on any 5xx."""
@@ -433,7 +433,7 @@ def test_no_generated_request_gets_a_5xx(server):
     out = subprocess.run(st + ["run", server.url + "/openapi.json", "--checks", "not_a_server_error", "--mode", "all",
                                "--max-examples", "30", "--generation-deterministic", "--request-timeout", "30",
                                "--workers", "1", "--no-color"],
-                         capture_output=True, text=True, timeout=600)
+                         capture_output=True, text=True, timeout=600, cwd=tmp_path)  # its .schemathesis/ cache
     assert out.returncode == 0, out.stdout[-6000:] + out.stderr[-2000:]
     cases = re.search(r"(\d+) generated, (\d+) passed", out.stdout)  # the runner really sent requests
     assert cases and int(cases.group(1)) >= 100 and cases.group(1) == cases.group(2), out.stdout[-3000:]
