@@ -1,6 +1,6 @@
 // AVX2 + FMA + F16C kernel table, for CPUs without AVX-512. The GEMM (the decode and prefill
-// hot path), rmsnorm and to_f32 are vectorized; kv_store, attention, rope, silu_mul, row_max and
-// exp_sum are the reference functions for now. Like kernels_avx512.cc: file-local, reached only via dispatch.
+// hot path), rmsnorm, to_f32 and the sampler's row_max / exp_sum are vectorized; kv_store,
+// attention, rope and silu_mul are the reference functions for now. Like kernels_avx512.cc: file-local, reached only via dispatch.
 #include <immintrin.h>
 #include <math.h>
 
@@ -105,15 +105,62 @@ void to_f32_avx2(const uint16_t* src, WDType dtype, float* dst, int n) {
   }
 }
 
+// exp(x) for x in [-87, 88]: 2^n * p(r), r = x - n ln2 in [-ln2/2, ln2/2] (the polynomial of
+// exp512 in avx512_common.h); 2^n is built in the exponent bits, so the caller clamps x.
+inline __m256 exp256(__m256 x) {
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 p = _mm256_set1_ps(1.9875691500E-4f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507E-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073E-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894E-2f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459E-1f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201E-1f));
+  p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.f)));
+  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+
+float row_max_avx2(const float* x, int n) {
+  __m256 m = _mm256_set1_ps(x[0]);
+  int i = 0;
+  for (; i + 8 <= n; i += 8) m = _mm256_max_ps(m, _mm256_loadu_ps(x + i));
+  __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+  h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+  h = _mm_max_ss(h, _mm_movehdup_ps(h));
+  float r = _mm_cvtss_f32(h);
+  for (; i < n; ++i) r = x[i] > r ? x[i] : r;
+  return r;
+}
+
+float exp_sum_avx2(const float* x, int n, float shift, float* out) {
+  const __m256 s = _mm256_set1_ps(shift), lo = _mm256_set1_ps(-87.f);
+  __m256 acc = _mm256_setzero_ps();
+  int i = 0;
+  for (; i + 8 <= n; i += 8) {
+    // below -87 the result is under fp32's smallest normal: clamped, it is ~1e-38 instead of 0
+    const __m256 e = exp256(_mm256_max_ps(_mm256_sub_ps(_mm256_loadu_ps(x + i), s), lo));
+    _mm256_storeu_ps(out + i, e);
+    acc = _mm256_add_ps(acc, e);
+  }
+  float sum = hsum(acc);
+  for (; i < n; ++i) sum += (out[i] = expf(x[i] - shift));
+  return sum;
+}
+
 }  // namespace
 
 const KernelTable* avx2_kernels() {
   static const KernelTable t = [] {
-    KernelTable k = reference_kernels();  // kv_store, attention, rope, silu_mul, row_max, exp_sum: reference
+    KernelTable k = reference_kernels();  // kv_store, attention, rope, silu_mul: reference
     k.name = "avx2";
     k.gemm = gemm_avx2;
     k.rmsnorm = rmsnorm_avx2;
     k.to_f32 = to_f32_avx2;
+    k.row_max = row_max_avx2;
+    k.exp_sum = exp_sum_avx2;
     return k;
   }();
   return &t;
