@@ -31,6 +31,9 @@ GenerationConfig gen_from_kwargs(const py::dict& d) {
   set("top_p", g.top_p);
   set("temperature", g.temperature);
   set("repetition_penalty", g.repetition_penalty);
+  set("presence_penalty", g.presence_penalty);
+  set("frequency_penalty", g.frequency_penalty);
+  set("logit_bias", g.logit_bias);
   set("random_seed", g.random_seed);
   set("ignore_eos", g.ignore_eos);
   set("stop_sequences", g.stop_sequences);

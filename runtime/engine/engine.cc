@@ -87,12 +87,20 @@ std::string validate(const Request& r, int vocab, int session_len) {
     os << "top_p is " << g.top_p << "; it must be in [0, 1]";
   else if (!(g.repetition_penalty > 0.f))
     os << "repetition_penalty is " << g.repetition_penalty << "; it must be > 0";
+  else if (!(std::fabs(g.presence_penalty) <= 2.f) || !(std::fabs(g.frequency_penalty) <= 2.f))
+    os << "presence_penalty and frequency_penalty must be in [-2, 2]";
   else if (std::isnan(g.temperature))
     os << "temperature is NaN";
   else
     for (size_t i = 0; i < g.stop_sequences.size(); ++i)
       if (g.stop_sequences[i].empty()) {
         os << "stop_sequences[" << i << "] is empty";
+        break;
+      }
+  if (os.tellp() == 0)
+    for (const auto& [tok, bias] : g.logit_bias)
+      if (tok < 0 || tok >= vocab || !(std::fabs(bias) <= 100.f)) {
+        os << "logit_bias: token " << tok << " must be in [0, " << vocab << ") and its bias in [-100, 100]";
         break;
       }
   return os.str();
@@ -337,7 +345,7 @@ void Engine::Impl::step() {
   model->parallel_for(rows, [&](int begin, int end) {
     for (int r = begin; r < end; ++r) {
       Sequence& s = *sampled[r];
-      SampleResult res = sample(&logits[(size_t)r * vocab], vocab, s.gen, s.tokens, s.rng);
+      SampleResult res = sample(&logits[(size_t)r * vocab], vocab, s.gen, s.tokens, s.rng, s.prompt_len);
       tokens[r] = res.token;
       logprobs[r] = res.logprob;
     }

@@ -6,6 +6,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace turbolm {
@@ -19,6 +20,9 @@ struct GenerationConfig {
   float top_p = 1.f;
   float temperature = 1.f;   // <= 0: greedy
   float repetition_penalty = 1.f;
+  float presence_penalty = 0.f;   // OpenAI: minus this from every token generated so far (once)
+  float frequency_penalty = 0.f;  // OpenAI: minus this times how often a token was generated
+  std::vector<std::pair<int32_t, float>> logit_bias;  // (token, bias) added to the raw logits
   uint64_t random_seed = 0;
   bool ignore_eos = false;
   std::vector<std::vector<int32_t>> stop_sequences;  // a whole sequence must match to stop

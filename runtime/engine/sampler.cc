@@ -50,6 +50,29 @@ void apply_repetition_penalty(float* logits, int vocab, const int32_t* context, 
   }
 }
 
+void apply_presence_frequency(float* logits, int vocab, const int32_t* generated, int n, float presence,
+                              float frequency) {
+  if ((presence == 0.f && frequency == 0.f) || n <= 0) return;
+  // Counts in the scratch's byte buffer would overflow past 255 repeats: count with a sort of a
+  // copy instead (n is the request's output, small next to the vocabulary).
+  std::vector<int32_t> toks(generated, generated + n);
+  std::sort(toks.begin(), toks.end());
+  for (size_t i = 0; i < toks.size();) {
+    size_t j = i;
+    while (j < toks.size() && toks[j] == toks[i]) ++j;
+    const int32_t t = toks[i];
+    if (t >= 0 && t < vocab) logits[t] -= frequency * (float)(j - i) + presence;
+    i = j;
+  }
+}
+
+void apply_logit_bias(float* logits, int vocab, const std::vector<std::pair<int32_t, float>>& bias) {
+  for (const auto& [t, b] : bias) {
+    if (t < 0 || t >= vocab) continue;
+    logits[t] = b <= -100.f ? -std::numeric_limits<float>::infinity() : logits[t] + b;
+  }
+}
+
 void apply_temperature(float* logits, int vocab, float t) {
   if (t == 1.f) return;
   float inv = 1.f / t;
@@ -121,8 +144,12 @@ std::vector<std::pair<int32_t, float>> top_k_top_p(const float* logits, int voca
 double uniform01(std::mt19937_64& rng) { return (double)(rng() >> 11) * (1.0 / 9007199254740992.0); }
 
 SampleResult sample(float* logits, int vocab, const GenerationConfig& g, const std::vector<int32_t>& context,
-                    std::mt19937_64& rng) {
+                    std::mt19937_64& rng, int prompt_len) {
+  apply_logit_bias(logits, vocab, g.logit_bias);
   apply_repetition_penalty(logits, vocab, context.data(), (int)context.size(), g.repetition_penalty);
+  const int p0 = prompt_len < 0 ? (int)context.size() : std::min(prompt_len, (int)context.size());
+  apply_presence_frequency(logits, vocab, context.data() + p0, (int)context.size() - p0, g.presence_penalty,
+                           g.frequency_penalty);
   SampleResult r;
   if (is_greedy(g)) {
     r.token = argmax(logits, vocab);

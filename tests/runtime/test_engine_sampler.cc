@@ -48,6 +48,41 @@ TEST(repetition_penalty_hf_semantics) {
   CHECK_EQ(sample(l2.data(), 3, g, {0}, rng).token, 2);
 }
 
+TEST(presence_frequency_openai_semantics) {
+  std::vector<float> l = {1.f, 1.f, 1.f, 1.f, 1.f};
+  std::vector<int32_t> gen = {2, 2, 2, 4, 9};  // 9 is out of the vocabulary: ignored
+  apply_presence_frequency(l.data(), 5, gen.data(), (int)gen.size(), 0.5f, 0.25f);
+  CHECK_NEAR(l[0], 1.f, 0);
+  CHECK_NEAR(l[2], 1.f - 0.5f - 3 * 0.25f, 1e-6);
+  CHECK_NEAR(l[4], 1.f - 0.5f - 0.25f, 1e-6);
+  // only the generated part counts: the prompt's tokens (before prompt_len) are not penalized
+  GenerationConfig g;
+  g.top_k = 1;
+  g.presence_penalty = 2.f;
+  std::mt19937_64 rng(1);
+  std::vector<float> row = {3.f, 2.5f, 0.f};
+  auto r1 = row;
+  CHECK_EQ(sample(r1.data(), 3, g, {0, 1}, rng, 2).token, 0);  // 0 is in the prompt only
+  auto r2 = row;
+  CHECK_EQ(sample(r2.data(), 3, g, {1, 0}, rng, 1).token, 1);  // 0 was generated: 3 - 2 < 2.5
+}
+
+TEST(logit_bias_shifts_and_bans) {
+  std::vector<float> l = {1.f, 2.f, 3.f};
+  apply_logit_bias(l.data(), 3, {{0, 5.f}, {2, -100.f}, {7, 1.f}});
+  CHECK_NEAR(l[0], 6.f, 0);
+  CHECK_NEAR(l[1], 2.f, 0);
+  CHECK(std::isinf(l[2]) && l[2] < 0);
+  GenerationConfig g;
+  g.top_k = 0;
+  g.logit_bias = {{2, -100.f}};
+  std::mt19937_64 rng(2);
+  for (int i = 0; i < 200; ++i) {
+    std::vector<float> row = {0.f, 0.f, 20.f};
+    CHECK(sample(row.data(), 3, g, {}, rng).token != 2);  // banned, though it would win
+  }
+}
+
 TEST(temperature_scales) {
   std::vector<float> l = {1.f, -2.f, 4.f};
   apply_temperature(l.data(), 3, 0.5f);

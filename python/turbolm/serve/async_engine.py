@@ -48,7 +48,10 @@ class GenParams:
     top_p: float = 0.95
     top_k: int = 40  # <= 0: no top-k cut
     repetition_penalty: float = 1.0
-    ignore_eos: bool = False
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: Dict[int, float] = dataclasses.field(default_factory=dict)
+    ignore_eos: bool = False  # also: the chat template's end-of-turn tokens do not stop
     seed: Optional[int] = None
     stop: List[str] = dataclasses.field(default_factory=list)  # stop strings (text side + token side)
     logprobs: bool = False
@@ -108,9 +111,12 @@ class AsyncEngine:
             return [self.encode(t, add_bos=add_bos) for t in texts]
         return await asyncio.to_thread(lambda: [self.encode(t, add_bos=add_bos) for t in texts])
 
-    def stop_ids(self, stop: Sequence[str]) -> List[List[int]]:
+    def stop_ids(self, stop: Sequence[str], ignore_eos: bool = False) -> List[List[int]]:
+        """The request's stop strings as token ids, plus the template's end-of-turn tokens unless
+        ignore_eos (then only the request's own stop strings end it early)."""
         extra = self.tokenizer.stop_words_to_ids(stop)
-        return self._template_stop_ids + [s for s in extra if s not in self._template_stop_ids]
+        base = [] if ignore_eos else self._template_stop_ids
+        return base + [s for s in extra if s not in base]
 
     # -- control ----------------------------------------------------------------------------
     def cancel(self, session_id: int) -> None:
@@ -149,7 +155,9 @@ class AsyncEngine:
             sequence_end=False, step=step, top_k=int(params.top_k), top_p=float(params.top_p),
             temperature=float(params.temperature), repetition_penalty=float(params.repetition_penalty),
             ignore_eos=bool(params.ignore_eos), random_seed=params.seed,
-            stop_words=self.stop_ids(params.stop), logprobs=bool(params.logprobs))
+            stop_words=self.stop_ids(params.stop, params.ignore_eos), logprobs=bool(params.logprobs),
+            presence_penalty=float(params.presence_penalty), frequency_penalty=float(params.frequency_penalty),
+            logit_bias=dict(params.logit_bias))
         self.requests_total += 1
         seen, finished = 0, False
         try:

@@ -66,8 +66,18 @@ def engine_error(e: EngineError) -> APIError:
 
 def gen_params(req, max_new: int, index: int, logprobs: bool) -> GenParams:
     return GenParams(max_new_tokens=max_new, temperature=req.temperature, top_p=req.top_p, top_k=req.top_k,
-                     repetition_penalty=req.repetition_penalty, ignore_eos=req.ignore_eos,
-                     seed=None if req.seed is None else req.seed + index, stop=req.stop_list(), logprobs=logprobs)
+                     repetition_penalty=req.repetition_penalty, presence_penalty=req.presence_penalty,
+                     frequency_penalty=req.frequency_penalty, logit_bias=req.bias(),
+                     ignore_eos=req.ignore_eos, seed=None if req.seed is None else req.seed + index,
+                     stop=req.stop_list(), logprobs=logprobs)
+
+
+def check_logit_bias(state, req) -> None:
+    vocab = state.engine.tokenizer.vocab_size
+    bad = [t for t in req.bias() if not 0 <= t < vocab]
+    if bad:
+        raise APIError(400, f"logit_bias: token {bad[0]} is not in the vocabulary [0, {vocab})", "invalid_value",
+                       "logit_bias")
 
 
 async def merge(streams: List[AsyncIterator[Chunk]]) -> AsyncIterator[Tuple[int, Chunk]]:
@@ -232,6 +242,7 @@ def build_router(state) -> APIRouter:
     @router.post("/v1/chat/completions", dependencies=state.auth)
     async def chat_completions(req: ChatCompletionRequest, request: Request):
         state.check_model(req.model)
+        check_logit_bias(state, req)
         msgs = [{"role": "system" if m.role == "developer" else m.role,
                  "content": m.content if isinstance(m.content, str) or m.content is None
                  else [p.model_dump() for p in m.content]} for m in req.messages]
@@ -290,6 +301,7 @@ def build_router(state) -> APIRouter:
     @router.post("/v1/completions", dependencies=state.auth)
     async def completions(req: CompletionRequest, request: Request):
         state.check_model(req.model)
+        check_logit_bias(state, req)
         prompts = req.prompt
         if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
             prompts = [prompts]

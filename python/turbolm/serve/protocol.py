@@ -24,6 +24,7 @@ MAX_STOP = 16  # stop strings per request (`stop`, `stop_words`)
 MAX_PROMPTS = 64  # prompts per /v1/completions request
 MAX_ENCODE_INPUTS = 256  # texts per /v1/encode request
 MAX_MESSAGES = 1024  # messages per chat (/v1/chat/completions, /v1/chat/interactive)
+MAX_LOGIT_BIAS = 300  # logit_bias entries per request (OpenAI's own limit)
 
 # -- bounds of the engine's types --------------------------------------------------------------
 INT32_MAX = (1 << 31) - 1  # max_tokens, request_output_len, top_k are C++ ints
@@ -64,7 +65,6 @@ def _cap(items: Optional[list], cap: int, name: str, what: str) -> None:
 
 # Accepted only with these neutral values (anything else is a 400, see _Sampling._unsupported).
 UNSUPPORTED: Dict[str, tuple] = {
-    "presence_penalty": (0, 0.0), "frequency_penalty": (0, 0.0), "logit_bias": ({},),
     "response_format": ({"type": "text"},), "tools": ([],), "tool_choice": ("none", "auto"), "functions": ([],),
     "function_call": ("none", "auto"), "best_of": (1,), "suffix": ("",),
 }
@@ -145,14 +145,37 @@ class _Sampling(_Req):
     user: Optional[str] = None
     # OpenAI parameters this server does not implement yet: refused (400) unless neutral, never
     # accepted and ignored. Typed Any so the 400 says "not supported", not "wrong type".
-    presence_penalty: Any = Field(None, description="not supported yet: 0 or absent")
-    frequency_penalty: Any = Field(None, description="not supported yet: 0 or absent")
-    logit_bias: Any = Field(None, description="not supported yet: {} or absent")
+    # OpenAI's penalties over the generated tokens, applied in the engine's sampler
+    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    logit_bias: Optional[Dict[str, float]] = Field(
+        None, description=f"token id (as a string) -> bias in [-100, 100]; -100 bans the token; at most "
+                          f"{MAX_LOGIT_BIAS} entries", json_schema_extra={"maxProperties": MAX_LOGIT_BIAS})
     response_format: Any = Field(None, description='not supported yet: {"type": "text"} or absent')
     tools: Any = Field(None, description="not supported yet: [] or absent")
     tool_choice: Any = Field(None, description='not supported yet: "none" / "auto" or absent')
     functions: Any = Field(None, description="not supported yet: [] or absent")
     function_call: Any = Field(None, description='not supported yet: "none" / "auto" or absent')
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _logit_bias(cls, v):
+        if v is None:
+            return v
+        if len(v) > MAX_LOGIT_BIAS:
+            raise PydanticCustomError("too_many", "at most {cap} entries (MAX_LOGIT_BIAS); got {got}",
+                                      {"cap": MAX_LOGIT_BIAS, "got": len(v)})
+        for k, b in v.items():
+            if not k.strip().isdigit() or int(k) > INT32_MAX:
+                raise PydanticCustomError("invalid_token", "keys are token ids (non-negative integers), got '{k}'",
+                                          {"k": k})
+            if not -100.0 <= b <= 100.0:
+                raise PydanticCustomError("invalid_bias", "biases are in [-100, 100], got {b} for token {k}",
+                                          {"b": b, "k": k})
+        return v
+
+    def bias(self) -> Dict[int, float]:
+        return {int(k): float(b) for k, b in (self.logit_bias or {}).items()}
 
     @field_validator(*UNSUPPORTED, check_fields=False)
     @classmethod

@@ -89,6 +89,23 @@ class TurboMind:
 
 _STOPPED = object()
 
+# Sampling settings beyond the reference signature, taken as keyword arguments; any other keyword
+# is a TypeError (never accepted and ignored).
+_EXTRAS = {"presence_penalty": float, "frequency_penalty": float}
+
+
+def _sampling_extras(kwargs: Dict[str, Any]) -> Dict[str, Any]:
+    out: Dict[str, Any] = {}
+    for k, v in kwargs.items():
+        if k in _EXTRAS:
+            out[k] = _EXTRAS[k](v)
+        elif k == "logit_bias":  # {token id: bias}; -100 bans the token
+            out[k] = [(int(t), float(b)) for t, b in dict(v or {}).items()]
+        else:
+            raise TypeError(f"unexpected keyword argument {k!r}; sampling settings are top_k, top_p, temperature, "
+                            f"repetition_penalty, presence_penalty, frequency_penalty, logit_bias, ...")
+    return out
+
 
 class TurboMindInstance:
     """A handle for submitting requests; any number may share one TurboMind, from any thread."""
@@ -106,7 +123,7 @@ class TurboMindInstance:
 
     # -- generation ------------------------------------------------------------------------
     def _submit(self, session_id, input_ids, request_output_len, sequence_start, sequence_end, step, top_k, top_p,
-                temperature, repetition_penalty, ignore_eos, random_seed, stop_words, logprobs):
+                temperature, repetition_penalty, ignore_eos, random_seed, stop_words, logprobs, extra=None):
         ids = list(input_ids)
         if ids and isinstance(ids[0], (list, tuple)):
             if len(ids) != 1:
@@ -118,6 +135,7 @@ class TurboMindInstance:
                    temperature=float(temperature), repetition_penalty=float(repetition_penalty),
                    ignore_eos=bool(ignore_eos), logprobs=bool(logprobs),
                    stop_sequences=[list(map(int, s)) for s in (stop_words or []) if len(s)])
+        gen.update(_sampling_extras(extra or {}))
         # The engine treats every seed, 0 included, as a real seed: draw one when none is given.
         seed = int.from_bytes(os.urandom(8), "little") if random_seed is None else int(random_seed)
         gen["random_seed"] = seed & 0xFFFFFFFFFFFFFFFF
@@ -138,7 +156,8 @@ class TurboMindInstance:
             self.cancel(session_id)
             return
         stream = self._submit(session_id, input_ids, request_output_len, sequence_start, sequence_end, step, top_k,
-                              top_p, temperature, repetition_penalty, ignore_eos, random_seed, stop_words, logprobs)
+                              top_p, temperature, repetition_penalty, ignore_eos, random_seed, stop_words, logprobs,
+                              kwargs)
         ids: List[int] = []
         lps: List[float] = []
         done = False
@@ -170,7 +189,7 @@ class TurboMindInstance:
         lps: List[float] = []
         async for new_ids, new_lps, finish, error in self.async_stream_deltas(
                 session_id, input_ids, request_output_len, sequence_start, sequence_end, step, top_k, top_p,
-                temperature, repetition_penalty, ignore_eos, random_seed, stop_words, logprobs):
+                temperature, repetition_penalty, ignore_eos, random_seed, stop_words, logprobs, **kwargs):
             ids.extend(new_ids)
             lps.extend(new_lps)
             if finish or stream_output:
@@ -181,7 +200,7 @@ class TurboMindInstance:
                                   top_k: int = 40, top_p: float = 0.8, temperature: float = 0.8,
                                   repetition_penalty: float = 1.0, ignore_eos: bool = False,
                                   random_seed: Optional[int] = None, stop_words: Optional[List[List[int]]] = None,
-                                  logprobs: bool = False):
+                                  logprobs: bool = False, **kwargs):
         """What servers use: yields ``(new_ids, new_logprobs, finish_reason, error)`` with only the
         tokens since the previous yield (several when the reader fell behind), so the cost of a
         yield does not grow with the output. ``finish_reason`` is '' while running. Leaving the
@@ -193,7 +212,7 @@ class TurboMindInstance:
         try:
             stream = self._submit(session_id, input_ids, request_output_len, sequence_start, sequence_end, step,
                                   top_k, top_p, temperature, repetition_penalty, ignore_eos, random_seed,
-                                  stop_words, logprobs)
+                                  stop_words, logprobs, kwargs)
             stream.set_notifier(waiter.notifier, tag)
             seen = 0
             while True:
