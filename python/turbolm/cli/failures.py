@@ -15,6 +15,7 @@ USAGE_EXIT = 2
 EXTRAS = {
     "fastapi": ("serving", "serve"),
     "uvicorn": ("serving", "serve"),
+    "prometheus_client": ("serving", "serve"),
     "httpx": ("serving", "serve"),
     "gradio": ("the web UI", "serve"),
     "torch": ("turbolm lite (quantization)", "lite"),

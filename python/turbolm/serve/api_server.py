@@ -9,6 +9,7 @@ Endpoints
   POST /v1/encode              text -> token ids
   GET  /v1/stats               engine KV blocks (num_blocks, free_blocks, cached_blocks), running /
                                waiting sequences, requests in flight, interactive sessions
+  GET  /metrics                Prometheus metrics (requests, tokens, latency histograms, KV blocks)
   GET  /docs                   the interactive API docs (Swagger UI)
 
 Every request shares the engine's one persistent batch: handlers iterate the engine's stream
@@ -107,12 +108,24 @@ def create_app(engine: AsyncEngine, served_model_name: Optional[str] = None, api
                               "ignore_eos, session_id; /v1/chat/interactive for server-side sessions.")
     app.state.turbolm = state
     install_guards(app, max_body_bytes=max_body_bytes, allowed_origins=allowed_origins)
+    from turbolm.serve.metrics import HTTPMetricsMiddleware, Metrics
+
+    metrics = Metrics(lambda: dict(engine.stats(), interactive_sessions=len(state.sessions.table)))
+    engine.metrics = metrics
+    routes: set = set()  # filled below, once every route exists: other paths count as "other"
+    app.add_middleware(HTTPMetricsMiddleware, metrics=metrics, routes=routes)
     errors.install(app)
-    app.include_router(build_router(state))
+    api_router = build_router(state)
+    app.include_router(api_router)
 
     @app.get("/health")
     async def health():
         return {"status": "ok"}
+
+    @app.get("/metrics")
+    async def prometheus_metrics():
+        """Prometheus metrics (no API key needed: load, never content); see serve/metrics.py."""
+        return Response(metrics.render(), media_type=metrics.content_type)
 
     @app.get("/v1/models", dependencies=state.auth)
     async def models():
@@ -210,6 +223,7 @@ def create_app(engine: AsyncEngine, served_model_name: Optional[str] = None, api
                 "finish_reason": last.finish_reason if last else None, "history_tokens": sessions.step(sid),
                 "session_id": sid}
 
+    routes.update(r.path for r in list(app.routes) + list(api_router.routes) if getattr(r, "path", None))
     return app
 
 

@@ -78,6 +78,7 @@ class AsyncEngine:
         self.model_name = tm.model_name
         self._template_stop_ids = self.tokenizer.stop_words_to_ids(getattr(self.template, "stop_words", []))
         self.running: Dict[int, _Claim] = {}  # session id -> its request in flight
+        self.metrics = None  # serve.metrics.Metrics when a server exports /metrics
         self.requests_total = 0
 
     @classmethod
@@ -150,6 +151,7 @@ class AsyncEngine:
         it ends. Raises EngineError when the engine reports an error."""
         inst = self.tm.create_instance()
         text = TextStream(self.tokenizer, params.stop)
+        timer = self.metrics.request_timer(len(input_ids)) if self.metrics is not None else None
         agen = inst.async_stream_deltas(
             sid, input_ids, request_output_len=int(params.max_new_tokens), sequence_start=sequence_start,
             sequence_end=False, step=step, top_k=int(params.top_k), top_p=float(params.top_p),
@@ -163,6 +165,8 @@ class AsyncEngine:
         try:
             async for new, new_lps, finish_reason, error in agen:
                 seen += len(new)
+                if timer is not None:
+                    timer.tokens(len(new))
                 lps = new_lps if params.logprobs else None
                 claim.tokens = seen
                 if finish_reason == "error":
