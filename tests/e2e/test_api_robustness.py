@@ -480,3 +480,17 @@ def test_neutral_values_of_unsupported_parameters_are_accepted(server, path, bod
 ])
 def test_bad_penalties_and_logit_bias_are_400(server, path, body, param):
     assert_openai_error(post(server.url + path, dict(body, max_tokens=2)), 400, param)
+
+
+def test_openapi_declares_the_error_answers(server):
+    spec = httpx.get(server.url + "/openapi.json").json()
+    for path, codes in {"/v1/chat/completions": {"400", "401", "404", "409", "413", "415"},
+                        "/v1/completions": {"400", "401", "404", "409", "413", "415"},
+                        "/v1/chat/interactive": {"400", "401", "404", "409", "413", "415"},
+                        "/v1/encode": {"400", "401", "413", "415"}}.items():
+        declared = spec["paths"][path]["post"]["responses"]
+        assert codes <= set(declared), (path, sorted(declared))
+        ref = declared["400"]["content"]["application/json"]["schema"]["$ref"]
+        assert ref.endswith("/ErrorResponse")
+        assert "422" not in declared  # validation errors are answered 400, as OpenAI does
+    assert set(spec["components"]["schemas"]["ErrorResponse"]["properties"]) == {"error"}

@@ -41,7 +41,7 @@ from fastapi.responses import Response, StreamingResponse
 from turbolm.errors import UserError
 from turbolm.serve import errors
 from turbolm.serve.async_engine import AsyncEngine, EngineError, GenParams
-from turbolm.serve.errors import APIError
+from turbolm.serve.errors import APIError, error_responses
 from turbolm.serve.guards import DEFAULT_MAX_BODY_BYTES, install_guards
 from turbolm.serve.openai_api import build_router, engine_error, until_disconnect
 from turbolm.serve.protocol import EncodeRequest, InteractiveRequest
@@ -127,12 +127,12 @@ def create_app(engine: AsyncEngine, served_model_name: Optional[str] = None, api
         """Prometheus metrics (no API key needed: load, never content); see serve/metrics.py."""
         return Response(metrics.render(), media_type=metrics.content_type)
 
-    @app.get("/v1/models", dependencies=state.auth)
+    @app.get("/v1/models", dependencies=state.auth, responses=error_responses(401))
     async def models():
         return {"object": "list", "data": [{"id": state.model_name, "object": "model", "created": state.started,
                                             "owned_by": "turbolm", "max_model_len": engine.session_len}]}
 
-    @app.get("/v1/stats", dependencies=state.auth)
+    @app.get("/v1/stats", dependencies=state.auth, responses=error_responses(401))
     async def stats():
         """KV pool and load: num_blocks, free_blocks, cached_blocks (kept for interactive sessions),
         running / waiting sequences, requests_running (in flight here), requests_total,
@@ -142,7 +142,7 @@ def create_app(engine: AsyncEngine, served_model_name: Optional[str] = None, api
         out["session_len"] = engine.session_len
         return out
 
-    @app.post("/v1/encode", dependencies=state.auth)
+    @app.post("/v1/encode", dependencies=state.auth, responses=error_responses(400, 401, 413, 415))
     async def encode(req: EncodeRequest):
         texts = [req.input] if isinstance(req.input, str) else list(req.input)
         if req.do_preprocess:
@@ -157,7 +157,8 @@ def create_app(engine: AsyncEngine, served_model_name: Optional[str] = None, api
         body = json.dumps(out) if n_ids < 4096 else await asyncio.to_thread(json.dumps, out)
         return Response(body, media_type="application/json")
 
-    @app.post("/v1/chat/interactive", dependencies=state.auth)
+    @app.post("/v1/chat/interactive", dependencies=state.auth,
+              responses=error_responses(400, 401, 404, 409, 413, 415))
     async def interactive(req: InteractiveRequest, request: Request):
         """One round of a server-side session. interactive_mode=true keeps the history for the next
         round; stop=true cancels the session's running round; an empty prompt with

@@ -11,6 +11,7 @@ from typing import Optional
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger("turbolm.serve")
@@ -27,6 +28,30 @@ class APIError(Exception):
         super().__init__(message)
         self.status, self.message, self.code, self.param = int(status), message, code, param
         self.type = type or _TYPES.get(self.status, "server_error")
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: Optional[str] = None
+    code: Optional[str] = None
+
+
+class ErrorResponse(BaseModel):
+    """OpenAI's error shape: every 4xx / 5xx of this server has it."""
+    error: ErrorDetail
+
+
+_MEANING = {400: "invalid request: a bad value, a cap exceeded, an unsupported parameter, a prompt too long",
+            401: "missing or wrong API key (when the server has --api_keys)",
+            404: "unknown model, or a session that does not exist for this key",
+            409: "the session is busy with a running round",
+            413: "request body over --max_body_mb", 415: "the body is not application/json"}
+
+
+def error_responses(*statuses: int) -> dict:
+    """FastAPI `responses=` for these statuses, so /openapi.json declares each error answer."""
+    return {s: {"model": ErrorResponse, "description": _MEANING[s]} for s in statuses}
 
 
 def error_body(status: int, message: str, code=None, param=None, type=None) -> dict:
@@ -72,7 +97,26 @@ def _validation_message(exc: RequestValidationError):
     return (f"{param}: {msg}" if param else msg), param
 
 
+def _openapi_without_422(app: FastAPI):
+    """FastAPI declares a 422 on every route with a body; this server answers those errors 400."""
+    make = app.openapi
+
+    def openapi():
+        if app.openapi_schema is None:
+            spec = make()
+            for ops in spec.get("paths", {}).values():
+                for op in ops.values():
+                    op.get("responses", {}).pop("422", None)
+            for name in ("HTTPValidationError", "ValidationError"):
+                spec.get("components", {}).get("schemas", {}).pop(name, None)
+            app.openapi_schema = spec
+        return app.openapi_schema
+
+    return openapi
+
+
 def install(app: FastAPI) -> None:
+    app.openapi = _openapi_without_422(app)
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError):
         return error_response(exc)

@@ -17,7 +17,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from turbolm.serve.async_engine import MAX_USER_SESSION_ID, Chunk, EngineError, GenParams
-from turbolm.serve.errors import APIError, error_body
+from turbolm.serve.errors import APIError, error_body, error_responses
 from turbolm.serve.protocol import ChatCompletionRequest, CompletionRequest, usage
 
 # ---------------------------------------------------------------------------------------------
@@ -239,7 +239,8 @@ async def stream_events(make_events: Callable[[], AsyncIterator[str]],
 def build_router(state) -> APIRouter:
     router = APIRouter()
 
-    @router.post("/v1/chat/completions", dependencies=state.auth)
+    @router.post("/v1/chat/completions", dependencies=state.auth,
+                 responses=error_responses(400, 401, 404, 409, 413, 415))
     async def chat_completions(req: ChatCompletionRequest, request: Request):
         state.check_model(req.model)
         check_logit_bias(state, req)
@@ -298,7 +299,8 @@ def build_router(state) -> APIRouter:
         return JSONResponse({"id": rid, "object": "chat.completion", "created": created, "model": model,
                              "choices": choices, "usage": usage(len(ids), sum(r.num_tokens for r in results))})
 
-    @router.post("/v1/completions", dependencies=state.auth)
+    @router.post("/v1/completions", dependencies=state.auth,
+                 responses=error_responses(400, 401, 404, 409, 413, 415))
     async def completions(req: CompletionRequest, request: Request):
         state.check_model(req.model)
         check_logit_bias(state, req)
