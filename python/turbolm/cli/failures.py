@@ -16,6 +16,7 @@ EXTRAS = {
     "fastapi": ("serving", "serve"),
     "uvicorn": ("serving", "serve"),
     "prometheus_client": ("serving", "serve"),
+    "fastapi_offline": ("serving", "serve"),
     "httpx": ("serving", "serve"),
     "gradio": ("the web UI", "serve"),
     "torch": ("turbolm lite (quantization)", "lite"),

@@ -32,6 +32,7 @@ import contextlib
 import ipaddress
 import json
 import logging
+import os
 import time
 from typing import List, Optional, Sequence, Union
 
@@ -103,7 +104,8 @@ def create_app(engine: AsyncEngine, served_model_name: Optional[str] = None, api
         yield
         await state.sessions.stop_reaper()
 
-    app = FastAPI(title="turbolm API server", version="0.1.0", lifespan=lifespan,
+    # docs_url/redoc_url off: FastAPI's pages load Swagger / ReDoc from a CDN, blank offline
+    app = FastAPI(title="turbolm API server", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="OpenAI-compatible API over the turbolm engine. Extras: top_k, repetition_penalty, "
                               "ignore_eos, session_id; /v1/chat/interactive for server-side sessions.")
     app.state.turbolm = state
@@ -121,6 +123,8 @@ def create_app(engine: AsyncEngine, served_model_name: Optional[str] = None, api
     @app.get("/health")
     async def health():
         return {"status": "ok"}
+
+    install_docs(app)
 
     @app.get("/metrics")
     async def prometheus_metrics():
@@ -226,6 +230,29 @@ def create_app(engine: AsyncEngine, served_model_name: Optional[str] = None, api
 
     routes.update(r.path for r in list(app.routes) + list(api_router.routes) if getattr(r, "path", None))
     return app
+
+
+def install_docs(app: FastAPI) -> None:
+    """/docs: Swagger UI served from the files the fastapi-offline package ships (Swagger UI 5,
+    which renders FastAPI's OpenAPI 3.1), so it works with no network (FastAPI's default page
+    loads them from a CDN)."""
+    import importlib.util
+
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from fastapi.staticfiles import StaticFiles
+
+    spec = importlib.util.find_spec("fastapi_offline")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError("No module named 'fastapi_offline'", name="fastapi_offline")
+    assets = os.path.join(list(spec.submodule_search_locations)[0], "static")
+    app.mount("/docs-assets", StaticFiles(directory=assets), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs():
+        return get_swagger_ui_html(openapi_url=app.openapi_url, title=f"{app.title} - docs",
+                                   swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+                                   swagger_css_url="/docs-assets/swagger-ui.css",
+                                   swagger_favicon_url="/docs-assets/favicon.png")
 
 
 def _is_loopback(host: str) -> bool:
