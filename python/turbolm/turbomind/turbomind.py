@@ -87,8 +87,6 @@ class TurboMind:
         return self.engine.stats()
 
 
-_STOPPED = object()
-
 # Sampling settings beyond the reference signature, taken as keyword arguments; any other keyword
 # is a TypeError (never accepted and ignored).
 _EXTRAS = {"presence_penalty": float, "frequency_penalty": float}
@@ -268,11 +266,3 @@ class _LoopWaiter:
             ev = events.get(tag)
             if ev is not None:
                 ev.set()
-
-
-_session_counter = itertools.count(1 << 40)
-
-
-def new_session_id() -> int:
-    """A process-unique session id far above ids that users pick by hand."""
-    return next(_session_counter)
