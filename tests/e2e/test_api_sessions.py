@@ -221,3 +221,13 @@ def test_gradio_local_backend_recovers_from_an_expired_session(tiny_ws):
     assert pieces[0][0] == EXPIRED_NOTE
     new = pieces[-1][1]
     assert new != SERVER_IDS[0] + 5 and new in backend.sessions.table and backend.sessions.step(new) > 0
+
+
+def test_a_refused_first_round_leaves_no_session(api_server):
+    """The id handed out for session_id -1 (or named by the client) is forgotten when its first
+    round is refused: no empty session waits for expiry."""
+    before = httpx.get(api_server.url + "/v1/stats").json()["interactive_sessions"]
+    for sid in (-1, 4242):
+        r = _post(api_server.url, prompt="word " * 3000, session_id=sid, interactive_mode=True)
+        assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded"
+    assert httpx.get(api_server.url + "/v1/stats").json()["interactive_sessions"] == before

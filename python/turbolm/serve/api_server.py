@@ -190,13 +190,7 @@ def create_app(engine: AsyncEngine, served_model_name: Optional[str] = None, api
         else:
             sid = int(req.session_id)
             session = sessions.lookup(sid, owner, create=True)
-        fresh = session.step == 0 and not session.busy
-        try:  # errors (busy, bad, too long) before any byte is sent
-            rnd = await sessions.begin_round(session, sid, prompt)
-        except APIError:
-            if fresh and sessions.table.get(sid) is session and not session.busy and session.step == 0:
-                del sessions.table[sid]  # a refused first round leaves no session behind
-            raise
+        rnd = await sessions.begin_round(session, sid, prompt)  # errors (busy, bad, too long) before any byte
         gen = sessions.run_round(rnd, params, interactive_mode=req.interactive_mode)
 
         if req.stream:

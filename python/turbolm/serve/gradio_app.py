@@ -32,22 +32,13 @@ class LocalBackend:
     async def stream(self, session_id: Optional[int], prompt: str,
                      params: GenParams) -> AsyncIterator[Tuple[str, int]]:
         """(text, session id) pieces; session_id None starts a fresh session of this tab's own."""
-        from turbolm.serve.errors import APIError
-
         self.sessions.start_reaper()  # idle tabs' sessions expire like the API server's
         if session_id is not None and session_id not in self.sessions.table:
             yield EXPIRED_NOTE, session_id  # expired while the tab was idle: a new conversation
             session_id = None
-        fresh = session_id is None
-        if fresh:
+        if session_id is None:
             session_id = self.sessions.new_id(None)
-        session = self.sessions.table[session_id]
-        try:
-            rnd = await self.sessions.begin_round(session, session_id, prompt)
-        except APIError:
-            if fresh:
-                self.sessions.table.pop(session_id, None)  # a refused first round keeps no session
-            raise
+        rnd = await self.sessions.begin_round(self.sessions.table[session_id], session_id, prompt)
         async for c in self.sessions.run_round(rnd, params, interactive_mode=True):
             yield c.text, session_id
 

@@ -118,7 +118,16 @@ class Sessions:
         """Claims the session for one round: -> the Round (input ids, sequence_start, step).
         Raises APIError: 409 when a round is running (or starts while this prompt is being
         tokenized), 400 when the messages are malformed or the round would not fit in the session
-        length. A refused round changes nothing. Tokenizing runs in a worker thread."""
+        length. A refused round changes nothing, and a session with no history yet (just handed out
+        or named) is forgotten with its refused first round. Tokenizing runs in a worker thread."""
+        try:
+            return await self._claim(session, session_id, prompt)
+        except APIError:
+            if self.table.get(session_id) is session and session.step == 0 and not session.busy:
+                del self.table[session_id]
+            raise
+
+    async def _claim(self, session: Session, session_id: int, prompt: Union[str, List[dict]]) -> Round:
         def busy():
             return APIError(409, f"session {session_id} is busy with a running request; wait for it or stop it",
                             "session_busy", "session_id")
