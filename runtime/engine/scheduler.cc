@@ -24,10 +24,7 @@ const Sequence* Scheduler::find(uint64_t session_id) const {
 
 void Scheduler::add(const Request& req, std::shared_ptr<Stream> stream) {
   const uint64_t id = req.session_id;
-  struct Deliver {  // every way out of add() delivers what it staged (unless deferred)
-    Scheduler* self;
-    ~Deliver() { self->done_call(); }
-  } deliver_on_return{this};
+  DeliverOnReturn deliver{this};  // every way out of add() delivers what it staged (unless deferred)
   auto refuse = [&](const std::string& why) {
     stream->stage_finish(FinishReason::kError, "session " + std::to_string(id) + ": " + why);
     touch(stream);
@@ -93,10 +90,7 @@ void Scheduler::add(const Request& req, std::shared_ptr<Stream> stream) {
 void Scheduler::stop(uint64_t session_id, bool end) {
   auto it = sessions_.find(session_id);
   if (it == sessions_.end()) return;
-  struct Deliver {
-    Scheduler* self;
-    ~Deliver() { self->done_call(); }
-  } deliver_on_return{this};
+  DeliverOnReturn deliver{this};
   Sequence* s = it->second.get();
   if (s->status == SequenceStatus::kWaiting || s->status == SequenceStatus::kRunning) {
     s->end_after = s->end_after || end;
@@ -194,11 +188,7 @@ void Scheduler::stream_ready(Sequence* s, int holdback) {
 }
 
 void Scheduler::touch(const std::shared_ptr<Stream>& st) {
-  // A stream is touched at most a few times a step (tokens, then its finish): a linear scan of
-  // the recent entries keeps the list short without a set.
-  for (size_t i = touched_.size(); i-- > 0 && i + 4 >= touched_.size();)
-    if (touched_[i] == st) return;
-  touched_.push_back(st);
+  touched_.push_back(st);  // twice at most a step (tokens, then the finish): commit() is idempotent
 }
 
 void Scheduler::deliver() {

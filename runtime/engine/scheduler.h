@@ -95,6 +95,10 @@ class Scheduler {
   void stream_ready(Sequence* s, int holdback);  // stages generated tokens not held back
   void touch(const std::shared_ptr<Stream>& st);  // remembers a stream with staged outputs
   void done_call() { if (!cfg_.defer_delivery) deliver(); }
+  struct DeliverOnReturn {  // done_call() on every way out of a public call
+    Scheduler* self;
+    ~DeliverOnReturn() { self->done_call(); }
+  };
 
   SchedulerConfig cfg_;
   BlockManager& blocks_;
