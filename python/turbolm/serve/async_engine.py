@@ -29,14 +29,6 @@ SERVER_SESSION_IDS = (1 << 40, 1 << 62)
 _stateless_ids = itertools.count(1 << 62)
 
 
-class _Claim:
-    """A session id in use by one request (AsyncEngine.running); `tokens` generated so far."""
-    __slots__ = ("tokens",)
-
-    def __init__(self):
-        self.tokens = 0
-
-
 class EngineError(RuntimeError):
     """The engine finished a request with finish_reason 'error'."""
 
@@ -77,7 +69,9 @@ class AsyncEngine:
         self.session_len = int(tm.session_len)
         self.model_name = tm.model_name
         self._template_stop_ids = self.tokenizer.stop_words_to_ids(getattr(self.template, "stop_words", []))
-        self.running: Dict[int, _Claim] = {}  # session id -> its request in flight
+        # session id -> a token of the request in flight on it (identity only: a late release of
+        # an older request must not free a newer one's id)
+        self.running: Dict[int, object] = {}
         self.metrics = None  # serve.metrics.Metrics when a server exports /metrics
         self.requests_total = 0
 
@@ -94,7 +88,7 @@ class AsyncEngine:
     def new_session_id() -> int:
         return next(_stateless_ids)
 
-    def _release(self, sid: int, claim: "_Claim") -> None:
+    def _release(self, sid: int, claim: object) -> None:
         if self.running.get(sid) is claim:
             del self.running[sid]
 
@@ -139,12 +133,12 @@ class AsyncEngine:
         sid = self.new_session_id() if session_id is None else int(session_id)
         if sid in self.running:
             raise EngineError(f"session {sid}: busy: a request of this session is still running")
-        claim = self.running[sid] = _Claim()
+        claim = self.running[sid] = object()
         gen = self._generate(input_ids, params, sid, claim, sequence_start, step, end_session)
         weakref.finalize(gen, self._release, sid, claim)
         return gen
 
-    async def _generate(self, input_ids: List[int], params: GenParams, sid: int, claim: "_Claim",
+    async def _generate(self, input_ids: List[int], params: GenParams, sid: int, claim: object,
                         sequence_start: bool, step: int, end_session: bool) -> AsyncIterator[Chunk]:
         """Stream one request. `end_session=False` keeps the session's KV cache for a next round
         (interactive sessions); otherwise the session is ended when the request is over, however
@@ -168,7 +162,6 @@ class AsyncEngine:
                 if timer is not None:
                     timer.tokens(len(new))
                 lps = new_lps if params.logprobs else None
-                claim.tokens = seen
                 if finish_reason == "error":
                     finished = True
                     raise EngineError(error or "the engine failed the request")
