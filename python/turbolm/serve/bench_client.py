@@ -112,9 +112,15 @@ async def _one(conn: Connection, prompt: str, max_tokens: int, temperature: floa
             tokens = obj["usage"]["completion_tokens"]
     latency = time.perf_counter() - t0
     ttft = latency if ttft is None else ttft
-    # the inter-token rate after the first token: the measure of the engine's batch-1 decode
-    decode = (tokens - 1) / (t_last - ttft) if tokens > 1 and t_last and t_last > ttft else float("nan")
-    return {"ttft": ttft, "latency": latency, "tokens": tokens, "decode_tok_s": decode}
+    return {"ttft": ttft, "latency": latency, "tokens": tokens, "decode_tok_s": decode_rate(tokens, ttft, t_last)}
+
+
+def decode_rate(tokens: int, ttft: float, t_last) -> float:
+    """Tokens after the first over the time after the first (the measure of the engine's batch-1
+    decode); NaN when the request's tokens all came in one chunk, which gives no interval."""
+    if tokens > 1 and t_last is not None and t_last > ttft:
+        return (tokens - 1) / (t_last - ttft)
+    return nan
 
 
 def _host_port(url: str) -> Tuple[str, int]:
