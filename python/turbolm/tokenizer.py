@@ -41,6 +41,20 @@ def _load_hf(model_dir: str):
         return LlamaTokenizerFast(vocab_file=sp)
 
 
+@functools.lru_cache(maxsize=1)
+def _gpt2_byte_decoder():
+    """GPT-2's byte-level BPE alphabet, reversed: printable stand-in character -> byte."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("\u00a1"), ord("\u00ac") + 1)) + \
+        list(range(ord("\u00ae"), ord("\u00ff") + 1))
+    cs, n = bs[:], 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return {chr(c): b for b, c in zip(bs, cs)}
+
+
 class Tokenizer:
     def __init__(self, model_dir: str):
         if not os.path.isdir(model_dir):
@@ -97,6 +111,36 @@ class Tokenizer:
 
     def detokenizer(self) -> "IncrementalDetokenizer":
         return IncrementalDetokenizer(self)
+
+    @functools.cached_property
+    def _byte_level(self) -> bool:
+        rust = getattr(self.model, "backend_tokenizer", None)
+        return rust is not None and "ByteLevel" in str(rust.decoder)
+
+    def token_bytes(self, i: int) -> bytes:
+        """The bytes token `i` stands for (OpenAI's logprobs `bytes`): byte-level BPE pieces map
+        back through GPT-2's byte alphabet, sentencepiece's `▁` is a space and `<0xNN>` one byte,
+        special tokens are their text. A piece may be part of a UTF-8 character."""
+        cache = self.__dict__.setdefault("_token_bytes", {})
+        b = cache.get(i)
+        if b is None:
+            piece = self.id_to_token(i) or ""
+            if int(i) in self.special_ids:
+                b = piece.encode("utf-8")
+            elif _BYTE_PIECE.fullmatch(piece):
+                b = bytes([int(piece[3:5], 16)])
+            elif self._byte_level:
+                dec = _gpt2_byte_decoder()
+                b = bytes(dec[c] for c in piece) if all(c in dec for c in piece) else piece.encode("utf-8")
+            else:
+                b = piece.replace("\u2581", " ").encode("utf-8")
+            cache[i] = b
+        return b
+
+    def token_text(self, i: int) -> str:
+        """token_bytes(i) as text (U+FFFD for a partial UTF-8 character): concatenated over a
+        sequence it spells the text, so logprobs' text_offset adds up."""
+        return self.token_bytes(i).decode("utf-8", errors="replace")
 
     def stop_words_to_ids(self, words: Optional[Sequence[str]]) -> List[List[int]]:
         """Stop strings as the token id sequences the engine should stop on (it drops a matched

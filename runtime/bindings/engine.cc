@@ -38,11 +38,35 @@ GenerationConfig gen_from_kwargs(const py::dict& d) {
   set("ignore_eos", g.ignore_eos);
   set("stop_sequences", g.stop_sequences);
   set("logprobs", g.logprobs);
+  set("top_logprobs", g.top_logprobs);
+  set("prompt_logprobs", g.prompt_logprobs);
   return g;
 }
 
+// Logprobs cross as plain Python values: [float] for the chosen tokens, and [[(id, logprob)]]
+// alternatives (None when no token has any) -- built only for what the request asked for.
+py::object tops_of(const std::vector<TokenLogprob>& lps) {
+  bool any = false;
+  for (const auto& t : lps) any = any || !t.top.empty();
+  if (!any) return py::none();
+  py::list out;
+  for (const auto& t : lps) out.append(py::cast(t.top));
+  return out;
+}
+
+std::vector<float> chosen_of(const std::vector<TokenLogprob>& lps) {
+  std::vector<float> out(lps.size());
+  for (size_t i = 0; i < lps.size(); ++i) out[i] = lps[i].logprob;
+  return out;
+}
+
+// (ids, logprobs, finish, error, total, top_logprobs, prompt_logprobs); prompt_logprobs is None
+// or ([float] for prompt tokens 1.., their alternatives as top_logprobs is).
 py::tuple tail_tuple(const Output& t, size_t total) {
-  return py::make_tuple(t.token_ids, t.logprobs, std::string(to_string(t.finish)), t.error, total);
+  py::object prompt = py::none();
+  if (!t.prompt_logprobs.empty()) prompt = py::make_tuple(chosen_of(t.prompt_logprobs), tops_of(t.prompt_logprobs));
+  return py::make_tuple(t.token_ids, chosen_of(t.logprobs), std::string(to_string(t.finish)), t.error, total,
+                        tops_of(t.logprobs), prompt);
 }
 
 }  // namespace
@@ -58,7 +82,8 @@ void bind_engine(py::module_& m) {
               py::gil_scoped_release release;
               ok = s.wait(seen, out, timeout_ms);
             }
-            return py::make_tuple(out.token_ids, out.logprobs, std::string(to_string(out.finish)), out.error, ok);
+            return py::make_tuple(out.token_ids, chosen_of(out.logprobs), std::string(to_string(out.finish)),
+                                  out.error, ok);
           },
           py::arg("seen"), py::arg("timeout_ms") = -1,
           "Block until more than `seen` tokens or the finish; returns (ids, logprobs, finish, error, in_time).")
@@ -71,7 +96,8 @@ void bind_engine(py::module_& m) {
             return tail_tuple(t, total);
           },
           py::arg("from_"),
-          "Tokens from index `from_` on, without waiting; returns (ids, logprobs, finish, error, total).")
+          "Tokens from index `from_` on, without waiting; returns (ids, logprobs, finish, error, total, "
+          "top_logprobs, prompt_logprobs).")
       .def(
           "wait_tail",
           [](Stream& s, size_t from, int timeout_ms) {
@@ -85,7 +111,7 @@ void bind_engine(py::module_& m) {
           },
           py::arg("from_"), py::arg("timeout_ms") = -1,
           "Block until there are tokens past `from_` or the finish (or the timeout); returns (ids, logprobs, "
-          "finish, error, total) with only the new ids.")
+          "finish, error, total, top_logprobs, prompt_logprobs) with only the new ids.")
       .def("finished", &Stream::finished)
       .def("set_notifier", &Stream::set_notifier, py::arg("notifier"), py::arg("tag") = 0,
            "Mark `tag` on `notifier` whenever this stream has news (None: detach).");

@@ -91,6 +91,12 @@ std::string validate(const Request& r, int vocab, int session_len) {
     os << "presence_penalty and frequency_penalty must be in [-2, 2]";
   else if (std::isnan(g.temperature))
     os << "temperature is NaN";
+  else if (g.top_logprobs < 0 || g.top_logprobs > kMaxTopLogprobs)
+    os << "top_logprobs is " << g.top_logprobs << "; it must be in [0, " << kMaxTopLogprobs << "]";
+  else if (g.prompt_logprobs < -1 || g.prompt_logprobs > kMaxTopLogprobs)
+    os << "prompt_logprobs is " << g.prompt_logprobs << "; it must be -1 (none) or in [0, " << kMaxTopLogprobs << "]";
+  else if (g.prompt_logprobs >= 0 && !r.sequence_start)
+    os << "prompt_logprobs needs sequence_start=true (the logprobs of a whole prompt)";
   else
     for (size_t i = 0; i < g.stop_sequences.size(); ++i)
       if (g.stop_sequences[i].empty()) {
@@ -126,7 +132,14 @@ struct Engine::Impl {
   // Engine thread only.
   std::vector<ForwardItem> items;
   std::vector<float> logits;
-  std::vector<Sequence*> sampled;  // the step's sampling rows, in logits row order
+  std::vector<Sequence*> sampled;  // the step's sampling sequences, in batch order
+  std::vector<int> sample_rows;    // [sampled.size()] their logits rows
+  struct PromptJob {
+    Sequence* seq;
+    int row;   // logits row
+    int next;  // the prompt position it scores: logprob of seq->tokens[next]
+  };
+  std::vector<PromptJob> prompt_jobs;  // prompt logprobs to record this step, in position order per seq
   long long steps = 0, tokens_computed = 0, tokens_generated = 0;
   std::thread thread;
 
@@ -316,16 +329,35 @@ void Engine::Impl::step() {
   std::vector<ScheduledSeq> batch = sched->schedule();
   if (batch.empty()) return;
   items.clear();
-  int rows = 0;
+  sampled.clear();
+  sample_rows.clear();
+  prompt_jobs.clear();
+  int rows = 0;  // logits rows: kLast gives 1 per item, kAll n_tokens, kNone 0
   for (const ScheduledSeq& b : batch) {
+    Sequence& s = *b.seq;
     ForwardItem it;
-    it.tokens = b.seq->tokens.data() + b.seq->num_cached;
+    it.tokens = s.tokens.data() + s.num_cached;
     it.n_tokens = b.n_tokens;
-    it.start_pos = b.seq->num_cached;
-    it.block_table = b.seq->block_table.data();
-    it.logits = b.sample ? LogitsMode::kLast : LogitsMode::kNone;  // mid-prompt chunks need no logits
+    it.start_pos = s.num_cached;
+    it.block_table = s.block_table.data();
+    // Mid-prompt chunks need no logits, unless the prompt's own logprobs are wanted.
+    it.logits = s.wants_prompt_logprobs() ? LogitsMode::kAll : b.sample ? LogitsMode::kLast : LogitsMode::kNone;
+    if (it.logits == LogitsMode::kAll) {
+      // row i predicts position start_pos + i + 1; record the prompt positions not recorded yet
+      // (a recompute after preemption sees them again)
+      const int first = (int)s.prompt_lps.size() + 1;  // the first prompt token not scored yet
+      for (int i = 0; i < it.n_tokens; ++i) {
+        const int next = it.start_pos + i + 1;  // the prompt token this row scores
+        if (next >= first && next < s.prompt_len) prompt_jobs.push_back({&s, rows + i, next});
+      }
+    }
+    const int n_rows = it.logits == LogitsMode::kAll ? it.n_tokens : it.logits == LogitsMode::kLast ? 1 : 0;
+    if (b.sample) {
+      sampled.push_back(&s);
+      sample_rows.push_back(rows + n_rows - 1);
+    }
+    rows += n_rows;
     items.push_back(it);
-    rows += b.sample;
     tokens_computed += b.n_tokens;
   }
   logits.resize((size_t)std::max(rows, 1) * vocab);
@@ -335,24 +367,34 @@ void Engine::Impl::step() {
     sched->fail(batch, std::string("model forward failed: ") + e.what());
     return;
   }
-  // Rows are independent (each has its own sequence, settings and generator), so they are
-  // sampled in parallel on the model's pool, which is idle between forwards.
-  sampled.clear();
-  for (const ScheduledSeq& b : batch)
-    if (b.sample) sampled.push_back(b.seq);
-  std::vector<int32_t> tokens(rows);
-  std::vector<float> logprobs(rows);
-  model->parallel_for(rows, [&](int begin, int end) {
-    for (int r = begin; r < end; ++r) {
-      Sequence& s = *sampled[r];
-      SampleResult res = sample(&logits[(size_t)r * vocab], vocab, s.gen, s.tokens, s.rng, s.prompt_len);
-      tokens[r] = res.token;
-      logprobs[r] = res.logprob;
+  // Prompt logprobs first: they read raw rows that sampling modifies in place (the last row of a
+  // prompt is both). Each job's row and slot are its own, so they run in parallel.
+  std::vector<TokenLogprob> prompt_out(prompt_jobs.size());
+  model->parallel_for((int)prompt_jobs.size(), [&](int begin, int end) {
+    for (int j = begin; j < end; ++j) {
+      const PromptJob& pj = prompt_jobs[j];
+      prompt_out[j] = token_logprob(&logits[(size_t)pj.row * vocab], vocab, pj.seq->tokens[pj.next],
+                                    pj.seq->gen.prompt_logprobs);
     }
   });
-  tokens_generated += rows;
+  for (size_t j = 0; j < prompt_jobs.size(); ++j) prompt_jobs[j].seq->prompt_lps.push_back(std::move(prompt_out[j]));
+  // Rows are independent (each has its own sequence, settings and generator), so they are
+  // sampled in parallel on the model's pool, which is idle between forwards.
+  const int n_sampled = (int)sampled.size();
+  std::vector<int32_t> tokens(n_sampled);
+  std::vector<TokenLogprob> logprobs(n_sampled);
+  model->parallel_for(n_sampled, [&](int begin, int end) {
+    for (int r = begin; r < end; ++r) {
+      Sequence& s = *sampled[r];
+      SampleResult res = sample(&logits[(size_t)sample_rows[r] * vocab], vocab, s.gen, s.tokens, s.rng, s.prompt_len);
+      tokens[r] = res.token;
+      logprobs[r].logprob = res.logprob;
+      logprobs[r].top = std::move(res.top);
+    }
+  });
+  tokens_generated += n_sampled;
   ++steps;
-  sched->postprocess(batch, tokens, logprobs);
+  sched->postprocess(batch, tokens, std::move(logprobs));
 }
 
 // Runs each sequence through the model with logits for every position, in chunks of the step's

@@ -7,6 +7,7 @@
 #include <chrono>
 #include <cstdint>
 #include <cstring>
+#include <algorithm>
 
 #include "core/error.h"
 
@@ -62,10 +63,12 @@ std::vector<uint64_t> Notifier::drain() {
 
 // ---------------------------------------------------------------- Stream
 
-void Stream::stage(int32_t token, float logprob) {
+void Stream::stage(int32_t token, const TokenLogprob& logprob) {
   staged_ids_.push_back(token);
   staged_lps_.push_back(logprob);
 }
+
+void Stream::stage_prompt(std::vector<TokenLogprob> logprobs) { staged_prompt_ = std::move(logprobs); }
 
 void Stream::stage_finish(FinishReason reason, const std::string& error) {
   if (staged_finish_ != FinishReason::kNone) return;  // first finish wins
@@ -74,7 +77,7 @@ void Stream::stage_finish(FinishReason reason, const std::string& error) {
 }
 
 void Stream::commit() {
-  if (staged_ids_.empty() && staged_finish_ == FinishReason::kNone) return;
+  if (staged_ids_.empty() && staged_finish_ == FinishReason::kNone && staged_prompt_.empty()) return;
   std::shared_ptr<Notifier> notifier;
   uint64_t tag = 0;
   {
@@ -82,6 +85,7 @@ void Stream::commit() {
     if (out_.finish == FinishReason::kNone) {  // nothing follows a finish
       out_.token_ids.insert(out_.token_ids.end(), staged_ids_.begin(), staged_ids_.end());
       out_.logprobs.insert(out_.logprobs.end(), staged_lps_.begin(), staged_lps_.end());
+      if (!staged_prompt_.empty()) out_.prompt_logprobs = std::move(staged_prompt_);
       if (staged_finish_ != FinishReason::kNone) {
         out_.finish = staged_finish_;
         out_.error = staged_error_;
@@ -92,13 +96,14 @@ void Stream::commit() {
   }
   staged_ids_.clear();
   staged_lps_.clear();
+  staged_prompt_.clear();
   staged_finish_ = FinishReason::kNone;
   staged_error_.clear();
   cv_.notify_all();
   if (notifier) notifier->mark(tag);
 }
 
-void Stream::push(int32_t token, float logprob) {
+void Stream::push(int32_t token, const TokenLogprob& logprob) {
   stage(token, logprob);
   commit();
 }
@@ -127,7 +132,8 @@ bool Stream::wait_tail(size_t from, Output& tail, size_t& total, int timeout_ms)
   else ok = ready();
   const size_t n = out_.token_ids.size(), b = from < n ? from : n;
   tail.token_ids.assign(out_.token_ids.begin() + b, out_.token_ids.end());
-  tail.logprobs.assign(out_.logprobs.begin() + b, out_.logprobs.end());
+  tail.logprobs.assign(out_.logprobs.begin() + std::min(b, out_.logprobs.size()), out_.logprobs.end());
+  if (from == 0) tail.prompt_logprobs = out_.prompt_logprobs;
   tail.finish = out_.finish;
   tail.error = out_.error;
   total = n;

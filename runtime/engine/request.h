@@ -14,6 +14,18 @@ namespace turbolm {
 enum class FinishReason : int { kNone = 0, kStop = 1, kLength = 2, kCancelled = 3, kError = 4 };
 const char* to_string(FinishReason r);
 
+// Most alternatives a token's logprobs may list (OpenAI's top_logprobs limit).
+constexpr int kMaxTopLogprobs = 20;
+
+// One token's log-probability and its most probable alternatives, all log-softmax of the RAW
+// model logits (before logit_bias, penalties, temperature and any mask: vLLM's default), so a
+// token's logprob is the model's and does not move with the sampling settings.
+struct TokenLogprob {
+  float logprob = 0.f;
+  std::vector<std::pair<int32_t, float>> top;  // [k] (id, logprob), most probable first, ties: lower id
+  bool operator==(const TokenLogprob& o) const { return logprob == o.logprob && top == o.top; }
+};
+
 struct GenerationConfig {
   int max_new_tokens = 512;  // request_output_len
   int top_k = 1;             // 0 or 1 with temperature 0 / top_p 0: greedy
@@ -27,6 +39,9 @@ struct GenerationConfig {
   bool ignore_eos = false;
   std::vector<std::vector<int32_t>> stop_sequences;  // a whole sequence must match to stop
   bool logprobs = false;     // log-probability of each sampled token
+  int top_logprobs = 0;      // with logprobs: this many alternatives per generated token, <= kMaxTopLogprobs
+  int prompt_logprobs = -1;  // >= 0: logprob of every prompt token but the first, with this many
+                             // alternatives (needs sequence_start); max_new_tokens may then be 0
 };
 
 struct Request {
@@ -40,8 +55,11 @@ struct Request {
 
 // Output of one request, updated by the engine thread, read by the caller. Thread-safe.
 struct Output {
-  std::vector<int32_t> token_ids;  // generated tokens so far (not the prompt)
-  std::vector<float> logprobs;     // parallel to token_ids when requested
+  std::vector<int32_t> token_ids;      // generated tokens so far (not the prompt)
+  std::vector<TokenLogprob> logprobs;  // parallel to token_ids when requested
+  // With prompt_logprobs: [prompt_len - 1], for prompt tokens 1.. (token 0 has no context). Set
+  // with the first committed token (or the finish); wait_tail() copies it when `from` is 0.
+  std::vector<TokenLogprob> prompt_logprobs;
   FinishReason finish = FinishReason::kNone;
   std::string error;               // set with kError (e.g. prompt longer than the session)
 };
@@ -75,10 +93,11 @@ class Notifier {
 class Stream {
  public:
   // Engine side.
-  void stage(int32_t token, float logprob);
+  void stage(int32_t token, const TokenLogprob& logprob);
+  void stage_prompt(std::vector<TokenLogprob> logprobs);
   void stage_finish(FinishReason reason, const std::string& error = "");
   void commit();
-  void push(int32_t token, float logprob);
+  void push(int32_t token, const TokenLogprob& logprob = {});
   void finish(FinishReason reason, const std::string& error = "");
   // Caller side: blocks until more than `seen` tokens exist or the request finished, or until
   // timeout_ms passes (-1: no timeout). Copies the state into `out`. Returns false on timeout.
@@ -99,7 +118,8 @@ class Stream {
   uint64_t tag_ = 0;
   // Staged by the engine thread, not yet visible to readers.
   std::vector<int32_t> staged_ids_;
-  std::vector<float> staged_lps_;
+  std::vector<TokenLogprob> staged_lps_;
+  std::vector<TokenLogprob> staged_prompt_;
   FinishReason staged_finish_ = FinishReason::kNone;
   std::string staged_error_;
 };

@@ -17,6 +17,7 @@ namespace {
 // range, on the model's pool threads, and must not allocate per token.
 struct Scratch {
   std::vector<float> p;
+  std::vector<float> raw;  // the unprocessed row, when logprobs are wanted
   std::vector<int32_t> idx;
   std::vector<uint8_t> seen;
 };
@@ -24,6 +25,7 @@ Scratch& scratch(int vocab) {
   thread_local Scratch s;
   if ((int)s.p.size() < vocab) {
     s.p.resize(vocab);
+    s.raw.resize(vocab);
     s.idx.resize(vocab);
     s.seen.resize(vocab);
   }
@@ -89,6 +91,47 @@ float log_softmax_at(const float* logits, int vocab, int32_t token) {
   return (float)((double)logits[token] - m - std::log(sum));
 }
 
+void top_k_desc(const float* row, int vocab, int k, int32_t* ids, float* vals) {
+  k = std::min(k, vocab);
+  if (k <= 0) return;
+  int n = 0;  // filled so far; ids/vals sorted descending
+  for (int i = 0; i < vocab; ++i) {
+    const float v = row[i];
+    if (n == k && !(v > vals[k - 1])) continue;  // also skips NaN
+    if (std::isnan(v)) continue;
+    int j = n < k ? n++ : k - 1;
+    while (j > 0 && v > vals[j - 1]) {  // strict: an equal value stays behind the earlier index
+      vals[j] = vals[j - 1];
+      ids[j] = ids[j - 1];
+      --j;
+    }
+    vals[j] = v;
+    ids[j] = i;
+  }
+  for (int i = 0; n < k && i < vocab; ++i)  // a row of NaNs: fill with the first ids left
+    if (std::isnan(row[i])) {
+      vals[n] = row[i];
+      ids[n++] = i;
+    }
+}
+
+TokenLogprob token_logprob(const float* row, int vocab, int32_t token, int k) {
+  const float m = K().row_max(row, vocab);
+  const double lse = (double)m + std::log(K().exp_sum(row, vocab, m, scratch(vocab).p.data()));
+  TokenLogprob out;
+  out.logprob = (float)((double)row[token] - lse);
+  k = std::min(k, vocab);
+  if (k > 0) {
+    int32_t ids[kMaxTopLogprobs];
+    float vals[kMaxTopLogprobs];
+    k = std::min(k, kMaxTopLogprobs);
+    top_k_desc(row, vocab, k, ids, vals);
+    out.top.resize(k);
+    for (int i = 0; i < k; ++i) out.top[i] = {ids[i], (float)((double)vals[i] - lse)};
+  }
+  return out;
+}
+
 std::vector<std::pair<int32_t, float>> top_k_top_p(const float* logits, int vocab, int top_k, float top_p) {
   // Softmax over the whole row first; top-k renormalization is a rescale of these.
   Scratch& sc = scratch(vocab);
@@ -143,19 +186,14 @@ std::vector<std::pair<int32_t, float>> top_k_top_p(const float* logits, int voca
 
 double uniform01(std::mt19937_64& rng) { return (double)(rng() >> 11) * (1.0 / 9007199254740992.0); }
 
-SampleResult sample(float* logits, int vocab, const GenerationConfig& g, const std::vector<int32_t>& context,
-                    std::mt19937_64& rng, int prompt_len) {
+int32_t pick(float* logits, int vocab, const GenerationConfig& g, const std::vector<int32_t>& context,
+             std::mt19937_64& rng, int prompt_len) {
   apply_logit_bias(logits, vocab, g.logit_bias);
   apply_repetition_penalty(logits, vocab, context.data(), (int)context.size(), g.repetition_penalty);
   const int p0 = prompt_len < 0 ? (int)context.size() : std::min(prompt_len, (int)context.size());
   apply_presence_frequency(logits, vocab, context.data() + p0, (int)context.size() - p0, g.presence_penalty,
                            g.frequency_penalty);
-  SampleResult r;
-  if (is_greedy(g)) {
-    r.token = argmax(logits, vocab);
-    if (g.logprobs) r.logprob = log_softmax_at(logits, vocab, r.token);
-    return r;
-  }
+  if (is_greedy(g)) return argmax(logits, vocab);
   apply_temperature(logits, vocab, g.temperature);
   const bool whole_vocab = !(g.top_k > 0 && g.top_k < vocab) && !(g.top_p < 1.f);
   if (whole_vocab) {
@@ -171,25 +209,39 @@ SampleResult sample(float* logits, int vocab, const GenerationConfig& g, const s
         if (u < (cum += p[i])) return i;
       return -1;
     };
-    r.token = draw(u01 * total);
-    if (r.token < 0) {
+    int32_t token = draw(u01 * total);
+    if (token < 0) {
       // `total` (fp32 lanes) came out above the double running sum: draw again on the exact mass
       double exact = 0;
       for (int i = 0; i < vocab; ++i) exact += p[i];
-      r.token = draw(u01 * exact);
+      token = draw(u01 * exact);
     }
-    if (r.token < 0) r.token = argmax(logits, vocab);  // no finite mass (a NaN row): never an invalid id
-    if (g.logprobs) r.logprob = (float)((double)logits[r.token] - m - std::log(total));
-    return r;
+    if (token < 0) token = argmax(logits, vocab);  // no finite mass (a NaN row): never an invalid id
+    return token;
   }
   auto cand = top_k_top_p(logits, vocab, g.top_k, g.top_p);
   double u = uniform01(rng), cum = 0;
-  r.token = cand.back().first;  // rounding: u beyond the summed probabilities
   for (auto& c : cand) {
     cum += c.second;
-    if (u < cum) { r.token = c.first; break; }
+    if (u < cum) return c.first;
   }
-  if (g.logprobs) r.logprob = log_softmax_at(logits, vocab, r.token);
+  return cand.back().first;  // rounding: u beyond the summed probabilities
+}
+
+SampleResult sample(float* logits, int vocab, const GenerationConfig& g, const std::vector<int32_t>& context,
+                    std::mt19937_64& rng, int prompt_len) {
+  float* raw = nullptr;
+  if (g.logprobs) {
+    raw = scratch(vocab).raw.data();
+    std::copy(logits, logits + vocab, raw);
+  }
+  SampleResult r;
+  r.token = pick(logits, vocab, g, context, rng, prompt_len);
+  if (raw) {
+    TokenLogprob lp = token_logprob(raw, vocab, r.token, g.top_logprobs);
+    r.logprob = lp.logprob;
+    r.top = std::move(lp.top);
+  }
   return r;
 }
 

@@ -77,10 +77,14 @@ void Scheduler::add(const Request& req, std::shared_ptr<Stream> stream) {
   s->prompt_len = (int)s->tokens.size();
   s->max_new = std::min(req.gen.max_new_tokens, cfg_.session_len - s->prompt_len);
   s->logprobs.clear();
+  s->prompt_lps.clear();
+  s->prompt_lps_sent = false;
   s->num_streamed = 0;
   s->rng.seed(req.gen.random_seed);
 
-  if (s->max_new == 0 && (s->end_after || input == 0)) return finish(s, FinishReason::kLength);  // nothing to keep
+  // Nothing to compute for the request (prompt logprobs are: they need the prompt's logits).
+  if (s->max_new == 0 && (s->end_after || input == 0) && req.gen.prompt_logprobs < 0)
+    return finish(s, FinishReason::kLength);
   // Sampling needs the logits of the last token: recompute it if its K/V is already cached.
   if (s->max_new > 0 && s->num_cached >= (int)s->tokens.size()) s->num_cached = (int)s->tokens.size() - 1;
   s->status = SequenceStatus::kWaiting;  // cached -> waiting (its blocks stay cached, evictable)
@@ -197,21 +201,26 @@ void Scheduler::deliver() {
 }
 
 void Scheduler::postprocess(const std::vector<ScheduledSeq>& batch, const std::vector<int32_t>& tokens,
-                            const std::vector<float>& logprobs) {
+                            std::vector<TokenLogprob> logprobs) {
   size_t k = 0;
   for (const ScheduledSeq& item : batch) {
     Sequence* s = item.seq;
     s->num_cached += item.n_tokens;
+    if (s->gen.prompt_logprobs >= 0 && !s->prompt_lps_sent && !s->wants_prompt_logprobs()) {
+      s->prompt_lps_sent = true;
+      s->stream->stage_prompt(s->prompt_lps);  // committed with the first token (or the finish)
+      touch(s->stream);
+    }
     if (!item.sample) {
       if (s->num_remaining() == 0) finish(s, FinishReason::kLength);  // prompt done, no token wanted
       continue;
     }
     TURBOLM_CHECK(k < tokens.size(), "Scheduler::postprocess: fewer sampled tokens than sampling sequences");
     int32_t tok = tokens[k];
-    float lp = k < logprobs.size() ? logprobs[k] : 0.f;
+    TokenLogprob lp = k < logprobs.size() ? std::move(logprobs[k]) : TokenLogprob{};
     ++k;
     s->tokens.push_back(tok);
-    s->logprobs.push_back(lp);
+    s->logprobs.push_back(std::move(lp));
     const GenerationConfig& g = s->gen;
     const int n = s->num_generated();
     int drop = (!g.ignore_eos && tok == cfg_.end_id) ? 1 : stop_match(s->generated(), n, g.stop_sequences);

@@ -67,9 +67,11 @@ class Scheduler {
   void end(uint64_t session_id);
 
   std::vector<ScheduledSeq> schedule();
-  // `tokens` / `logprobs`: one per item of `batch` with sample == true, in batch order.
+  // `tokens` / `logprobs`: one per item of `batch` with sample == true, in batch order (logprobs
+  // may be empty: none wanted). Prompt logprobs the engine recorded in Sequence::prompt_lps are
+  // sent to the stream here once complete, ahead of the first token.
   void postprocess(const std::vector<ScheduledSeq>& batch, const std::vector<int32_t>& tokens,
-                   const std::vector<float>& logprobs);
+                   std::vector<TokenLogprob> logprobs = {});
   // The forward pass threw: finish the batch's requests with kError and drop their K/V.
   void fail(const std::vector<ScheduledSeq>& batch, const std::string& error);
   // Preempts the latest running sequence; false when none runs.

@@ -42,7 +42,12 @@ struct Sequence {
   bool end_after = true;  // request's sequence_end: free the session when the request finishes
   int prompt_len = 0;     // tokens.size() once the prompt was appended: generated tokens follow it
   int max_new = 0;        // min(gen.max_new_tokens, session_len - prompt_len)
-  std::vector<float> logprobs;  // [num_generated()] logprob of each generated token
+  std::vector<TokenLogprob> logprobs;  // [num_generated()] logprob of each generated token
+  // With gen.prompt_logprobs >= 0: [0, prompt_len - 1) filled in position order as the prompt's
+  // logits rows are computed (a recompute after preemption skips those already there); sent to
+  // the stream once complete.
+  std::vector<TokenLogprob> prompt_lps;
+  bool prompt_lps_sent = false;
   int num_streamed = 0;         // generated tokens already pushed to the stream (others held back)
   std::mt19937_64 rng;          // seeded with gen.random_seed when the request binds
 
@@ -50,6 +55,8 @@ struct Sequence {
   const int32_t* generated() const { return tokens.data() + prompt_len; }
   // Tokens whose K/V must still be computed before the next token can be sampled.
   int num_remaining() const { return (int)tokens.size() - num_cached; }
+  // The prompt positions [0, prompt_len - 1) whose next-token logprobs are still to be recorded.
+  bool wants_prompt_logprobs() const { return gen.prompt_logprobs >= 0 && (int)prompt_lps.size() < prompt_len - 1; }
 };
 
 inline const char* to_string(SequenceStatus s) {

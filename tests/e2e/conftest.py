@@ -34,6 +34,15 @@ def smollm2_ws(smollm2_gguf, tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
+def smollm2_server(smollm2_ws, tmp_path_factory):
+    """`turbolm serve api_server` on SmolLM2, for the tests that want a real model's words."""
+    srv = Server(["serve", "api_server", smollm2_ws, "--instance_num", "8"],
+                 str(tmp_path_factory.mktemp("logs") / "smollm2.log"))
+    yield srv
+    srv.close()
+
+
+@pytest.fixture(scope="session")
 def api_server(tiny_ws, tmp_path_factory):
     """`turbolm serve api_server` on the tiny workspace, shared by the API test files."""
     srv = Server(["serve", "api_server", tiny_ws, "--instance_num", "64"],

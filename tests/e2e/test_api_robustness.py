@@ -449,10 +449,10 @@ def test_the_server_logged_no_traceback(server):
     (CHAT, {"messages": MSG, "response_format": {"type": "json_object"}}, "response_format"),
     (CHAT, {"messages": MSG, "tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
     (CHAT, {"messages": MSG, "tool_choice": "required"}, "tool_choice"),
-    (CHAT, {"messages": MSG, "top_logprobs": 3, "logprobs": True}, "top_logprobs"),
+    (CHAT, {"messages": MSG, "top_logprobs": 21, "logprobs": True}, "top_logprobs"),  # OpenAI's limit: 20
     (COMPLETIONS, {"prompt": "x", "suffix": "y"}, "suffix"),
     (COMPLETIONS, {"prompt": "x", "best_of": 2}, "best_of"),
-    (COMPLETIONS, {"prompt": "x", "logprobs": 2}, "logprobs"),
+    (COMPLETIONS, {"prompt": "x", "logprobs": 21}, "logprobs"),
 ])
 def test_unsupported_parameters_are_refused(server, path, body, param):
     r = post(server.url + path, dict(body, max_tokens=2))

@@ -3,15 +3,11 @@ answering through the official openai client with its ChatML template."""
 import httpx
 import pytest
 
-from e2e_servers import Server
 
 
 @pytest.fixture(scope="module")
-def smol_server(smollm2_ws, tmp_path_factory):
-    srv = Server(["serve", "api_server", smollm2_ws, "--instance_num", "8"],
-                 str(tmp_path_factory.mktemp("logs") / "smollm2.log"))
-    yield srv
-    srv.close()
+def smol_server(smollm2_server):
+    return smollm2_server
 
 
 def test_smollm2_answers_and_streams(smol_server):

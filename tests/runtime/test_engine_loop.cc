@@ -233,7 +233,7 @@ TEST(seeded_sampling_reproduces_through_engine) {
   CHECK(a.logprobs == b.logprobs);
   CHECK(a.token_ids != c.token_ids);
   CHECK_EQ(a.logprobs.size(), a.token_ids.size());
-  for (float lp : a.logprobs) CHECK(lp < 0.f && std::isfinite(lp));
+  for (const TokenLogprob& lp : a.logprobs) CHECK(lp.logprob < 0.f && std::isfinite(lp.logprob));
 }
 
 TEST(get_ppl_matches_hand_computation_under_load) {

@@ -1,5 +1,6 @@
 // Sampler: every processing step against hand-computed values, seeded reproducibility, the
 // sampled distribution, and whole-sequence stop matching.
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <map>
@@ -139,34 +140,71 @@ TEST(log_softmax_hand_computed) {
   CHECK_NEAR(log_softmax_at(l.data(), 2, 0), std::log(0.25), 1e-6);
 }
 
-TEST(logprob_is_of_penalized_tempered_distribution) {
+TEST(logprob_is_of_the_raw_distribution_whatever_the_settings) {
   std::vector<float> raw = {1.f, 2.f, 3.f};
   GenerationConfig g;
   g.top_k = 1;
   g.logprobs = true;
   std::mt19937_64 rng(1);
   auto l = raw;
-  auto r = sample(l.data(), 3, g, {}, rng);  // greedy: T taken as 1
+  auto r = sample(l.data(), 3, g, {}, rng);  // greedy
   CHECK_EQ(r.token, 2);
   CHECK_NEAR(r.logprob, log_softmax_at(raw.data(), 3, 2), 1e-6);
-  g.top_k = 2;  // truncation does not change the logprob
+  CHECK(r.top.empty());
+  // temperature, truncation, penalties and bias change the draw, never the reported logprob
+  g.top_k = 2;
   g.temperature = 2.f;
-  l = raw;
-  r = sample(l.data(), 3, g, {}, rng);
-  std::vector<float> half = {0.5f, 1.f, 1.5f};
-  CHECK(r.token == 1 || r.token == 2);
-  CHECK_NEAR(r.logprob, log_softmax_at(half.data(), 3, r.token), 1e-6);
-  g.top_k = 0;  // no truncation: the one-pass draw reports the same logprob
-  g.top_p = 1.f;
+  g.repetition_penalty = 1.5f;
+  g.logit_bias = {{0, 5.f}};
+  g.top_logprobs = 3;
   for (int i = 0; i < 20; ++i) {
     l = raw;
-    r = sample(l.data(), 3, g, {}, rng);
+    r = sample(l.data(), 3, g, {2}, rng);
     CHECK(r.token >= 0 && r.token < 3);
-    CHECK_NEAR(r.logprob, log_softmax_at(half.data(), 3, r.token), 1e-6);
+    CHECK_NEAR(r.logprob, log_softmax_at(raw.data(), 3, r.token), 1e-6);
+    CHECK_EQ(r.top.size(), 3u);
+    for (int k = 0; k < 3; ++k) {  // most probable first: 2, 1, 0
+      CHECK_EQ(r.top[k].first, 2 - k);
+      CHECK_NEAR(r.top[k].second, log_softmax_at(raw.data(), 3, 2 - k), 1e-6);
+    }
   }
   g.logprobs = false;
   l = raw;
   CHECK_NEAR(sample(l.data(), 3, g, {}, rng).logprob, 0.0, 0);
+  CHECK(sample(l.data(), 3, g, {}, rng).top.empty());
+}
+
+TEST(top_k_desc_matches_a_stable_sort) {
+  std::mt19937_64 rng(11);
+  for (int trial = 0; trial < 200; ++trial) {
+    const int vocab = 1 + (int)(rng() % 300);
+    std::vector<float> row(vocab);
+    for (float& x : row) x = (float)(rng() % 17) - 8.f;  // many ties
+    if (trial % 7 == 0) row[rng() % vocab] = std::numeric_limits<float>::quiet_NaN();
+    const int k = 1 + (int)(rng() % 20);
+    std::vector<int32_t> ids(k);
+    std::vector<float> vals(k);
+    top_k_desc(row.data(), vocab, k, ids.data(), vals.data());
+    std::vector<int32_t> ref(vocab);
+    for (int i = 0; i < vocab; ++i) ref[i] = i;
+    auto key = [&](int32_t i) { return std::isnan(row[i]) ? -std::numeric_limits<float>::infinity() : row[i]; };
+    std::stable_sort(ref.begin(), ref.end(), [&](int32_t a, int32_t b) {
+      if (std::isnan(row[a]) != std::isnan(row[b])) return !std::isnan(row[a]);  // NaN last
+      return key(a) > key(b);
+    });
+    for (int i = 0; i < std::min(k, vocab); ++i) CHECK_EQ(ids[i], ref[i]);
+  }
+}
+
+TEST(token_logprob_top_entries_are_log_softmax) {
+  std::vector<float> row = {0.f, (float)std::log(3.0), -1.f, (float)std::log(3.0)};
+  TokenLogprob t = token_logprob(row.data(), 4, 2, 2);
+  double z = 1 + 3 + std::exp(-1.0) + 3;
+  CHECK_NEAR(t.logprob, -1.0 - std::log(z), 1e-6);
+  CHECK_EQ(t.top.size(), 2u);
+  CHECK_EQ(t.top[0].first, 1);  // tie between 1 and 3: the lower id first
+  CHECK_EQ(t.top[1].first, 3);
+  CHECK_NEAR(t.top[0].second, std::log(3.0 / z), 1e-6);
 }
 
 TEST(degenerate_rows_still_give_a_valid_token) {

@@ -52,7 +52,7 @@ struct Harness {
     ok();
     std::vector<Item> rec;
     std::vector<int32_t> toks;
-    std::vector<float> lps;
+    std::vector<TokenLogprob> lps;
     int total = 0;
     for (auto& b : batch) {
       rec.push_back({b.seq->session_id, b.seq->num_cached, b.n_tokens, b.sample});
@@ -61,7 +61,7 @@ struct Harness {
       total += b.n_tokens;
       if (b.sample) {
         toks.push_back(pick ? pick(*b.seq) : next_token++);
-        lps.push_back(-1.f);
+        lps.push_back({-1.f, {}});
       }
     }
     CHECK(total <= s.config().max_num_tokens);

@@ -17,7 +17,7 @@ import dataclasses
 import itertools
 import logging
 import weakref
-from typing import AsyncIterator, Dict, List, Optional, Sequence
+from typing import AsyncIterator, Dict, List, Optional, Sequence, Tuple
 
 from turbolm.serve.textstream import TextStream
 
@@ -46,7 +46,12 @@ class GenParams:
     ignore_eos: bool = False  # also: the chat template's end-of-turn tokens do not stop
     seed: Optional[int] = None
     stop: List[str] = dataclasses.field(default_factory=list)  # stop strings (text side + token side)
-    logprobs: bool = False
+    logprobs: bool = False  # raw logprob of each generated token
+    top_logprobs: int = 0  # with logprobs: alternatives per generated token (<= 20)
+    prompt_logprobs: Optional[int] = None  # score the prompt, with this many alternatives per token
+
+
+TopLogprobs = List[List[Tuple[int, float]]]
 
 
 @dataclasses.dataclass
@@ -56,6 +61,9 @@ class Chunk:
     logprobs: Optional[List[float]]  # of the new ids
     num_tokens: int  # ids generated so far
     finish_reason: Optional[str] = None  # None while running; 'stop' | 'length' | 'cancelled'
+    top_logprobs: Optional[TopLogprobs] = None  # of the new ids, with top_logprobs > 0
+    # with prompt_logprobs, on the first chunk: (logprobs, alternatives) of prompt tokens 1..
+    prompt_logprobs: Optional[Tuple[List[float], Optional[TopLogprobs]]] = None
 
 
 _FINISH = {"stop": "stop", "length": "length", "cancelled": "cancelled"}
@@ -153,31 +161,34 @@ class AsyncEngine:
             ignore_eos=bool(params.ignore_eos), random_seed=params.seed,
             stop_words=self.stop_ids(params.stop, params.ignore_eos), logprobs=bool(params.logprobs),
             presence_penalty=float(params.presence_penalty), frequency_penalty=float(params.frequency_penalty),
-            logit_bias=dict(params.logit_bias))
+            logit_bias=dict(params.logit_bias), top_logprobs=int(params.top_logprobs if params.logprobs else 0),
+            prompt_logprobs=-1 if params.prompt_logprobs is None else int(params.prompt_logprobs))
         self.requests_total += 1
         seen, finished = 0, False
         try:
-            async for new, new_lps, finish_reason, error in agen:
+            async for d in agen:
+                new, finish_reason = d.token_ids, d.finish_reason
                 seen += len(new)
                 if timer is not None:
                     timer.tokens(len(new))
-                lps = new_lps if params.logprobs else None
+                lps = d.logprobs if params.logprobs else None
+                extra = dict(top_logprobs=d.top_logprobs, prompt_logprobs=d.prompt_logprobs)
                 if finish_reason == "error":
                     finished = True
-                    raise EngineError(error or "the engine failed the request")
+                    raise EngineError(d.error or "the engine failed the request")
                 piece, hit = text.push(new)
                 if hit:
                     finished = False  # still running in the engine: cancelled below
-                    yield Chunk(piece, new, lps, seen, "stop")
+                    yield Chunk(piece, new, lps, seen, "stop", **extra)
                     return
                 if finish_reason:
                     finished = True
                     rest, hit = text.finish()
                     reason = "stop" if hit else _FINISH.get(finish_reason, finish_reason)
-                    yield Chunk(piece + rest, new, lps, seen, reason)
+                    yield Chunk(piece + rest, new, lps, seen, reason, **extra)
                     return
                 if piece or new:
-                    yield Chunk(piece, new, lps, seen, None)
+                    yield Chunk(piece, new, lps, seen, None, **extra)
         finally:
             self._release(sid, claim)
             if not finished:

@@ -64,12 +64,18 @@ def engine_error(e: EngineError) -> APIError:
     return APIError(500, msg, "engine_error", type="server_error")
 
 
-def gen_params(req, max_new: int, index: int, logprobs: bool) -> GenParams:
+def gen_params(req, max_new: int, index: int, logprobs: bool, top: int = 0,
+               prompt_logprobs: Optional[int] = None) -> GenParams:
     return GenParams(max_new_tokens=max_new, temperature=req.temperature, top_p=req.top_p, top_k=req.top_k,
                      repetition_penalty=req.repetition_penalty, presence_penalty=req.presence_penalty,
                      frequency_penalty=req.frequency_penalty, logit_bias=req.bias(),
                      ignore_eos=req.ignore_eos, seed=None if req.seed is None else req.seed + index,
-                     stop=req.stop_list(), logprobs=logprobs)
+                     stop=req.stop_list(), logprobs=logprobs, top_logprobs=top, prompt_logprobs=prompt_logprobs)
+
+
+def max_new_tokens(requested: Optional[int], room: int) -> int:
+    """The output budget: what the request asks (0 included: prompt scoring), at most the room."""
+    return room if requested is None else min(requested, room)
 
 
 def check_logit_bias(state, req) -> None:
@@ -145,14 +151,18 @@ async def until_disconnect(request: Request, coro):
 
 async def collect(stream: AsyncIterator[Chunk], logprobs: bool) -> Chunk:
     """Run one choice's stream to the end: one Chunk with the whole text, ids and logprobs."""
-    texts, ids, lps, last = [], [], [], Chunk("", [], None, 0, None)
+    texts, ids, lps, tops, prompt, last = [], [], [], None, None, Chunk("", [], None, 0, None)
     async for c in stream:
         texts.append(c.text)
         ids.extend(c.token_ids)
         if c.logprobs is not None:
             lps.extend(c.logprobs)
+        if c.top_logprobs is not None:
+            tops = (tops or []) + list(c.top_logprobs)
+        prompt = prompt or c.prompt_logprobs
         last = c
-    return Chunk("".join(texts), ids, lps if logprobs else None, last.num_tokens, last.finish_reason)
+    return Chunk("".join(texts), ids, lps if logprobs else None, last.num_tokens, last.finish_reason,
+                 tops if logprobs else None, prompt)
 
 
 def sse(obj) -> str:
@@ -183,32 +193,62 @@ def finish(reason: Optional[str]) -> Optional[str]:
 
 
 def token_text(state, i: int) -> str:
-    return state.engine.tokenizer.decode([i], skip_special_tokens=False)
+    return state.engine.tokenizer.token_text(i)
 
 
-def chat_logprobs(state, ids: List[int], lps: Optional[List[float]], top: Optional[int]):
+def chat_logprobs(state, ids: List[int], lps: Optional[List[float]], tops: Optional[list]):
+    """OpenAI's chat `logprobs.content`: each token with its bytes and its alternatives."""
     if lps is None:
         return None
+    tok = state.engine.tokenizer
+
+    def entry(i, lp):
+        return {"token": tok.token_text(i), "logprob": lp, "bytes": list(tok.token_bytes(i))}
+
     content = []
-    for i, lp in zip(ids, lps):
-        t = token_text(state, i)
-        entry = {"token": t, "logprob": lp, "bytes": list(t.encode("utf-8"))}
-        # the engine reports the chosen token's logprob only: it is the one "top" alternative
-        entry["top_logprobs"] = [dict(entry)] if top else []
-        content.append(entry)
+    for k, (i, lp) in enumerate(zip(ids, lps)):
+        e = entry(i, lp)
+        e["top_logprobs"] = [entry(a, alp) for a, alp in tops[k]] if tops else []
+        content.append(e)
     return {"content": content}
 
 
-def completion_logprobs(state, ids: List[int], lps: Optional[List[float]], top: Optional[int], offset: int):
+def _top_dict(state, chosen: int, lp: float, alts) -> dict:
+    """Legacy completions' top_logprobs entry: text -> logprob of the alternatives and the chosen
+    token (as vLLM does), so `max(top.values())` tells whether the chosen token was the argmax."""
+    out = {}
+    for a, alp in list(alts or []) + [(chosen, lp)]:
+        out.setdefault(token_text(state, a), alp)
+    return out
+
+
+def completion_logprobs(state, ids: List[int], lps: Optional[List[float]], tops: Optional[list], offset: int,
+                        prompt: Optional[Tuple[List[int], Tuple[List[float], Optional[list]]]] = None):
+    """OpenAI's legacy `logprobs` object. `prompt`: (prompt ids, (logprobs of tokens 1.., their
+    alternatives)) when echo scores the prompt; its first token has no logprob (null)."""
     if lps is None:
         return None
-    tokens = [token_text(state, i) for i in ids]
+    tokens, token_lps, top = [], [], []
+    if prompt is not None:
+        p_ids, (p_lps, p_tops) = prompt
+        for k, i in enumerate(p_ids):
+            tokens.append(token_text(state, i))
+            if k == 0:
+                token_lps.append(None)
+                top.append(None)
+            else:
+                token_lps.append(p_lps[k - 1])
+                top.append(_top_dict(state, i, p_lps[k - 1], p_tops[k - 1] if p_tops else None))
+    for k, (i, lp) in enumerate(zip(ids, lps)):
+        tokens.append(token_text(state, i))
+        token_lps.append(lp)
+        top.append(_top_dict(state, i, lp, tops[k] if tops else None))
     offsets, pos = [], offset
     for t in tokens:
         offsets.append(pos)
         pos += len(t)
-    return {"tokens": tokens, "token_logprobs": list(lps),
-            "top_logprobs": [{t: lp} for t, lp in zip(tokens, lps)] if top else None, "text_offset": offsets}
+    return {"tokens": tokens, "token_logprobs": token_lps, "top_logprobs": top,
+            "text_offset": offsets}
 
 
 async def stream_events(make_events: Callable[[], AsyncIterator[str]],
@@ -259,8 +299,8 @@ def build_router(state) -> APIRouter:
         rid, created, model = f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), state.model_name
 
         # Created now, before any await: creating a stream claims its session id.
-        streams = [state.engine.generate(ids, gen_params(req, max_new, i, want_lp), session_id=sids[i])
-                   for i in range(req.n)]
+        streams = [state.engine.generate(ids, gen_params(req, max_new, i, want_lp, req.top_logprobs or 0),
+                                         session_id=sids[i]) for i in range(req.n)]
 
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
@@ -276,7 +316,7 @@ def build_router(state) -> APIRouter:
                     total[i] = c.num_tokens
                     if c.text or c.logprobs:
                         yield chunk([{"index": i, "delta": {"content": c.text},
-                                      "logprobs": chat_logprobs(state, c.token_ids, c.logprobs, req.top_logprobs),
+                                      "logprobs": chat_logprobs(state, c.token_ids, c.logprobs, c.top_logprobs),
                                       "finish_reason": None}])
                     if c.finish_reason is not None:
                         yield chunk([{"index": i, "delta": {}, "logprobs": None,
@@ -294,7 +334,7 @@ def build_router(state) -> APIRouter:
         except EngineError as e:
             raise engine_error(e)
         choices = [{"index": i, "message": {"role": "assistant", "content": r.text},
-                    "logprobs": chat_logprobs(state, r.token_ids, r.logprobs, req.top_logprobs),
+                    "logprobs": chat_logprobs(state, r.token_ids, r.logprobs, r.top_logprobs),
                     "finish_reason": finish(r.finish_reason)} for i, r in enumerate(results)]
         return JSONResponse({"id": rid, "object": "chat.completion", "created": created, "model": model,
                              "choices": choices, "usage": usage(len(ids), sum(r.num_tokens for r in results))})
@@ -316,17 +356,19 @@ def build_router(state) -> APIRouter:
             ids = next(text_ids) if isinstance(p, str) else list(p)
             room = check_prompt(state, ids)
             text = p if isinstance(p, str) else state.engine.tokenizer.decode(ids)
-            encoded.append((ids, text, min(req.max_tokens or room, room)))
+            encoded.append((ids, text, max_new_tokens(req.max_tokens, room)))
         n_total = len(encoded) * req.n
         sids = session_ids(state, req, n_total)
         want_lp = req.logprobs is not None
+        top = req.logprobs or 0
+        score_prompt = req.echo and want_lp  # echo + logprobs: the prompt's tokens get logprobs too
         rid, created, model = f"cmpl-{uuid.uuid4().hex}", int(time.time()), state.model_name
         jobs = [(k * req.n + j, ids, text, max_new) for k, (ids, text, max_new) in enumerate(encoded)
                 for j in range(req.n)]
         prompt_tokens = sum(len(ids) for ids, _, _ in encoded)
 
         def params(idx, max_new):
-            return gen_params(req, max_new, idx, want_lp)
+            return gen_params(req, max_new, idx, want_lp, top, top if score_prompt else None)
 
         # Created now, before any await: creating a stream claims its session id.
         streams = [state.engine.generate(ids, params(idx, max_new), session_id=sids[idx])
@@ -338,14 +380,18 @@ def build_router(state) -> APIRouter:
 
             async def events():
                 total, offsets = {}, {}
-                if req.echo:
+                if req.echo and not score_prompt:
                     for idx, _, text, _ in jobs:
                         offsets[idx] = len(text)
                         yield chunk([{"index": idx, "text": text, "logprobs": None, "finish_reason": None}])
                 async for i, c in merge(streams):
-                    idx = jobs[i][0]
+                    idx, ids, text, _ = jobs[i]
+                    if score_prompt and idx not in offsets:  # the prompt's logprobs come with its first chunk
+                        lp = completion_logprobs(state, [], [], None, 0, (ids, c.prompt_logprobs or ([], None)))
+                        offsets[idx] = len(text)
+                        yield chunk([{"index": idx, "text": text, "logprobs": lp, "finish_reason": None}])
                     total[idx] = c.num_tokens
-                    lp = completion_logprobs(state, c.token_ids, c.logprobs, req.logprobs, offsets.get(idx, 0))
+                    lp = completion_logprobs(state, c.token_ids, c.logprobs, c.top_logprobs, offsets.get(idx, 0))
                     offsets[idx] = offsets.get(idx, 0) + len(c.text)
                     if c.text or c.finish_reason is not None or lp:
                         yield chunk([{"index": idx, "text": c.text, "logprobs": lp,
@@ -364,10 +410,11 @@ def build_router(state) -> APIRouter:
         except EngineError as e:
             raise engine_error(e)
         choices = []
-        for (idx, _, text, _), r in zip(jobs, results):
+        for (idx, ids, text, _), r in zip(jobs, results):
             head = text if req.echo else ""
-            choices.append({"index": idx, "text": head + r.text,
-                            "logprobs": completion_logprobs(state, r.token_ids, r.logprobs, req.logprobs, len(head)),
+            prompt = (ids, r.prompt_logprobs or ([], None)) if score_prompt else None
+            lp = completion_logprobs(state, r.token_ids, r.logprobs, r.top_logprobs, 0 if prompt else len(head), prompt)
+            choices.append({"index": idx, "text": head + r.text, "logprobs": lp,
                             "finish_reason": finish(r.finish_reason)})
         return JSONResponse({"id": rid, "object": "text_completion", "created": created, "model": model,
                              "choices": choices,

@@ -13,7 +13,7 @@ import json
 import re
 from typing import Any, Dict, List, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from turbolm.serve.async_engine import MAX_USER_SESSION_ID, SERVER_SESSION_IDS
@@ -25,6 +25,7 @@ MAX_PROMPTS = 64  # prompts per /v1/completions request
 MAX_ENCODE_INPUTS = 256  # texts per /v1/encode request
 MAX_MESSAGES = 1024  # messages per chat (/v1/chat/completions, /v1/chat/interactive)
 MAX_LOGIT_BIAS = 300  # logit_bias entries per request (OpenAI's own limit)
+MAX_TOP_LOGPROBS = 20  # alternatives per token (OpenAI's top_logprobs limit; the engine's kMaxTopLogprobs)
 
 # -- bounds of the engine's types --------------------------------------------------------------
 INT32_MAX = (1 << 31) - 1  # max_tokens, request_output_len, top_k are C++ ints
@@ -203,8 +204,14 @@ class ChatCompletionRequest(_Sampling):
     max_tokens: Optional[int] = Field(None, ge=1, le=INT32_MAX)
     max_completion_tokens: Optional[int] = Field(None, ge=1, le=INT32_MAX)
     logprobs: StrictBool = False
-    # the engine returns the chosen token's logprob only, so one "top" alternative at most for now
-    top_logprobs: Optional[int] = Field(None, ge=0, le=1, description="0 or 1 (alternatives: not yet)")
+    top_logprobs: Optional[int] = Field(None, ge=0, le=MAX_TOP_LOGPROBS,
+                                        description="alternatives per token, with logprobs=true")
+
+    @model_validator(mode="after")
+    def _top_needs_logprobs(self):
+        if self.top_logprobs and not self.logprobs:
+            raise PydanticCustomError("invalid_value", "top_logprobs needs logprobs=true", {})
+        return self
 
     @field_validator("messages")
     @classmethod
@@ -216,9 +223,17 @@ class ChatCompletionRequest(_Sampling):
 class CompletionRequest(_Sampling):
     # one prompt (text or token ids) or a list of them, at most MAX_PROMPTS
     prompt: Union[str, List[str], List[int], List[List[int]]]
-    max_tokens: Optional[int] = Field(16, ge=1, le=INT32_MAX)
-    logprobs: Optional[int] = Field(None, ge=0, le=1, description="0 or 1 (alternatives: not yet)")
+    max_tokens: Optional[int] = Field(16, ge=0, le=INT32_MAX, description="0 only with echo (prompt scoring)")
+    logprobs: Optional[int] = Field(None, ge=0, le=MAX_TOP_LOGPROBS,
+                                    description="alternatives per token; with echo the prompt's tokens too")
     echo: StrictBool = False
+
+    @model_validator(mode="after")
+    def _zero_needs_echo(self):
+        if self.max_tokens == 0 and not self.echo:
+            raise PydanticCustomError("invalid_value", "max_tokens = 0 generates nothing: it is only allowed with "
+                                                       "echo = true (to score the prompt with logprobs)", {})
+        return self
     suffix: Any = Field(None, description='not supported yet: "" or absent')
     best_of: Any = Field(None, description="not supported yet: 1 or absent")
 

@@ -11,7 +11,7 @@ import asyncio
 import itertools
 import os
 import weakref
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
+from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 from turbolm import _turbomind
 from turbolm.config import read_config_ini
@@ -22,20 +22,41 @@ from .resolve import resolve_workspace
 IdsArg = Union[Sequence[int], Sequence[Sequence[int]]]
 
 
+TopLogprobs = List[List[Tuple[int, float]]]  # per token: [(id, logprob)], most probable first
+
+
 class GenOut(tuple):
     """``(token_ids, length)`` of one request so far, with ``finish_reason`` (None while
-    running, else 'stop' | 'length' | 'cancelled' | 'error'), ``error`` and ``logprobs``."""
+    running, else 'stop' | 'length' | 'cancelled' | 'error'), ``error`` and, when asked for,
+    ``logprobs`` (of each token), ``top_logprobs`` (the alternatives of each token) and
+    ``prompt_logprobs`` (``(logprobs, top_logprobs)`` of prompt tokens 1..). Every logprob is
+    log-softmax of the raw model logits: before bias, penalties and temperature."""
 
     finish_reason: Optional[str]
     error: Optional[str]
     logprobs: Optional[List[float]]
+    top_logprobs: Optional[TopLogprobs]
+    prompt_logprobs: Optional[Tuple[List[float], Optional[TopLogprobs]]]
 
-    def __new__(cls, token_ids, finish_reason=None, error=None, logprobs=None):
+    def __new__(cls, token_ids, finish_reason=None, error=None, logprobs=None, top_logprobs=None,
+                prompt_logprobs=None):
         self = super().__new__(cls, (list(token_ids), len(token_ids)))
         self.finish_reason = finish_reason or None
         self.error = error or None
         self.logprobs = logprobs
+        self.top_logprobs = top_logprobs
+        self.prompt_logprobs = prompt_logprobs
         return self
+
+
+class Delta(NamedTuple):
+    """What async_stream_deltas yields: the tokens since the previous yield and their logprobs."""
+    token_ids: List[int]
+    logprobs: List[float]
+    finish_reason: str  # '' while running
+    error: str
+    top_logprobs: Optional[TopLogprobs]  # None unless top_logprobs > 0
+    prompt_logprobs: Optional[Tuple[List[float], Optional[TopLogprobs]]]  # once, with the first yield
 
 
 class TurboMind:
@@ -89,7 +110,7 @@ class TurboMind:
 
 # Sampling settings beyond the reference signature, taken as keyword arguments; any other keyword
 # is a TypeError (never accepted and ignored).
-_EXTRAS = {"presence_penalty": float, "frequency_penalty": float}
+_EXTRAS = {"presence_penalty": float, "frequency_penalty": float, "top_logprobs": int, "prompt_logprobs": int}
 
 
 def _sampling_extras(kwargs: Dict[str, Any]) -> Dict[str, Any]:
@@ -101,7 +122,8 @@ def _sampling_extras(kwargs: Dict[str, Any]) -> Dict[str, Any]:
             out[k] = [(int(t), float(b)) for t, b in dict(v or {}).items()]
         else:
             raise TypeError(f"unexpected keyword argument {k!r}; sampling settings are top_k, top_p, temperature, "
-                            f"repetition_penalty, presence_penalty, frequency_penalty, logit_bias, ...")
+                            f"repetition_penalty, presence_penalty, frequency_penalty, logit_bias, top_logprobs, "
+                            f"prompt_logprobs, ...")
     return out
 
 
@@ -157,17 +179,17 @@ class TurboMindInstance:
                               top_p, temperature, repetition_penalty, ignore_eos, random_seed, stop_words, logprobs,
                               kwargs)
         ids: List[int] = []
-        lps: List[float] = []
+        acc = _Accum(logprobs)
         done = False
         try:
             while not done:
                 # A timeout keeps Ctrl-C responsive; only the new tail crosses from C++.
-                new_ids, new_lps, finish, error, total = stream.wait_tail(len(ids), 200)
+                new_ids, new_lps, finish, error, total, tops, prompt = stream.wait_tail(len(ids), 200)
                 ids.extend(new_ids)
-                lps.extend(new_lps)
+                acc.add(new_lps, tops, prompt)
                 done = bool(finish)
                 if done or (stream_output and new_ids):
-                    yield [GenOut(ids, finish, error, list(lps) if logprobs else None)]
+                    yield [acc.out(ids, finish, error)]
                 # without stream_output: wait for the next token, never spin
         finally:
             if not done:
@@ -184,14 +206,14 @@ class TurboMindInstance:
             self.cancel(session_id)
             return
         ids: List[int] = []
-        lps: List[float] = []
-        async for new_ids, new_lps, finish, error in self.async_stream_deltas(
+        acc = _Accum(logprobs)
+        async for d in self.async_stream_deltas(
                 session_id, input_ids, request_output_len, sequence_start, sequence_end, step, top_k, top_p,
                 temperature, repetition_penalty, ignore_eos, random_seed, stop_words, logprobs, **kwargs):
-            ids.extend(new_ids)
-            lps.extend(new_lps)
-            if finish or stream_output:
-                yield [GenOut(ids, finish, error, list(lps) if logprobs else None)]
+            ids.extend(d.token_ids)
+            acc.add(d.logprobs, d.top_logprobs, d.prompt_logprobs)
+            if d.finish_reason or stream_output:
+                yield [acc.out(ids, d.finish_reason, d.error)]
 
     async def async_stream_deltas(self, session_id: int, input_ids: IdsArg, request_output_len: int = 512,
                                   sequence_start: bool = True, sequence_end: bool = False, step: int = 0,
@@ -199,10 +221,10 @@ class TurboMindInstance:
                                   repetition_penalty: float = 1.0, ignore_eos: bool = False,
                                   random_seed: Optional[int] = None, stop_words: Optional[List[List[int]]] = None,
                                   logprobs: bool = False, **kwargs):
-        """What servers use: yields ``(new_ids, new_logprobs, finish_reason, error)`` with only the
-        tokens since the previous yield (several when the reader fell behind), so the cost of a
-        yield does not grow with the output. ``finish_reason`` is '' while running. Leaving the
-        loop early (break, task cancelled) cancels the request."""
+        """What servers use: yields a ``Delta`` with only the tokens since the previous yield
+        (several when the reader fell behind), so the cost of a yield does not grow with the
+        output. ``finish_reason`` is '' while running. Leaving the loop early (break, task
+        cancelled) cancels the request."""
         waiter = _LoopWaiter.get(asyncio.get_running_loop())
         tag, event = waiter.register()
         stream = None
@@ -215,14 +237,16 @@ class TurboMindInstance:
             seen = 0
             while True:
                 event.clear()  # before the read: a commit after it marks the tag again
-                new_ids, new_lps, finish, error, total = stream.tail(seen)
+                new_ids, new_lps, finish, error, total, tops, prompt = stream.tail(seen)
+                if seen:
+                    prompt = None  # copied only while `seen` is 0: the first yield carries it
                 seen = total
                 if finish:
                     done = True
-                    yield new_ids, new_lps, finish, error
+                    yield Delta(new_ids, new_lps, finish, error, tops, prompt)
                     return
                 if new_ids:
-                    yield new_ids, new_lps, finish, error
+                    yield Delta(new_ids, new_lps, finish, error, tops, prompt)
                 await event.wait()
         finally:
             waiter.unregister(tag)
@@ -230,6 +254,28 @@ class TurboMindInstance:
                 stream.set_notifier(None, 0)
                 if not done:
                     self.cancel(session_id)
+
+
+class _Accum:
+    """Logprobs of one request, accumulated over its stream's reads."""
+
+    def __init__(self, wanted: bool):
+        self.wanted = wanted
+        self.lps: List[float] = []
+        self.tops: Optional[TopLogprobs] = None
+        self.prompt = None
+
+    def add(self, lps, tops, prompt) -> None:
+        self.lps.extend(lps)
+        if tops is not None:
+            self.tops = (self.tops or []) + list(tops)
+        if prompt is not None and self.prompt is None:
+            self.prompt = prompt
+
+    def out(self, ids, finish, error) -> GenOut:
+        if not self.wanted:
+            return GenOut(ids, finish, error, prompt_logprobs=self.prompt)
+        return GenOut(ids, finish, error, list(self.lps), None if self.tops is None else list(self.tops), self.prompt)
 
 
 class _LoopWaiter:
