@@ -18,7 +18,14 @@ namespace {
 
 // ---- gemm ---------------------------------------------------------------------------------
 // Microkernel: MR rows x one 32-column panel, all of K, accumulators in 2*MR zmm registers.
-// Small MR (memory-bound GEMV) unrolls K by 4 with independent accumulators to hide FMA latency.
+//
+// Batch invariance: every path here (micro, micro_streams, the k-blocked prefill) computes each
+// y[m, n] as ONE fused multiply-add chain over k = 0..K-1 in order, starting from 0 (or from y
+// when accumulating), so a row's result does not depend on M, on which path M selects, or on the
+// k blocking: a sequence gets bit-identical logits alone or in any batch, and seeded sampling
+// repeats whatever else is running. Hence no k-unrolled partial sums (they would reorder the
+// additions); MR >= 1 rows x 2 halves, or several panels, give the independent chains instead,
+// and a k-blocked call resumes the chain from y (loaded first, never added at the end).
 #ifndef TURBOLM_PF_ROWS
 #define TURBOLM_PF_ROWS 16
 #endif
@@ -27,50 +34,26 @@ constexpr int kPrefetchRows = TURBOLM_PF_ROWS;  // panel rows (64 B each) ahead 
 template <int MR, WDType DT>
 void micro(const float* x, int ldx, const uint16_t* panel, int K, float* y, int ldy, __mmask16 m0,
            __mmask16 m1, bool accumulate) {
-  constexpr int U = MR <= 2 ? 4 : 1;
-  __m512 c[U][MR][2];
-  for (int u = 0; u < U; ++u)
-    for (int m = 0; m < MR; ++m) c[u][m][0] = c[u][m][1] = _mm512_setzero_ps();
-  int k = 0;
-  for (; k + U <= K; k += U) {
-    _mm_prefetch((const char*)(panel + (size_t)(k + kPrefetchRows) * kPanel), _MM_HINT_T0);
-    if constexpr (U == 4) {
-      _mm_prefetch((const char*)(panel + (size_t)(k + kPrefetchRows + 1) * kPanel), _MM_HINT_T0);
-      _mm_prefetch((const char*)(panel + (size_t)(k + kPrefetchRows + 2) * kPanel), _MM_HINT_T0);
-      _mm_prefetch((const char*)(panel + (size_t)(k + kPrefetchRows + 3) * kPanel), _MM_HINT_T0);
-    }
-    for (int u = 0; u < U; ++u) {
-      const uint16_t* wp = panel + (size_t)(k + u) * kPanel;
-      const __m512 w0 = load16w<DT>(wp), w1 = load16w<DT>(wp + 16);
-      for (int m = 0; m < MR; ++m) {
-        const __m512 xb = _mm512_set1_ps(x[(size_t)m * ldx + k + u]);
-        c[u][m][0] = _mm512_fmadd_ps(xb, w0, c[u][m][0]);
-        c[u][m][1] = _mm512_fmadd_ps(xb, w1, c[u][m][1]);
-      }
-    }
+  __m512 c[MR][2];
+  for (int m = 0; m < MR; ++m) {
+    const float* yr = y + (size_t)m * ldy;
+    c[m][0] = accumulate ? _mm512_maskz_loadu_ps(m0, yr) : _mm512_setzero_ps();
+    c[m][1] = accumulate ? _mm512_maskz_loadu_ps(m1, yr + 16) : _mm512_setzero_ps();
   }
-  for (; k < K; ++k) {
+  for (int k = 0; k < K; ++k) {
+    _mm_prefetch((const char*)(panel + (size_t)(k + kPrefetchRows) * kPanel), _MM_HINT_T0);
     const uint16_t* wp = panel + (size_t)k * kPanel;
     const __m512 w0 = load16w<DT>(wp), w1 = load16w<DT>(wp + 16);
     for (int m = 0; m < MR; ++m) {
       const __m512 xb = _mm512_set1_ps(x[(size_t)m * ldx + k]);
-      c[0][m][0] = _mm512_fmadd_ps(xb, w0, c[0][m][0]);
-      c[0][m][1] = _mm512_fmadd_ps(xb, w1, c[0][m][1]);
+      c[m][0] = _mm512_fmadd_ps(xb, w0, c[m][0]);
+      c[m][1] = _mm512_fmadd_ps(xb, w1, c[m][1]);
     }
   }
   for (int m = 0; m < MR; ++m) {
-    __m512 a0 = c[0][m][0], a1 = c[0][m][1];
-    if constexpr (U == 4) {
-      a0 = _mm512_add_ps(_mm512_add_ps(a0, c[1][m][0]), _mm512_add_ps(c[2][m][0], c[3][m][0]));
-      a1 = _mm512_add_ps(_mm512_add_ps(a1, c[1][m][1]), _mm512_add_ps(c[2][m][1], c[3][m][1]));
-    }
     float* yr = y + (size_t)m * ldy;
-    if (accumulate) {
-      a0 = _mm512_add_ps(_mm512_maskz_loadu_ps(m0, yr), a0);
-      a1 = _mm512_add_ps(_mm512_maskz_loadu_ps(m1, yr + 16), a1);
-    }
-    _mm512_mask_storeu_ps(yr, m0, a0);
-    _mm512_mask_storeu_ps(yr + 16, m1, a1);
+    _mm512_mask_storeu_ps(yr, m0, c[m][0]);
+    _mm512_mask_storeu_ps(yr + 16, m1, c[m][1]);
   }
 }
 
@@ -83,7 +66,11 @@ void micro_streams(const float* x, int ldx, const uint16_t* panel0, int K, float
   const size_t pstride = (size_t)K * kPanel;
   __m512 c[P][MR][2];
   for (int i = 0; i < P; ++i)
-    for (int m = 0; m < MR; ++m) c[i][m][0] = c[i][m][1] = _mm512_setzero_ps();
+    for (int m = 0; m < MR; ++m) {
+      const float* yr = y + (size_t)m * ldy + i * kPanel;
+      c[i][m][0] = accumulate ? _mm512_loadu_ps(yr) : _mm512_setzero_ps();  // the chain resumes from y
+      c[i][m][1] = accumulate ? _mm512_loadu_ps(yr + 16) : _mm512_setzero_ps();
+    }
   for (int k = 0; k < K; ++k) {
     __m512 xb[MR];
     for (int m = 0; m < MR; ++m) xb[m] = _mm512_set1_ps(x[(size_t)m * ldx + k]);
@@ -100,13 +87,8 @@ void micro_streams(const float* x, int ldx, const uint16_t* panel0, int K, float
   for (int i = 0; i < P; ++i)
     for (int m = 0; m < MR; ++m) {
       float* yr = y + (size_t)m * ldy + i * kPanel;
-      __m512 a0 = c[i][m][0], a1 = c[i][m][1];
-      if (accumulate) {
-        a0 = _mm512_add_ps(_mm512_loadu_ps(yr), a0);
-        a1 = _mm512_add_ps(_mm512_loadu_ps(yr + 16), a1);
-      }
-      _mm512_storeu_ps(yr, a0);
-      _mm512_storeu_ps(yr + 16, a1);
+      _mm512_storeu_ps(yr, c[i][m][0]);
+      _mm512_storeu_ps(yr + 16, c[i][m][1]);
     }
 }
 constexpr int kStreams = 4;  // panels per micro_streams call

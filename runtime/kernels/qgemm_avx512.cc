@@ -2,12 +2,19 @@
 // with AVX-512 flags, file-local, reached only through avx512_qkernels() after dispatch checked the
 // CPU, and calls no inline function of a shared header (constant expressions only).
 //
-// Two microkernels over one 32-column panel (2 zmm of fp32 per row):
-// - small M (decode, M <= 4): per group, c = sum_k x * q (convert + FMA only), then
-//   acc += s * c - zs * sum_k x; the x sums come from a per-call table (xsum below);
-// - larger M, one row block (M <= 12): each k-row is dequantized once in registers, w = q * s - zs,
-//   and reused by the MR rows, with the same k / panel blocking as the fp16 GEMM;
-// - several row blocks (batched decode, prefill): a block of panels x k-rows is dequantized once
+// One arithmetic for every path and every M (batch invariance: a row's output is bit-identical
+// whether it is computed alone or among any number of rows, so a seeded request samples the same
+// tokens whatever else shares the batch). For each output y[m, n]:
+//   acc = accumulate ? y : 0
+//   per group g of G k-rows, in order:  c = 0;  c = fma(x[k], float(q[k]), c) for k in g, in order
+//                                       acc = fma(c, s_g, acc) - zs_g * xsum_g   (one fnmadd)
+//   y = acc
+// where xsum_g = group_sum(x row, g): sum of x over the group, computed one way only (below).
+// A call that stops mid-way (k chunks) stores acc to y and resumes from it: fp32 to fp32, exact.
+// The paths differ only in how they get float(q) and how many independent chains they run:
+// - small M (decode, M <= 4): q converted in registers, P panels at once for independent chains;
+// - M <= 12 (one row block): q converted in registers, each k-row shared by the MR rows;
+// - several row blocks (batched decode, prefill): a block of panels x k-rows is converted once
 //   into a per-thread fp32 buffer that every row block reads (qgemm_dequant_once).
 #include <immintrin.h>
 
@@ -38,168 +45,29 @@ inline void load_row(const uint8_t* row, __m512& w0, __m512& w1) {
   }
 }
 
-inline void store_tile(float* yr, __m512 a0, __m512 a1, __mmask16 m0, __mmask16 m1, bool accumulate) {
-  if (accumulate) {
-    a0 = _mm512_add_ps(_mm512_maskz_loadu_ps(m0, yr), a0);
-    a1 = _mm512_add_ps(_mm512_maskz_loadu_ps(m1, yr + 16), a1);
-  }
-  _mm512_mask_storeu_ps(yr, m0, a0);
-  _mm512_mask_storeu_ps(yr + 16, m1, a1);
+// ---- the shared pieces of the arithmetic -------------------------------------------------------
+// Sum of x over one group (G a multiple of 16): 16-lane partial sums in k order, then one reduce.
+inline float group_sum(const float* xr, int G) {
+  __m512 s = _mm512_loadu_ps(xr);
+  for (int k = 16; k < G; k += 16) s = _mm512_add_ps(s, _mm512_loadu_ps(xr + k));
+  return _mm512_reduce_add_ps(s);
 }
 
-// ---- small M: the group trick ----------------------------------------------------------------
-// Groups [0, n_groups) of one panel, starting at k-row `q` / scale block `sz`; x points at the
-// chunk's first k; xsum[m * kXS + g] = sum of x[m] over group g.
-constexpr int kXS = 64;  // groups per chunk of the xsum table
-
-template <int MR, int BITS>
-void micro_small(const float* x, int ldx, const uint8_t* q, const float* sz, int n_groups, int G, const float* xsum,
-                 float* y, int ldy, __mmask16 m0, __mmask16 m1, bool accumulate) {
-  constexpr int RB = BITS == 4 ? kRB4 : kRB8;
-  constexpr int U = MR == 1 ? 4 : MR == 2 ? 2 : 1;
-  __m512 acc[MR][2];
-  for (int m = 0; m < MR; ++m) acc[m][0] = acc[m][1] = _mm512_setzero_ps();
-  for (int g = 0; g < n_groups; ++g) {
-    __m512 c[U][MR][2];
-    for (int u = 0; u < U; ++u)
-      for (int m = 0; m < MR; ++m) c[u][m][0] = c[u][m][1] = _mm512_setzero_ps();
-    const uint8_t* qg = q + (size_t)g * G * RB;
-    const float* xg = x + (size_t)g * G;
-    for (int k = 0; k < G; k += U) {
-      _mm_prefetch((const char*)(qg + (size_t)(k + 64) * RB), _MM_HINT_T0);
-      if constexpr (BITS == 8 && U >= 2) _mm_prefetch((const char*)(qg + (size_t)(k + 66) * RB), _MM_HINT_T0);
-      for (int u = 0; u < U; ++u) {
-        __m512 w0, w1;
-        load_row<BITS>(qg + (size_t)(k + u) * RB, w0, w1);
-        for (int m = 0; m < MR; ++m) {
-          const __m512 xb = _mm512_set1_ps(xg[(size_t)m * ldx + k + u]);
-          c[u][m][0] = _mm512_fmadd_ps(xb, w0, c[u][m][0]);
-          c[u][m][1] = _mm512_fmadd_ps(xb, w1, c[u][m][1]);
-        }
-      }
-    }
-    const float* s = sz + (size_t)g * kQGroupFloats;
-    const __m512 s0 = _mm512_loadu_ps(s), s1 = _mm512_loadu_ps(s + 16);
-    const __m512 z0 = _mm512_loadu_ps(s + 32), z1 = _mm512_loadu_ps(s + 48);
-    for (int m = 0; m < MR; ++m) {
-      __m512 a0 = c[0][m][0], a1 = c[0][m][1];
-      for (int u = 1; u < U; ++u) a0 = _mm512_add_ps(a0, c[u][m][0]), a1 = _mm512_add_ps(a1, c[u][m][1]);
-      const __m512 xs = _mm512_set1_ps(xsum[m * kXS + g]);
-      acc[m][0] = _mm512_fnmadd_ps(z0, xs, _mm512_fmadd_ps(a0, s0, acc[m][0]));
-      acc[m][1] = _mm512_fnmadd_ps(z1, xs, _mm512_fmadd_ps(a1, s1, acc[m][1]));
-    }
-  }
-  for (int m = 0; m < MR; ++m) store_tile(y + (size_t)m * ldy, acc[m][0], acc[m][1], m0, m1, accumulate);
+// xs[m * ldxs + g] = group_sum of row m over groups [g0, g0 + ng).
+inline void group_sums(const float* x, int ldx, int M, int g0, int ng, int G, float* xs, int ldxs) {
+  for (int m = 0; m < M; ++m)
+    for (int g = 0; g < ng; ++g) xs[m * ldxs + g] = group_sum(x + (size_t)m * ldx + (size_t)(g0 + g) * G, G);
 }
 
-template <int BITS>
-void qgemm_small(const float* x, int ldx, const QPackedMatrix& w, float* y, int ldy, int M, int p_begin, int p_end,
-                 bool accumulate) {
-  using Fn = void (*)(const float*, int, const uint8_t*, const float*, int, int, const float*, float*, int, __mmask16,
-                      __mmask16, bool);
-  static constexpr Fn kFn[5] = {nullptr, micro_small<1, BITS>, micro_small<2, BITS>, micro_small<3, BITS>,
-                                micro_small<4, BITS>};
-  constexpr int RB = BITS == 4 ? kRB4 : kRB8;
-  const int G = w.group_size, n_groups = w.K / G;
-  alignas(64) float xsum[4 * kXS];
-  for (int g0 = 0; g0 < n_groups; g0 += kXS) {
-    const int ng = n_groups - g0 < kXS ? n_groups - g0 : kXS;
-    for (int m = 0; m < M; ++m)
-      for (int g = 0; g < ng; ++g) {
-        const float* xr = x + (size_t)m * ldx + (size_t)(g0 + g) * G;
-        __m512 s = _mm512_loadu_ps(xr);
-        for (int k = 16; k < G; k += 16) s = _mm512_add_ps(s, _mm512_loadu_ps(xr + k));
-        xsum[m * kXS + g] = _mm512_reduce_add_ps(s);
-      }
-    const bool acc = accumulate || g0 > 0;
-    for (int p = p_begin; p < p_end; ++p) {
-      const int cols = w.N - p * kPanel;
-      kFn[M](x + (size_t)g0 * G, ldx, w.q + ((size_t)p * w.K + (size_t)g0 * G) * RB,
-             w.sz + ((size_t)p * n_groups + g0) * kQGroupFloats, ng, G, xsum, y + (size_t)p * kPanel, ldy,
-             tail_mask(cols), tail_mask(cols - 16), acc);
-    }
-  }
+// One group's contribution folded into acc: acc = fma(c, s, acc) - zs * xsum.
+inline __m512 fold(__m512 acc, __m512 c, __m512 s, __m512 zs, float xsum) {
+  return _mm512_fnmadd_ps(zs, _mm512_set1_ps(xsum), _mm512_fmadd_ps(c, s, acc));
 }
 
-// ---- larger M: dequantize each k-row in registers ----------------------------------------------
-// Groups [0, n_groups) of one panel for MR rows.
-template <int MR, int BITS>
-void micro_big(const float* x, int ldx, const uint8_t* q, const float* sz, int n_groups, int G, float* y, int ldy,
-               __mmask16 m0, __mmask16 m1, bool accumulate) {
-  constexpr int RB = BITS == 4 ? kRB4 : kRB8;
-  __m512 c[MR][2];
-  for (int m = 0; m < MR; ++m) c[m][0] = c[m][1] = _mm512_setzero_ps();
-  for (int g = 0; g < n_groups; ++g) {
-    const float* s = sz + (size_t)g * kQGroupFloats;
-    const __m512 s0 = _mm512_loadu_ps(s), s1 = _mm512_loadu_ps(s + 16);
-    const __m512 z0 = _mm512_loadu_ps(s + 32), z1 = _mm512_loadu_ps(s + 48);
-    const uint8_t* qg = q + (size_t)g * G * RB;
-    const float* xg = x + (size_t)g * G;
-    for (int k = 0; k < G; ++k) {
-      __m512 w0, w1;
-      load_row<BITS>(qg + (size_t)k * RB, w0, w1);
-      w0 = _mm512_fmsub_ps(w0, s0, z0);
-      w1 = _mm512_fmsub_ps(w1, s1, z1);
-      for (int m = 0; m < MR; ++m) {
-        const __m512 xb = _mm512_set1_ps(xg[(size_t)m * ldx + k]);
-        c[m][0] = _mm512_fmadd_ps(xb, w0, c[m][0]);
-        c[m][1] = _mm512_fmadd_ps(xb, w1, c[m][1]);
-      }
-    }
-  }
-  for (int m = 0; m < MR; ++m) store_tile(y + (size_t)m * ldy, c[m][0], c[m][1], m0, m1, accumulate);
-}
-
-constexpr int kMR = 12;
-
-// Several row blocks (M > kMR: batched decode, prefill): dequantizing each k-row once per row block
-// costs ~7 vector ops per 24 FMAs. Instead a block of panels x k-rows is dequantized once into an
-// fp32 buffer (L2-resident: kNCD panels x <= 256 rows x 128 B) that every row block then reads
-// like an fp32 weight: two loads per k-row, no integer work.
-constexpr int kNCD = 8;
-
-template <int MR>
-void micro_f32(const float* x, int ldx, const float* wb, int kc, float* y, int ldy, __mmask16 m0, __mmask16 m1,
-               bool accumulate) {
-  __m512 c[MR][2];
-  for (int m = 0; m < MR; ++m) c[m][0] = c[m][1] = _mm512_setzero_ps();
-  for (int k = 0; k < kc; ++k) {
-    const __m512 w0 = _mm512_loadu_ps(wb + (size_t)k * kPanel), w1 = _mm512_loadu_ps(wb + (size_t)k * kPanel + 16);
-    for (int m = 0; m < MR; ++m) {
-      const __m512 xb = _mm512_set1_ps(x[(size_t)m * ldx + k]);
-      c[m][0] = _mm512_fmadd_ps(xb, w0, c[m][0]);
-      c[m][1] = _mm512_fmadd_ps(xb, w1, c[m][1]);
-    }
-  }
-  for (int m = 0; m < MR; ++m) store_tile(y + (size_t)m * ldy, c[m][0], c[m][1], m0, m1, accumulate);
-}
-
-// Panel rows [0, n_groups * G) of one panel dequantized to wb[k][32] = q * s - zs.
-template <int BITS>
-void dequant_panel(const uint8_t* q, const float* sz, int n_groups, int G, float* wb) {
-  constexpr int RB = BITS == 4 ? kRB4 : kRB8;
-  for (int g = 0; g < n_groups; ++g) {
-    const float* s = sz + (size_t)g * kQGroupFloats;
-    const __m512 s0 = _mm512_loadu_ps(s), s1 = _mm512_loadu_ps(s + 16);
-    const __m512 z0 = _mm512_loadu_ps(s + 32), z1 = _mm512_loadu_ps(s + 48);
-    for (int k = 0; k < G; ++k) {
-      __m512 w0, w1;
-      load_row<BITS>(q + (size_t)(g * G + k) * RB, w0, w1);
-      float* o = wb + (size_t)(g * G + k) * kPanel;
-      _mm512_storeu_ps(o, _mm512_fmsub_ps(w0, s0, z0));
-      _mm512_storeu_ps(o + 16, _mm512_fmsub_ps(w1, s1, z1));
-    }
-  }
-}
-
-template <int BITS>
-void qgemm_big(const float* x, int ldx, const QPackedMatrix& w, float* y, int ldy, int M, int p_begin, int p_end,
-               bool accumulate);
-
-// A per-thread buffer, grown on demand. Plain malloc, not std::vector: this file is compiled for
+// Per-thread scratch, grown on demand. Plain malloc, not std::vector: this file is compiled for
 // AVX-512, and an inline library template instantiated here could be the copy the linker keeps for
 // every other file too (see the top of this file).
-struct DequantBuffer {
+struct ThreadBuffer {
   float* p = nullptr;
   size_t n = 0;
   float* get(size_t need) {
@@ -210,13 +78,202 @@ struct DequantBuffer {
     }
     return p;
   }
-  ~DequantBuffer() { std::free(p); }
+  ~ThreadBuffer() { std::free(p); }
 };
+
+// ---- small M: P panels per call ---------------------------------------------------------------
+// Groups [0, n_groups) of P adjacent full panels (or one masked panel when P == 1), starting at
+// k-row `q` / scale block `sz` of the first; x points at the chunk's first k; xs[m * kXS + g].
+constexpr int kXS = 64;  // groups per chunk of the xsum table
+#ifndef TURBOLM_QP1
+#define TURBOLM_QP1 4
+#endif
+#ifndef TURBOLM_QPF
+#define TURBOLM_QPF 32
+#endif
+
+template <int MR, int P, int BITS>
+void micro_small(const float* x, int ldx, const uint8_t* q, const float* sz, size_t q_pstride, size_t sz_pstride,
+                 int n_groups, int G, const float* xs, float* y, int ldy, __mmask16 m0, __mmask16 m1,
+                 bool accumulate) {
+  constexpr int RB = BITS == 4 ? kRB4 : kRB8;
+  __m512 acc[P][MR][2];
+  for (int i = 0; i < P; ++i)
+    for (int m = 0; m < MR; ++m) {
+      const float* yr = y + (size_t)m * ldy + i * kPanel;
+      acc[i][m][0] = accumulate ? _mm512_maskz_loadu_ps(m0, yr) : _mm512_setzero_ps();
+      acc[i][m][1] = accumulate ? _mm512_maskz_loadu_ps(m1, yr + 16) : _mm512_setzero_ps();
+    }
+  for (int g = 0; g < n_groups; ++g) {
+    __m512 c[P][MR][2];
+    for (int i = 0; i < P; ++i)
+      for (int m = 0; m < MR; ++m) c[i][m][0] = c[i][m][1] = _mm512_setzero_ps();
+    const float* xg = x + (size_t)g * G;
+    constexpr int kRowsPerLine = 64 / RB;  // k-rows per cache line: one prefetch per line and panel
+    for (int k = 0; k < G; ++k) {
+      for (int i = 0; i < P; ++i) {
+        const uint8_t* row = q + i * q_pstride + (size_t)(g * G + k) * RB;
+        if (k % kRowsPerLine == 0) _mm_prefetch((const char*)(row + TURBOLM_QPF * RB), _MM_HINT_T0);
+        __m512 w0, w1;
+        load_row<BITS>(row, w0, w1);
+        for (int m = 0; m < MR; ++m) {
+          const __m512 xb = _mm512_set1_ps(xg[(size_t)m * ldx + k]);
+          c[i][m][0] = _mm512_fmadd_ps(xb, w0, c[i][m][0]);
+          c[i][m][1] = _mm512_fmadd_ps(xb, w1, c[i][m][1]);
+        }
+      }
+    }
+    for (int i = 0; i < P; ++i) {
+      const float* s = sz + i * sz_pstride + (size_t)g * kQGroupFloats;
+      const __m512 s0 = _mm512_loadu_ps(s), s1 = _mm512_loadu_ps(s + 16);
+      const __m512 z0 = _mm512_loadu_ps(s + 32), z1 = _mm512_loadu_ps(s + 48);
+      for (int m = 0; m < MR; ++m) {
+        acc[i][m][0] = fold(acc[i][m][0], c[i][m][0], s0, z0, xs[m * kXS + g]);
+        acc[i][m][1] = fold(acc[i][m][1], c[i][m][1], s1, z1, xs[m * kXS + g]);
+      }
+    }
+  }
+  for (int i = 0; i < P; ++i)
+    for (int m = 0; m < MR; ++m) {
+      float* yr = y + (size_t)m * ldy + i * kPanel;
+      _mm512_mask_storeu_ps(yr, m0, acc[i][m][0]);
+      _mm512_mask_storeu_ps(yr + 16, m1, acc[i][m][1]);
+    }
+}
+
+template <int BITS>
+void qgemm_small(const float* x, int ldx, const QPackedMatrix& w, float* y, int ldy, int M, int p_begin, int p_end,
+                 bool accumulate) {
+  using Fn = void (*)(const float*, int, const uint8_t*, const float*, size_t, size_t, int, int, const float*, float*,
+                      int, __mmask16, __mmask16, bool);
+  // Independent chains per call: MR rows x 2 halves x P panels >= 8 hides the FMA latency.
+  static constexpr Fn kWide[5] = {nullptr, micro_small<1, TURBOLM_QP1, BITS>, micro_small<2, 2, BITS>, micro_small<3, 1, BITS>,
+                                  micro_small<4, 1, BITS>};
+  static constexpr int kP[5] = {0, TURBOLM_QP1, 2, 1, 1};
+  static constexpr Fn kOne[5] = {nullptr, micro_small<1, 1, BITS>, micro_small<2, 1, BITS>, micro_small<3, 1, BITS>,
+                                 micro_small<4, 1, BITS>};
+  constexpr int RB = BITS == 4 ? kRB4 : kRB8;
+  const int G = w.group_size, n_groups = w.K / G;
+  const size_t q_pstride = (size_t)w.K * RB, sz_pstride = (size_t)n_groups * kQGroupFloats;
+  const int full_end = w.N / kPanel < p_end ? w.N / kPanel : p_end;
+  alignas(64) float xs[4 * kXS];
+  for (int g0 = 0; g0 < n_groups; g0 += kXS) {
+    const int ng = n_groups - g0 < kXS ? n_groups - g0 : kXS;
+    group_sums(x, ldx, M, g0, ng, G, xs, kXS);
+    const bool acc = accumulate || g0 > 0;
+    auto call = [&](const Fn* fns, int p, __mmask16 m0, __mmask16 m1) {
+      fns[M](x + (size_t)g0 * G, ldx, w.q + ((size_t)p * w.K + (size_t)g0 * G) * RB,
+             w.sz + ((size_t)p * n_groups + g0) * kQGroupFloats, q_pstride, sz_pstride, ng, G, xs,
+             y + (size_t)p * kPanel, ldy, m0, m1, acc);
+    };
+    int p = p_begin;
+    for (; p + kP[M] <= full_end; p += kP[M]) call(kWide, p, 0xffff, 0xffff);
+    for (; p < p_end; ++p) {
+      const int cols = w.N - p * kPanel;
+      call(kOne, p, tail_mask(cols), tail_mask(cols - 16));
+    }
+  }
+}
+
+// ---- one row block (M <= 12): q converted in registers, shared by the MR rows -------------------
+// Folds one group's chains c (MR rows) into y: acc = (first && !accumulate ? 0 : y), then fold.
+// Masked loads of masked stores defeat store forwarding (each fold would wait for the store to
+// reach the cache), so a full panel -- all but the last -- uses plain loads and stores.
+template <int MR>
+inline void fold_into_y(__m512 (*c)[2], const float* s, const float* xs, int ldxs, float* y, int ldy,
+                        __mmask16 m0, __mmask16 m1, bool from_zero) {
+  const __m512 s0 = _mm512_loadu_ps(s), s1 = _mm512_loadu_ps(s + 16);
+  const __m512 z0 = _mm512_loadu_ps(s + 32), z1 = _mm512_loadu_ps(s + 48);
+  const bool full = m0 == 0xffff && m1 == 0xffff;
+  for (int m = 0; m < MR; ++m) {
+    float* yr = y + (size_t)m * ldy;
+    const float xsum = xs[m * ldxs];
+    if (full) {
+      const __m512 a0 = from_zero ? _mm512_setzero_ps() : _mm512_loadu_ps(yr);
+      const __m512 a1 = from_zero ? _mm512_setzero_ps() : _mm512_loadu_ps(yr + 16);
+      _mm512_storeu_ps(yr, fold(a0, c[m][0], s0, z0, xsum));
+      _mm512_storeu_ps(yr + 16, fold(a1, c[m][1], s1, z1, xsum));
+    } else {
+      const __m512 a0 = from_zero ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(m0, yr);
+      const __m512 a1 = from_zero ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(m1, yr + 16);
+      _mm512_mask_storeu_ps(yr, m0, fold(a0, c[m][0], s0, z0, xsum));
+      _mm512_mask_storeu_ps(yr + 16, m1, fold(a1, c[m][1], s1, z1, xsum));
+    }
+  }
+}
+
+// Groups [0, n_groups) of one panel for MR rows; xs[m * ldxs + g] their group sums.
+template <int MR, int BITS>
+void micro_big(const float* x, int ldx, const uint8_t* q, const float* sz, int n_groups, int G, const float* xs,
+               int ldxs, float* y, int ldy, __mmask16 m0, __mmask16 m1, bool accumulate) {
+  constexpr int RB = BITS == 4 ? kRB4 : kRB8;
+  for (int g = 0; g < n_groups; ++g) {
+    __m512 c[MR][2];
+    for (int m = 0; m < MR; ++m) c[m][0] = c[m][1] = _mm512_setzero_ps();
+    const uint8_t* qg = q + (size_t)g * G * RB;
+    const float* xg = x + (size_t)g * G;
+    for (int k = 0; k < G; ++k) {
+      __m512 w0, w1;
+      load_row<BITS>(qg + (size_t)k * RB, w0, w1);
+      for (int m = 0; m < MR; ++m) {
+        const __m512 xb = _mm512_set1_ps(xg[(size_t)m * ldx + k]);
+        c[m][0] = _mm512_fmadd_ps(xb, w0, c[m][0]);
+        c[m][1] = _mm512_fmadd_ps(xb, w1, c[m][1]);
+      }
+    }
+    fold_into_y<MR>(c, sz + (size_t)g * kQGroupFloats, xs + g, ldxs, y, ldy, m0, m1, g == 0 && !accumulate);
+  }
+}
+
+constexpr int kMR = 12;
+
+// ---- several row blocks: q converted once per block into an fp32 buffer --------------------------
+// Converting each k-row per row block costs ~5 vector ops per 24 FMAs; a block of kNCD panels x
+// k-rows converted once (L2-resident: kNCD x <= 256 rows x 128 B) is read by every row block with
+// two loads per k-row and no integer work.
+constexpr int kNCD = 8;
+
+template <int MR>
+void micro_f32(const float* x, int ldx, const float* wb, const float* sz, int n_groups, int G, const float* xs,
+               int ldxs, float* y, int ldy, __mmask16 m0, __mmask16 m1, bool accumulate) {
+  for (int g = 0; g < n_groups; ++g) {
+    __m512 c[MR][2];
+    for (int m = 0; m < MR; ++m) c[m][0] = c[m][1] = _mm512_setzero_ps();
+    const float* wg = wb + (size_t)g * G * kPanel;
+    const float* xg = x + (size_t)g * G;
+    for (int k = 0; k < G; ++k) {
+      const __m512 w0 = _mm512_loadu_ps(wg + (size_t)k * kPanel), w1 = _mm512_loadu_ps(wg + (size_t)k * kPanel + 16);
+      for (int m = 0; m < MR; ++m) {
+        const __m512 xb = _mm512_set1_ps(xg[(size_t)m * ldx + k]);
+        c[m][0] = _mm512_fmadd_ps(xb, w0, c[m][0]);
+        c[m][1] = _mm512_fmadd_ps(xb, w1, c[m][1]);
+      }
+    }
+    fold_into_y<MR>(c, sz + (size_t)g * kQGroupFloats, xs + g, ldxs, y, ldy, m0, m1, g == 0 && !accumulate);
+  }
+}
+
+// Panel rows [0, rows) of one panel as float(q): wb[k][32].
+template <int BITS>
+void convert_panel(const uint8_t* q, int rows, float* wb) {
+  constexpr int RB = BITS == 4 ? kRB4 : kRB8;
+  for (int k = 0; k < rows; ++k) {
+    __m512 w0, w1;
+    load_row<BITS>(q + (size_t)k * RB, w0, w1);
+    _mm512_storeu_ps(wb + (size_t)k * kPanel, w0);
+    _mm512_storeu_ps(wb + (size_t)k * kPanel + 16, w1);
+  }
+}
+
+template <int BITS>
+void qgemm_big(const float* x, int ldx, const QPackedMatrix& w, float* y, int ldy, int M, int p_begin, int p_end,
+               bool accumulate);
 
 template <int BITS>
 void qgemm_dequant_once(const float* x, int ldx, const QPackedMatrix& w, float* y, int ldy, int M, int p_begin,
                         int p_end, bool accumulate) {
-  using Fn = void (*)(const float*, int, const float*, int, float*, int, __mmask16, __mmask16, bool);
+  using Fn = void (*)(const float*, int, const float*, const float*, int, int, const float*, int, float*, int,
+                      __mmask16, __mmask16, bool);
   static constexpr Fn kFn[kMR + 1] = {nullptr,       micro_f32<1>,  micro_f32<2>,  micro_f32<3>, micro_f32<4>,
                                       micro_f32<5>,  micro_f32<6>,  micro_f32<7>,  micro_f32<8>, micro_f32<9>,
                                       micro_f32<10>, micro_f32<11>, micro_f32<12>};
@@ -224,24 +281,26 @@ void qgemm_dequant_once(const float* x, int ldx, const QPackedMatrix& w, float* 
   const int G = w.group_size, n_groups = w.K / G;
   const int kc_groups = G >= 256 ? 1 : 256 / G;
   const int n_blocks = (M + kMR - 1) / kMR;
-  thread_local DequantBuffer tl;  // [kNCD][kc][kPanel] of this thread's current block
+  thread_local ThreadBuffer tl, tl_xs;  // [kNCD][kc][kPanel] of this thread's current block; [M][kc_groups]
   float* buf = tl.get((size_t)kNCD * kc_groups * G * kPanel);
-  if (buf == nullptr) return qgemm_big<BITS>(x, ldx, w, y, ldy, M, p_begin, p_end, accumulate);  // no memory
+  float* xs = tl_xs.get((size_t)M * kc_groups);
+  if (buf == nullptr || xs == nullptr) return qgemm_big<BITS>(x, ldx, w, y, ldy, M, p_begin, p_end, accumulate);
   for (int p0 = p_begin; p0 < p_end; p0 += kNCD) {
     const int p1 = p_end - p0 < kNCD ? p_end : p0 + kNCD;
     for (int g0 = 0; g0 < n_groups; g0 += kc_groups) {
       const int ng = n_groups - g0 < kc_groups ? n_groups - g0 : kc_groups;
       const int k0 = g0 * G, kc = ng * G;
+      group_sums(x, ldx, M, g0, ng, G, xs, kc_groups);
       for (int p = p0; p < p1; ++p)
-        dequant_panel<BITS>(w.q + ((size_t)p * w.K + k0) * RB, w.sz + ((size_t)p * n_groups + g0) * kQGroupFloats,
-                            ng, G, buf + (size_t)(p - p0) * kc * kPanel);
+        convert_panel<BITS>(w.q + ((size_t)p * w.K + k0) * RB, kc, buf + (size_t)(p - p0) * kc * kPanel);
       const bool acc = accumulate || g0 > 0;
       int m = 0;
       for (int b = 0; b < n_blocks; ++b) {
         const int rows = (M - m + (n_blocks - b) - 1) / (n_blocks - b);
         for (int p = p0; p < p1; ++p) {
           const int cols = w.N - p * kPanel;
-          kFn[rows](x + (size_t)m * ldx + k0, ldx, buf + (size_t)(p - p0) * kc * kPanel, kc,
+          kFn[rows](x + (size_t)m * ldx + k0, ldx, buf + (size_t)(p - p0) * kc * kPanel,
+                    w.sz + ((size_t)p * n_groups + g0) * kQGroupFloats, ng, G, xs + (size_t)m * kc_groups, kc_groups,
                     y + (size_t)m * ldy + (size_t)p * kPanel, ldy, tail_mask(cols), tail_mask(cols - 16), acc);
         }
         m += rows;
@@ -253,7 +312,8 @@ void qgemm_dequant_once(const float* x, int ldx, const QPackedMatrix& w, float* 
 template <int BITS>
 void qgemm_big(const float* x, int ldx, const QPackedMatrix& w, float* y, int ldy, int M, int p_begin, int p_end,
                bool accumulate) {
-  using Fn = void (*)(const float*, int, const uint8_t*, const float*, int, int, float*, int, __mmask16, __mmask16, bool);
+  using Fn = void (*)(const float*, int, const uint8_t*, const float*, int, int, const float*, int, float*, int,
+                      __mmask16, __mmask16, bool);
   static constexpr Fn kFn[kMR + 1] = {nullptr,           micro_big<1, BITS>,  micro_big<2, BITS>,  micro_big<3, BITS>,
                                       micro_big<4, BITS>, micro_big<5, BITS>,  micro_big<6, BITS>,  micro_big<7, BITS>,
                                       micro_big<8, BITS>, micro_big<9, BITS>,  micro_big<10, BITS>, micro_big<11, BITS>,
@@ -265,6 +325,8 @@ void qgemm_big(const float* x, int ldx, const QPackedMatrix& w, float* y, int ld
   const int kc_groups = G >= 256 ? 1 : 256 / G;
   constexpr int kNC = 32;
   const int n_blocks = (M + kMR - 1) / kMR;
+  alignas(64) float xs[kMR * 16];  // [rows][kc_groups] of one row block: kc_groups <= 256 / 16
+  const int ldxs = kc_groups;
   for (int p0 = p_begin; p0 < p_end; p0 += kNC) {
     const int p1 = p_end - p0 < kNC ? p_end : p0 + kNC;
     for (int g0 = 0; g0 < n_groups; g0 += kc_groups) {
@@ -274,11 +336,12 @@ void qgemm_big(const float* x, int ldx, const QPackedMatrix& w, float* y, int ld
       int m = 0;
       for (int b = 0; b < n_blocks; ++b) {
         const int rows = (M - m + (n_blocks - b) - 1) / (n_blocks - b);
+        group_sums(x + (size_t)m * ldx, ldx, rows, g0, ng, G, xs, ldxs);
         for (int p = p0; p < p1; ++p) {
           const int cols = w.N - p * kPanel;
           kFn[rows](x + (size_t)m * ldx + k0, ldx, w.q + ((size_t)p * w.K + k0) * RB,
-                    w.sz + ((size_t)p * n_groups + g0) * kQGroupFloats, ng, G, y + (size_t)m * ldy + (size_t)p * kPanel,
-                    ldy, tail_mask(cols), tail_mask(cols - 16), acc);
+                    w.sz + ((size_t)p * n_groups + g0) * kQGroupFloats, ng, G, xs, ldxs,
+                    y + (size_t)m * ldy + (size_t)p * kPanel, ldy, tail_mask(cols), tail_mask(cols - 16), acc);
         }
         m += rows;
       }

@@ -160,6 +160,38 @@ TEST(gemm_all_tables) {
             }
 }
 
+// Batch invariance (kernels_avx512.cc): a row's output is bit-identical for every M it is computed
+// with (decode GEMV, one row block, the k-blocked prefill), wherever it sits, for any panel split.
+TEST(gemm_rows_are_bit_identical_for_every_m) {
+  for (const KernelTable* kt : supported_kernels())
+    for (int K : {576, 1536})
+      for (WDType dt : {WDType::kF16, WDType::kBF16}) {
+        const int N = 200, total = 40;
+        Rng rng(K + (int)dt);
+        std::vector<uint16_t> w(K * N);
+        for (auto& v : w) v = to_w(rng.uniform(), dt);
+        std::vector<uint16_t> packed(packed_elems(K, N) + 32);
+        uint16_t* pk = packed.data() + ((64 - ((uintptr_t)packed.data() & 63)) & 63) / 2;
+        pack_matrix(w.data(), K, N, N, 1, pk);
+        PackedMatrix pm{dt, K, N, (N + kPanel - 1) / kPanel, pk};
+        std::vector<float> x((size_t)total * K);
+        for (auto& v : x) v = rng.uniform();
+        std::vector<float> full((size_t)total * N);
+        kt->gemm(x.data(), K, pm, full.data(), N, total, 0, pm.n_panels, false);
+        int bad = 0;
+        for (int M : {1, 2, 3, 4, 5, 12, 13, 25})
+          for (int row0 : {0, total - M}) {
+            std::vector<float> y((size_t)M * N);
+            const int mid = pm.n_panels / 2 + 1;  // an odd split: the GEMV's panel groups shift
+            kt->gemm(x.data() + (size_t)row0 * K, K, pm, y.data(), N, M, 0, mid, false);
+            kt->gemm(x.data() + (size_t)row0 * K, K, pm, y.data(), N, M, mid, pm.n_panels, false);
+            bad += std::memcmp(y.data(), full.data() + (size_t)row0 * N, y.size() * sizeof(float)) != 0;
+          }
+        if (bad) std::printf("  %s K=%d dt=%d: %d row sets differ from the M=%d run\n", kt->name, K, (int)dt, bad, total);
+        CHECK_EQ(bad, 0);
+      }
+}
+
 // ---- KV store + attention ---------------------------------------------------------------------
 struct Cache {
   std::vector<uint8_t> k, v;

@@ -211,4 +211,37 @@ TEST(qgemm_long_k_chunks) {  // K spanning several xsum chunks (> 64 groups) and
   }
 }
 
+// Batch invariance (the contract at the top of qgemm_avx512.cc): a row's output is bit-identical
+// whatever M it is computed with, wherever it sits in the batch, and however the panels are split
+// over threads -- the engine relies on it for seeded sampling that ignores the batch's makeup.
+TEST(qgemm_rows_are_bit_identical_for_every_m) {
+  struct KG { int K, G; } kgs[] = {{576, 64}, {16 * 150, 16}, {384, 128}};
+  for (int bits : {4, 8})
+    for (const KG& kg : kgs) {
+      QWeight w(bits, kg.K, 70, kg.G, 7 + bits + kg.G);
+      const int total = 40;
+      Rng r(kg.K);
+      std::vector<float> x((size_t)total * kg.K);
+      for (auto& v : x) v = r.uniform();
+      for (const QKernelTable* t : supported_qkernels()) {
+        std::vector<float> full((size_t)total * w.N);
+        t->qgemm(x.data(), kg.K, w.pm, full.data(), w.N, total, 0, w.pm.n_panels, false);
+        int bad = 0;
+        for (int M : {1, 2, 3, 4, 5, 9, 12, 13, 17, 25}) {
+          for (int row0 : {0, total - M}) {
+            std::vector<float> y((size_t)M * w.N, 0.f);
+            // panels in two ranges, as two threads would split them
+            const int mid = w.pm.n_panels / 2;
+            t->qgemm(x.data() + (size_t)row0 * kg.K, kg.K, w.pm, y.data(), w.N, M, 0, mid, false);
+            t->qgemm(x.data() + (size_t)row0 * kg.K, kg.K, w.pm, y.data(), w.N, M, mid, w.pm.n_panels, false);
+            bad += std::memcmp(y.data(), full.data() + (size_t)row0 * w.N, y.size() * sizeof(float)) != 0;
+          }
+        }
+        if (bad) std::printf("  %s bits=%d K=%d G=%d: %d row sets differ from the M=%d run\n", t->name, bits, kg.K, kg.G,
+                             bad, total);
+        CHECK_EQ(bad, 0);
+      }
+    }
+}
+
 int main() { return check::run_all(); }
