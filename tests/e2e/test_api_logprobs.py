@@ -1,4 +1,4 @@
-"""Logprobs over HTTP as clients read them, against HF transformers on the same weights: chat
+"""Logprobs (and seeded sampling) over HTTP as clients read them, against HF transformers on the same weights: chat
 `top_logprobs`, legacy completions `logprobs` (tokens, token_logprobs, top_logprobs, text_offset),
 and prompt scoring with `echo` + `max_tokens=0` -- the request lm-evaluation-harness makes."""
 import json
@@ -131,3 +131,27 @@ def test_chat_top_logprobs_need_logprobs(soft):
     r = httpx.post(soft[1].url + "/v1/chat/completions",
                    json={"model": "base", "messages": [{"role": "user", "content": "x"}], "top_logprobs": 2})
     assert r.status_code == 400 and "logprobs" in json.dumps(r.json())
+
+
+def test_a_seed_gives_the_same_text_alone_and_among_eight(client):
+    """Issue 9 item 4 over HTTP: the seeded request's text is the same whether it runs alone or
+    while 8 other requests (other prompts, seeds and temperatures) share the engine's batch. On
+    the `soft` model, whose sampling really varies: another seed gives another text."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    mine = dict(model="base", prompt="First Citizen: we are accounted poor citizens", max_tokens=32, temperature=1.0,
+                seed=77, extra_body={"ignore_eos": True})
+    alone = client.completions.create(**mine).choices[0].text
+
+    def other(i):
+        return client.completions.create(model="base", prompt=f"Second Citizen {i}: " + "words " * (3 * i + 1),
+                                                max_tokens=32, temperature=0.5 + 0.1 * i, seed=i,
+                                                extra_body={"ignore_eos": True}).choices[0].text
+
+    with ThreadPoolExecutor(9) as pool:
+        futures = [pool.submit(other, i) for i in range(4)]
+        batched = pool.submit(lambda: client.completions.create(**mine).choices[0].text)
+        futures += [pool.submit(other, i) for i in range(4, 8)]
+        assert batched.result() == alone
+        assert all(f.result() for f in futures)
+    assert client.completions.create(**dict(mine, seed=78)).choices[0].text != alone

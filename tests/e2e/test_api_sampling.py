@@ -68,3 +68,4 @@ def test_ignore_eos_on_chat_outlives_the_end_of_turn(smollm2_ws, tmp_path):
         assert ran.choices[0].message.content.startswith(short.choices[0].message.content)
     finally:
         srv.close()
+
