@@ -1,5 +1,6 @@
 // Binding of the Engine and its Streams. Token ids and settings go in, token ids, logprobs and a
 // finish reason come out. Every call that can wait releases the GIL.
+#include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
@@ -7,6 +8,7 @@
 
 #include "core/error.h"
 #include "engine/engine.h"
+#include "engine/token_mask.h"
 
 namespace py = pybind11;
 using namespace turbolm;
@@ -40,6 +42,13 @@ GenerationConfig gen_from_kwargs(const py::dict& d) {
   set("logprobs", g.logprobs);
   set("top_logprobs", g.top_logprobs);
   set("prompt_logprobs", g.prompt_logprobs);
+  if (d.contains("token_mask") && !d["token_mask"].is_none()) {
+    try {
+      g.token_mask = d["token_mask"].cast<std::shared_ptr<TokenMask>>();
+    } catch (const py::cast_error&) {
+      throw py::value_error("generation setting token_mask must be a TokenMask");
+    }
+  }
   return g;
 }
 
@@ -121,6 +130,42 @@ void bind_engine(py::module_& m) {
       .def(py::init<>())
       .def_property_readonly("fd", &Notifier::fd)
       .def("drain", &Notifier::drain, "Tags marked since the last call (also resets the eventfd).");
+
+  py::class_<MaskQueue, std::shared_ptr<MaskQueue>>(
+      m, "MaskQueue", "Jobs (tag, token, mask) for structured-output workers: see engine/token_mask.h.")
+      .def(py::init<>())
+      .def(
+          "pop",
+          [](MaskQueue& q, int timeout_ms) -> py::object {
+            MaskQueue::Job job;
+            bool ok;
+            {
+              py::gil_scoped_release release;
+              ok = q.pop(job, timeout_ms);
+            }
+            if (!ok) return py::none();
+            return py::make_tuple(job.tag, job.token, job.mask);
+          },
+          py::arg("timeout_ms") = -1, "The next job as (tag, token, mask), or None on timeout / once closed.")
+      .def("close", &MaskQueue::close, py::call_guard<py::gil_scoped_release>(),
+           "Fail every pending and later mask (their requests end with an error); wake the workers.")
+      .def_property_readonly("closed", &MaskQueue::closed);
+
+  py::class_<TokenMask, std::shared_ptr<TokenMask>>(m, "TokenMask",
+                                                    "The allowed next tokens of one structured-output request.")
+      .def(py::init<int, std::shared_ptr<MaskQueue>, uint64_t>(), py::arg("vocab"), py::arg("queue"), py::arg("tag"))
+      .def_property_readonly("vocab", &TokenMask::vocab)
+      .def_property_readonly("tag", &TokenMask::tag)
+      .def(
+          "buffer",
+          [](py::object self) {
+            TokenMask& t = self.cast<TokenMask&>();
+            // A view of the mask's words (uint32 [words]), kept alive by the mask object.
+            return py::array_t<uint32_t>({(py::ssize_t)t.words()}, {(py::ssize_t)sizeof(uint32_t)}, t.buffer(), self);
+          },
+          "The words to fill for the next token (a numpy view; write it before publish()).")
+      .def("publish", &TokenMask::publish, py::arg("ok") = true, py::arg("error") = "",
+           py::call_guard<py::gil_scoped_release>(), "The mask in buffer() is ready (ok=False: fail the request).");
 
   py::class_<Engine>(m, "Engine")
       .def(py::init([](const std::string& weights_dir, int tp, int num_threads, int max_batch_size, int session_len,

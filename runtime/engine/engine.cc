@@ -17,12 +17,14 @@
 #include "engine/model_backend.h"
 #include "engine/sampler.h"
 #include "engine/scheduler.h"
+#include "engine/token_mask.h"
 
 namespace turbolm {
 namespace {
 
 constexpr int kCpuTokenBudget = 512;              // tokens per step when config.ini has no usable value
 constexpr size_t kPplLogitsBytes = 64u << 20;     // logits buffer of one get_ppl chunk at most
+constexpr int kMaskTimeoutMs = 30000;             // a structured-output mask later than this fails the request
 
 // /proc/meminfo's MemAvailable in bytes; 0 if it cannot be read.
 size_t mem_available_bytes() {
@@ -95,6 +97,8 @@ std::string validate(const Request& r, int vocab, int session_len) {
     os << "top_logprobs is " << g.top_logprobs << "; it must be in [0, " << kMaxTopLogprobs << "]";
   else if (g.prompt_logprobs < -1 || g.prompt_logprobs > kMaxTopLogprobs)
     os << "prompt_logprobs is " << g.prompt_logprobs << "; it must be -1 (none) or in [0, " << kMaxTopLogprobs << "]";
+  else if (g.token_mask && g.token_mask->vocab() != vocab)
+    os << "token_mask covers " << g.token_mask->vocab() << " tokens; the model's vocabulary has " << vocab;
   else if (g.prompt_logprobs >= 0 && !r.sequence_start)
     os << "prompt_logprobs needs sequence_start=true (the logprobs of a whole prompt)";
   else
@@ -379,20 +383,56 @@ void Engine::Impl::step() {
   });
   for (size_t j = 0; j < prompt_jobs.size(); ++j) prompt_jobs[j].seq->prompt_lps.push_back(std::move(prompt_out[j]));
   // Rows are independent (each has its own sequence, settings and generator), so they are
-  // sampled in parallel on the model's pool, which is idle between forwards.
+  // sampled in parallel on the model's pool, which is idle between forwards. A row with a
+  // structured-output mask waits for it here (its worker computed it during the forward).
   const int n_sampled = (int)sampled.size();
   std::vector<int32_t> tokens(n_sampled);
   std::vector<TokenLogprob> logprobs(n_sampled);
+  std::vector<uint8_t> mask_failed(n_sampled, 0);
   model->parallel_for(n_sampled, [&](int begin, int end) {
     for (int r = begin; r < end; ++r) {
       Sequence& s = *sampled[r];
-      SampleResult res = sample(&logits[(size_t)sample_rows[r] * vocab], vocab, s.gen, s.tokens, s.rng, s.prompt_len);
+      const uint32_t* allowed = nullptr;
+      if (s.gen.token_mask) {
+        if (!s.gen.token_mask->wait(kMaskTimeoutMs)) {
+          mask_failed[r] = 1;
+          continue;
+        }
+        allowed = s.gen.token_mask->bits();
+      }
+      SampleResult res = sample(&logits[(size_t)sample_rows[r] * vocab], vocab, s.gen, s.tokens, s.rng, s.prompt_len,
+                                allowed);
       tokens[r] = res.token;
       logprobs[r].logprob = res.logprob;
       logprobs[r].top = std::move(res.top);
     }
   });
-  tokens_generated += n_sampled;
+  // The next mask is computed while the next step runs. A failed mask ends its request.
+  std::vector<ScheduledSeq> failed;
+  for (int r = 0; r < n_sampled; ++r)
+    if (sampled[r]->gen.token_mask && !mask_failed[r]) sampled[r]->gen.token_mask->advance(tokens[r]);
+  if (std::find(mask_failed.begin(), mask_failed.end(), 1) != mask_failed.end()) {
+    std::vector<ScheduledSeq> kept;
+    std::vector<int32_t> kept_tokens;
+    std::vector<TokenLogprob> kept_lps;
+    for (const ScheduledSeq& b : batch) {
+      auto it = std::find(sampled.begin(), sampled.end(), b.seq);
+      const int r = b.sample && it != sampled.end() ? (int)(it - sampled.begin()) : -1;
+      if (r >= 0 && mask_failed[r]) {
+        sched->fail({b}, "structured output: " + b.seq->gen.token_mask->error());
+        continue;
+      }
+      kept.push_back(b);
+      if (r >= 0) {
+        kept_tokens.push_back(tokens[r]);
+        kept_lps.push_back(std::move(logprobs[r]));
+      }
+    }
+    batch.swap(kept);
+    tokens.swap(kept_tokens);
+    logprobs.swap(kept_lps);
+  }
+  tokens_generated += (long long)tokens.size();
   ++steps;
   sched->postprocess(batch, tokens, std::move(logprobs));
 }

@@ -11,6 +11,8 @@
 
 namespace turbolm {
 
+class TokenMask;  // engine/token_mask.h
+
 enum class FinishReason : int { kNone = 0, kStop = 1, kLength = 2, kCancelled = 3, kError = 4 };
 const char* to_string(FinishReason r);
 
@@ -42,6 +44,8 @@ struct GenerationConfig {
   int top_logprobs = 0;      // with logprobs: this many alternatives per generated token, <= kMaxTopLogprobs
   int prompt_logprobs = -1;  // >= 0: logprob of every prompt token but the first, with this many
                              // alternatives (needs sequence_start); max_new_tokens may then be 0
+  // Structured output: each sample keeps only the tokens this mask allows (see token_mask.h).
+  std::shared_ptr<TokenMask> token_mask;
 };
 
 struct Request {

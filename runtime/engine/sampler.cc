@@ -68,6 +68,17 @@ void apply_presence_frequency(float* logits, int vocab, const int32_t* generated
   }
 }
 
+void apply_token_mask(float* logits, int vocab, const uint32_t* allowed) {
+  constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+  for (int w = 0; w * 32 < vocab; ++w) {
+    const uint32_t bits = allowed[w];
+    if (bits == 0xffffffffu) continue;
+    const int end = std::min(vocab, w * 32 + 32);
+    for (int t = w * 32; t < end; ++t)
+      if (!(bits >> (t - w * 32) & 1u)) logits[t] = kNegInf;
+  }
+}
+
 void apply_logit_bias(float* logits, int vocab, const std::vector<std::pair<int32_t, float>>& bias) {
   for (const auto& [t, b] : bias) {
     if (t < 0 || t >= vocab) continue;
@@ -187,7 +198,8 @@ std::vector<std::pair<int32_t, float>> top_k_top_p(const float* logits, int voca
 double uniform01(std::mt19937_64& rng) { return (double)(rng() >> 11) * (1.0 / 9007199254740992.0); }
 
 int32_t pick(float* logits, int vocab, const GenerationConfig& g, const std::vector<int32_t>& context,
-             std::mt19937_64& rng, int prompt_len) {
+             std::mt19937_64& rng, int prompt_len, const uint32_t* allowed) {
+  if (allowed) apply_token_mask(logits, vocab, allowed);
   apply_logit_bias(logits, vocab, g.logit_bias);
   apply_repetition_penalty(logits, vocab, context.data(), (int)context.size(), g.repetition_penalty);
   const int p0 = prompt_len < 0 ? (int)context.size() : std::min(prompt_len, (int)context.size());
@@ -229,14 +241,14 @@ int32_t pick(float* logits, int vocab, const GenerationConfig& g, const std::vec
 }
 
 SampleResult sample(float* logits, int vocab, const GenerationConfig& g, const std::vector<int32_t>& context,
-                    std::mt19937_64& rng, int prompt_len) {
+                    std::mt19937_64& rng, int prompt_len, const uint32_t* allowed) {
   float* raw = nullptr;
   if (g.logprobs) {
     raw = scratch(vocab).raw.data();
     std::copy(logits, logits + vocab, raw);
   }
   SampleResult r;
-  r.token = pick(logits, vocab, g, context, rng, prompt_len);
+  r.token = pick(logits, vocab, g, context, rng, prompt_len, allowed);
   if (raw) {
     TokenLogprob lp = token_logprob(raw, vocab, r.token, g.top_logprobs);
     r.logprob = lp.logprob;

@@ -13,6 +13,7 @@
 #include "core/error.h"
 #include "engine/engine.h"
 #include "engine/model_backend.h"
+#include "engine/token_mask.h"
 
 using namespace turbolm;
 
@@ -234,6 +235,62 @@ TEST(seeded_sampling_reproduces_through_engine) {
   CHECK(a.token_ids != c.token_ids);
   CHECK_EQ(a.logprobs.size(), a.token_ids.size());
   for (const TokenLogprob& lp : a.logprobs) CHECK(lp.logprob < 0.f && std::isfinite(lp.logprob));
+}
+
+// Structured output: a worker thread plays the grammar engine. Its "grammar" allows exactly one
+// token after each token t -- (t * 7 + 1) % kVocab, never eos -- so every sampled token must be
+// the one the mask allowed, whatever the model prefers, while an unconstrained request in the
+// same batch samples freely. Each job carries the token just sampled.
+TEST(token_mask_constrains_sampling_and_workers_see_each_token) {
+  Fixture f;
+  auto queue = std::make_shared<MaskQueue>();
+  auto allow_only = [](TokenMask& m, int32_t t) {
+    std::fill(m.buffer(), m.buffer() + m.words(), 0u);
+    m.buffer()[t / 32] |= 1u << (t % 32);
+  };
+  std::vector<int32_t> seen;
+  std::thread worker([&] {
+    MaskQueue::Job job;
+    while (queue->pop(job, -1)) {
+      seen.push_back(job.token);
+      allow_only(*job.mask, (job.token * 7 + 1) % kVocab);
+      job.mask->publish();
+    }
+  });
+  auto mask = std::make_shared<TokenMask>(kVocab, queue, 42);
+  allow_only(*mask, 5);  // the first token
+  mask->publish();
+  Request r = req(1, prompt(6, 1), 10);
+  r.gen.top_k = 0;
+  r.gen.temperature = 1.f;
+  r.gen.token_mask = mask;
+  Request free_req = req(2, prompt(9, 3), 10);
+  auto s1 = f.engine->submit(r);
+  auto s2 = f.engine->submit(free_req);
+  Output a = wait(s1), b = wait(s2);
+  CHECK(a.finish == FinishReason::kLength);
+  CHECK_EQ(a.token_ids.size(), (size_t)10);
+  int32_t want = 5;
+  for (int32_t t : a.token_ids) {
+    CHECK_EQ(t, want);
+    want = (t * 7 + 1) % kVocab;
+  }
+  CHECK(b.token_ids == reference(prompt(9, 3), 10));  // greedy, unconstrained
+  // a closed queue fails the next mask: the request ends with an error, the engine goes on
+  queue->close();
+  worker.join();
+  CHECK_EQ(seen.size(), (size_t)10);  // one job per sampled token
+  for (size_t i = 0; i < seen.size(); ++i) CHECK_EQ(seen[i], a.token_ids[i]);
+  auto mask2 = std::make_shared<TokenMask>(kVocab, queue, 43);
+  allow_only(*mask2, 5);
+  mask2->publish();
+  Request r2 = req(3, prompt(6, 1), 10);
+  r2.gen.token_mask = mask2;
+  Output c = wait(f.engine->submit(r2));
+  CHECK(c.finish == FinishReason::kError);
+  CHECK(c.error.find("structured output") != std::string::npos);
+  CHECK_EQ(c.token_ids.size(), (size_t)1);  // the first mask was published; the second never came
+  CHECK(wait(f.engine->submit(req(4, prompt(5, 2), 3))).finish == FinishReason::kLength);
 }
 
 TEST(get_ppl_matches_hand_computation_under_load) {

@@ -174,6 +174,28 @@ TEST(logprob_is_of_the_raw_distribution_whatever_the_settings) {
   CHECK(sample(l.data(), 3, g, {}, rng).top.empty());
 }
 
+TEST(token_mask_leaves_only_allowed_tokens) {
+  std::vector<float> row(70, 1.f);
+  row[65] = 50.f;  // would win without the mask
+  std::vector<uint32_t> allowed(3, 0u);
+  allowed[0] = 1u << 3;
+  allowed[1] = 1u << 31;  // token 63
+  apply_token_mask(row.data(), 70, allowed.data());
+  for (int t = 0; t < 70; ++t) CHECK(t == 3 || t == 63 ? row[t] == 1.f : std::isinf(row[t]) && row[t] < 0);
+  GenerationConfig g;
+  g.top_k = 0;
+  g.logprobs = true;
+  std::mt19937_64 rng(9);
+  std::vector<float> raw(70, 0.f);
+  raw[65] = 50.f;
+  for (int i = 0; i < 50; ++i) {
+    auto l = raw;
+    auto r = sample(l.data(), 70, g, {}, rng, -1, allowed.data());
+    CHECK(r.token == 3 || r.token == 63);
+    CHECK(r.logprob < -40.f);  // the raw model's logprob: the mask does not change it
+  }
+}
+
 TEST(top_k_desc_matches_a_stable_sort) {
   std::mt19937_64 rng(11);
   for (int trial = 0; trial < 200; ++trial) {
