@@ -446,7 +446,6 @@ def test_the_server_logged_no_traceback(server):
 
 # -- parameters this server does not implement yet: a clear 400, never accepted and ignored --------
 @pytest.mark.parametrize("path,body,param", [
-    (CHAT, {"messages": MSG, "response_format": {"type": "json_object"}}, "response_format"),
     (CHAT, {"messages": MSG, "tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
     (CHAT, {"messages": MSG, "tool_choice": "required"}, "tool_choice"),
     (CHAT, {"messages": MSG, "top_logprobs": 21, "logprobs": True}, "top_logprobs"),  # OpenAI's limit: 20

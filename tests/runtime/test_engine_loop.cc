@@ -249,10 +249,12 @@ TEST(token_mask_constrains_sampling_and_workers_see_each_token) {
     m.buffer()[t / 32] |= 1u << (t % 32);
   };
   std::vector<int32_t> seen;
+  std::atomic<int> n_seen{0};
   std::thread worker([&] {
     MaskQueue::Job job;
     while (queue->pop(job, -1)) {
       seen.push_back(job.token);
+      ++n_seen;
       allow_only(*job.mask, (job.token * 7 + 1) % kVocab);
       job.mask->publish();
     }
@@ -276,6 +278,8 @@ TEST(token_mask_constrains_sampling_and_workers_see_each_token) {
     want = (t * 7 + 1) % kVocab;
   }
   CHECK(b.token_ids == reference(prompt(9, 3), 10));  // greedy, unconstrained
+  // the job of the last token is pushed as its step ends: let the worker take it first
+  for (int i = 0; i < 1000 && n_seen < 10; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(5));
   // a closed queue fails the next mask: the request ends with an error, the engine goes on
   queue->close();
   worker.join();

@@ -49,6 +49,7 @@ class GenParams:
     logprobs: bool = False  # raw logprob of each generated token
     top_logprobs: int = 0  # with logprobs: alternatives per generated token (<= 20)
     prompt_logprobs: Optional[int] = None  # score the prompt, with this many alternatives per token
+    grammar: Optional[object] = None  # structured output: a serve.grammar.Matcher of its own
 
 
 TopLogprobs = List[List[Tuple[int, float]]]
@@ -82,6 +83,17 @@ class AsyncEngine:
         self.running: Dict[int, object] = {}
         self.metrics = None  # serve.metrics.Metrics when a server exports /metrics
         self.requests_total = 0
+        self._structured = None
+
+    @property
+    def structured(self):
+        """Grammar compiler and mask workers (serve/structured.py), made on first use."""
+        if self._structured is None:
+            from turbolm.serve.structured import StructuredOutput
+
+            self._structured = StructuredOutput(self.tokenizer.model, int(self.tm.config["vocab_size"]),
+                                                int(self.tm.eos_id))
+        return self._structured
 
     @classmethod
     def from_path(cls, model_path: str, tp: int = 1, instance_num: Optional[int] = None,
@@ -153,6 +165,7 @@ class AsyncEngine:
         it ends. Raises EngineError when the engine reports an error."""
         inst = self.tm.create_instance()
         text = TextStream(self.tokenizer, params.stop)
+        mask = self.structured.attach(params.grammar) if params.grammar is not None else None
         timer = self.metrics.request_timer(len(input_ids)) if self.metrics is not None else None
         agen = inst.async_stream_deltas(
             sid, input_ids, request_output_len=int(params.max_new_tokens), sequence_start=sequence_start,
@@ -162,7 +175,8 @@ class AsyncEngine:
             stop_words=self.stop_ids(params.stop, params.ignore_eos), logprobs=bool(params.logprobs),
             presence_penalty=float(params.presence_penalty), frequency_penalty=float(params.frequency_penalty),
             logit_bias=dict(params.logit_bias), top_logprobs=int(params.top_logprobs if params.logprobs else 0),
-            prompt_logprobs=-1 if params.prompt_logprobs is None else int(params.prompt_logprobs))
+            prompt_logprobs=-1 if params.prompt_logprobs is None else int(params.prompt_logprobs),
+            **({} if mask is None else {"token_mask": mask}))
         self.requests_total += 1
         seen, finished = 0, False
         try:
@@ -190,6 +204,8 @@ class AsyncEngine:
                 if piece or new:
                     yield Chunk(piece, new, lps, seen, None, **extra)
         finally:
+            if mask is not None:
+                self.structured.detach(mask.tag)
             self._release(sid, claim)
             if not finished:
                 inst.cancel(sid)

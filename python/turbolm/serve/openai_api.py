@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from turbolm.serve.async_engine import MAX_USER_SESSION_ID, Chunk, EngineError, GenParams
 from turbolm.serve.errors import APIError, error_body, error_responses
+from turbolm.serve.grammar import GrammarError
 from turbolm.serve.protocol import ChatCompletionRequest, CompletionRequest, usage
 
 # ---------------------------------------------------------------------------------------------
@@ -65,12 +66,26 @@ def engine_error(e: EngineError) -> APIError:
 
 
 def gen_params(req, max_new: int, index: int, logprobs: bool, top: int = 0,
-               prompt_logprobs: Optional[int] = None) -> GenParams:
+               prompt_logprobs: Optional[int] = None, grammar=None) -> GenParams:
     return GenParams(max_new_tokens=max_new, temperature=req.temperature, top_p=req.top_p, top_k=req.top_k,
                      repetition_penalty=req.repetition_penalty, presence_penalty=req.presence_penalty,
                      frequency_penalty=req.frequency_penalty, logit_bias=req.bias(),
                      ignore_eos=req.ignore_eos, seed=None if req.seed is None else req.seed + index,
-                     stop=req.stop_list(), logprobs=logprobs, top_logprobs=top, prompt_logprobs=prompt_logprobs)
+                     stop=req.stop_list(), logprobs=logprobs, top_logprobs=top, prompt_logprobs=prompt_logprobs,
+                     grammar=grammar)
+
+
+async def compile_grammars(state, req, n: int) -> list:
+    """One Matcher per choice for a structured request (response_format / guided_*), else Nones;
+    an invalid schema, regex or grammar is a 400 naming the parameter."""
+    spec = req.grammar_spec()
+    if spec is None:
+        return [None] * n
+    param, grammar = spec
+    try:
+        return [await state.engine.structured.compile(grammar) for _ in range(n)]
+    except GrammarError as e:
+        raise APIError(400, f"{param}: {e}", "invalid_value", param)
 
 
 def max_new_tokens(requested: Optional[int], room: int) -> int:
@@ -294,12 +309,14 @@ def build_router(state) -> APIRouter:
         ids = await state.engine.encode_async(prompt, add_bos=True)
         room = check_prompt(state, ids)
         max_new = min(req.max_completion_tokens or req.max_tokens or room, room)
+        grammars = await compile_grammars(state, req, req.n)
         sids = session_ids(state, req, req.n)
         want_lp = bool(req.logprobs)
         rid, created, model = f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), state.model_name
 
         # Created now, before any await: creating a stream claims its session id.
-        streams = [state.engine.generate(ids, gen_params(req, max_new, i, want_lp, req.top_logprobs or 0),
+        streams = [state.engine.generate(ids, gen_params(req, max_new, i, want_lp, req.top_logprobs or 0,
+                                                         grammar=grammars[i]),
                                          session_id=sids[i]) for i in range(req.n)]
 
         if req.stream:
@@ -358,6 +375,7 @@ def build_router(state) -> APIRouter:
             text = p if isinstance(p, str) else state.engine.tokenizer.decode(ids)
             encoded.append((ids, text, max_new_tokens(req.max_tokens, room)))
         n_total = len(encoded) * req.n
+        grammars = await compile_grammars(state, req, n_total)
         sids = session_ids(state, req, n_total)
         want_lp = req.logprobs is not None
         top = req.logprobs or 0
@@ -368,7 +386,7 @@ def build_router(state) -> APIRouter:
         prompt_tokens = sum(len(ids) for ids, _, _ in encoded)
 
         def params(idx, max_new):
-            return gen_params(req, max_new, idx, want_lp, top, top if score_prompt else None)
+            return gen_params(req, max_new, idx, want_lp, top, top if score_prompt else None, grammars[idx])
 
         # Created now, before any await: creating a stream claims its session id.
         streams = [state.engine.generate(ids, params(idx, max_new), session_id=sids[idx])

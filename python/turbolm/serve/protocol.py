@@ -25,6 +25,8 @@ MAX_PROMPTS = 64  # prompts per /v1/completions request
 MAX_ENCODE_INPUTS = 256  # texts per /v1/encode request
 MAX_MESSAGES = 1024  # messages per chat (/v1/chat/completions, /v1/chat/interactive)
 MAX_LOGIT_BIAS = 300  # logit_bias entries per request (OpenAI's own limit)
+MAX_CHOICES = 256  # guided_choice strings per request
+GRAMMAR_FIELDS = ("response_format", "guided_json", "guided_regex", "guided_choice", "guided_grammar")
 MAX_TOP_LOGPROBS = 20  # alternatives per token (OpenAI's top_logprobs limit; the engine's kMaxTopLogprobs)
 
 # -- bounds of the engine's types --------------------------------------------------------------
@@ -66,7 +68,7 @@ def _cap(items: Optional[list], cap: int, name: str, what: str) -> None:
 
 # Accepted only with these neutral values (anything else is a 400, see _Sampling._unsupported).
 UNSUPPORTED: Dict[str, tuple] = {
-    "response_format": ({"type": "text"},), "tools": ([],), "tool_choice": ("none", "auto"), "functions": ([],),
+    "tools": ([],), "tool_choice": ("none", "auto"), "functions": ([],),
     "function_call": ("none", "auto"), "best_of": (1,), "suffix": ("",),
 }
 
@@ -152,11 +154,87 @@ class _Sampling(_Req):
     logit_bias: Optional[Dict[str, float]] = Field(
         None, description=f"token id (as a string) -> bias in [-100, 100]; -100 bans the token; at most "
                           f"{MAX_LOGIT_BIAS} entries", json_schema_extra={"maxProperties": MAX_LOGIT_BIAS})
-    response_format: Any = Field(None, description='not supported yet: {"type": "text"} or absent')
+    # Structured output (serve/grammar.py): OpenAI's response_format, or one of vLLM's guided_*.
+    response_format: Optional[Dict[str, Any]] = Field(
+        None, description='{"type": "text"}, {"type": "json_object"} or {"type": "json_schema", "json_schema": '
+                          '{"name": ..., "schema": {...}, "strict": true}}')
+    guided_json: Optional[Union[Dict[str, Any], str]] = Field(None, description="a JSON schema the output follows")
+    guided_regex: Optional[str] = Field(None, description="a regular expression the whole output matches")
+    guided_choice: Optional[List[str]] = Field(None, description="the output is exactly one of these strings",
+                                               json_schema_extra={"maxItems": MAX_CHOICES})
+    guided_grammar: Optional[str] = Field(None, description="a grammar (llguidance lark, or GBNF) the output follows")
     tools: Any = Field(None, description="not supported yet: [] or absent")
     tool_choice: Any = Field(None, description='not supported yet: "none" / "auto" or absent')
     functions: Any = Field(None, description="not supported yet: [] or absent")
     function_call: Any = Field(None, description='not supported yet: "none" / "auto" or absent')
+
+    @field_validator("response_format")
+    @classmethod
+    def _response_format(cls, v):
+        if v is None:
+            return v
+        kind = v.get("type")
+        extra = set(v) - {"type", "json_schema"}
+        if kind not in ("text", "json_object", "json_schema") or extra:
+            raise PydanticCustomError("invalid_format", 'type must be "text", "json_object" or "json_schema"{more}',
+                                      {"more": f"; unknown keys {sorted(extra)}" if extra else ""})
+        if kind == "json_schema":
+            js = v.get("json_schema")
+            if not isinstance(js, dict) or not isinstance(js.get("schema"), dict):
+                raise PydanticCustomError("invalid_format", "json_schema must be an object with a 'schema' object", {})
+            unknown = set(js) - {"name", "description", "schema", "strict"}
+            if unknown:
+                raise PydanticCustomError("invalid_format", "json_schema: unknown keys {k}", {"k": sorted(unknown)})
+        elif "json_schema" in v:
+            raise PydanticCustomError("invalid_format", 'json_schema goes with type "json_schema" only', {})
+        return v
+
+    @field_validator("guided_json")
+    @classmethod
+    def _schema_text(cls, v):
+        if isinstance(v, str):  # vLLM takes the schema as an object or as its JSON text
+            try:
+                v = json.loads(v)
+            except ValueError as e:
+                raise PydanticCustomError("invalid_json", "not valid JSON: {e}", {"e": str(e)})
+            if not isinstance(v, dict):
+                raise PydanticCustomError("invalid_json", "a JSON schema is an object", {})
+        return v
+
+    @field_validator("guided_choice")
+    @classmethod
+    def _choices(cls, v):
+        _cap(v, MAX_CHOICES, "MAX_CHOICES", "guided_choice strings")
+        if v is not None and not v:
+            raise PydanticCustomError("invalid_value", "guided_choice needs at least one string", {})
+        return v
+
+    @model_validator(mode="after")
+    def _one_grammar(self):
+        given = [k for k in GRAMMAR_FIELDS if getattr(self, k) is not None]
+        if self.response_format is not None and self.response_format.get("type") == "text":
+            given.remove("response_format")
+        if len(given) > 1:
+            raise PydanticCustomError("invalid_value", "at most one of {given} per request", {"given": given})
+        if given and self.ignore_eos:
+            raise PydanticCustomError("invalid_value", "ignore_eos cannot be combined with {g}: the grammar "
+                                                       "decides where the output ends", {"g": given[0]})
+        return self
+
+    def grammar_spec(self) -> Optional[tuple]:
+        """(the parameter, the grammar spec of serve/grammar.py) of a structured request, else None."""
+        rf = self.response_format
+        if rf is not None and rf.get("type") != "text":
+            return "response_format", rf
+        if self.guided_json is not None:
+            return "guided_json", {"type": "json_schema", "json_schema": {"schema": self.guided_json}}
+        if self.guided_regex is not None:
+            return "guided_regex", {"type": "regex", "regex": self.guided_regex}
+        if self.guided_choice is not None:
+            return "guided_choice", {"type": "choice", "choice": self.guided_choice}
+        if self.guided_grammar is not None:
+            return "guided_grammar", {"type": "grammar", "grammar": self.guided_grammar}
+        return None
 
     @field_validator("logit_bias")
     @classmethod

@@ -120,6 +120,8 @@ def _sampling_extras(kwargs: Dict[str, Any]) -> Dict[str, Any]:
             out[k] = _EXTRAS[k](v)
         elif k == "logit_bias":  # {token id: bias}; -100 bans the token
             out[k] = [(int(t), float(b)) for t, b in dict(v or {}).items()]
+        elif k == "token_mask":  # structured output: a _turbomind.TokenMask (serve/structured.py)
+            out[k] = v
         else:
             raise TypeError(f"unexpected keyword argument {k!r}; sampling settings are top_k, top_p, temperature, "
                             f"repetition_penalty, presence_penalty, frequency_penalty, logit_bias, top_logprobs, "
