@@ -446,8 +446,8 @@ def test_the_server_logged_no_traceback(server):
 
 # -- parameters this server does not implement yet: a clear 400, never accepted and ignored --------
 @pytest.mark.parametrize("path,body,param", [
-    (CHAT, {"messages": MSG, "tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
-    (CHAT, {"messages": MSG, "tool_choice": "required"}, "tool_choice"),
+    (CHAT, {"messages": MSG, "functions": [{"name": "f"}]}, "functions"),  # OpenAI's deprecated form of tools
+    (CHAT, {"messages": MSG, "function_call": "f"}, "function_call"),
     (CHAT, {"messages": MSG, "top_logprobs": 21, "logprobs": True}, "top_logprobs"),  # OpenAI's limit: 20
     (COMPLETIONS, {"prompt": "x", "suffix": "y"}, "suffix"),
     (COMPLETIONS, {"prompt": "x", "best_of": 2}, "best_of"),
@@ -461,7 +461,8 @@ def test_unsupported_parameters_are_refused(server, path, body, param):
 
 
 @pytest.mark.parametrize("path,body", [
-    (CHAT, {"messages": MSG, "response_format": {"type": "text"}, "tool_choice": "none", "tools": []}),
+    (CHAT, {"messages": MSG, "response_format": {"type": "text"}, "tool_choice": "none", "tools": [],
+            "functions": [], "function_call": "none"}),
     (COMPLETIONS, {"prompt": "x", "suffix": "", "best_of": 1}),
 ])
 def test_neutral_values_of_unsupported_parameters_are_accepted(server, path, body):

@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from turbolm.serve.async_engine import MAX_USER_SESSION_ID, Chunk, EngineError, GenParams
 from turbolm.serve.errors import APIError, error_body, error_responses
+from turbolm.serve import tools as tools_lib
 from turbolm.serve.grammar import GrammarError
 from turbolm.serve.protocol import ChatCompletionRequest, CompletionRequest, usage
 
@@ -75,10 +76,11 @@ def gen_params(req, max_new: int, index: int, logprobs: bool, top: int = 0,
                      grammar=grammar)
 
 
-async def compile_grammars(state, req, n: int) -> list:
-    """One Matcher per choice for a structured request (response_format / guided_*), else Nones;
-    an invalid schema, regex or grammar is a 400 naming the parameter."""
-    spec = req.grammar_spec()
+async def compile_grammars(state, req, n: int, spec=None) -> list:
+    """One Matcher per choice for a structured request (response_format / guided_*, or `spec`:
+    (parameter, grammar)), else Nones; an invalid schema, regex or grammar is a 400 naming the
+    parameter."""
+    spec = spec or req.grammar_spec()
     if spec is None:
         return [None] * n
     param, grammar = spec
@@ -86,6 +88,38 @@ async def compile_grammars(state, req, n: int) -> list:
         return [await state.engine.structured.compile(grammar) for _ in range(n)]
     except GrammarError as e:
         raise APIError(400, f"{param}: {e}", "invalid_value", param)
+
+
+def chat_messages(req) -> List[dict]:
+    """The request's messages as plain dicts (developer is system), tool fields kept."""
+    out = []
+    for m in req.messages:
+        d = {"role": "system" if m.role == "developer" else m.role,
+             "content": m.content if isinstance(m.content, str) or m.content is None
+             else [p.model_dump() for p in m.content]}
+        if m.tool_calls:
+            d["tool_calls"] = [c.model_dump() for c in m.tool_calls]
+        if m.tool_call_id:
+            d["tool_call_id"] = m.tool_call_id
+        out.append(d)
+    return out
+
+
+def tool_grammar(req, parser) -> Optional[Tuple[str, dict]]:
+    """tool_choice 'required' or a named function: the grammar that forces the call(s)."""
+    choice = req.tool_choice
+    if not req.uses_tools() or choice in (None, "auto"):
+        return None
+    tools = [t.model_dump(exclude_none=True) for t in req.tools]
+    if not isinstance(choice, str):  # a named function: exactly that one
+        tools = [t for t in tools if t["function"]["name"] == choice.function.name]
+    multiple = req.parallel_tool_calls and isinstance(choice, str)
+    return "tool_choice", {"type": "grammar", "grammar": parser.grammar(tools, multiple)}
+
+
+def tool_call_json(call: dict) -> dict:
+    return {"id": tools_lib.new_call_id(), "type": "function",
+            "function": {"name": call["name"], "arguments": call["arguments"]}}
 
 
 def max_new_tokens(requested: Optional[int], room: int) -> int:
@@ -299,17 +333,21 @@ def build_router(state) -> APIRouter:
     async def chat_completions(req: ChatCompletionRequest, request: Request):
         state.check_model(req.model)
         check_logit_bias(state, req)
-        msgs = [{"role": "system" if m.role == "developer" else m.role,
-                 "content": m.content if isinstance(m.content, str) or m.content is None
-                 else [p.model_dump() for p in m.content]} for m in req.messages]
+        msgs = chat_messages(req)
+        parser = tools_lib.parser_for(state.engine.template)
+        uses_tools = req.uses_tools()
         try:
-            prompt = state.engine.template.messages2prompt(msgs)
+            if uses_tools or any(m["role"] == "tool" or m.get("tool_calls") for m in msgs):
+                tool_defs = [t.model_dump(exclude_none=True) for t in req.tools] if uses_tools else None
+                prompt = tools_lib.render(state.engine.template, msgs, tool_defs, parser)
+            else:
+                prompt = state.engine.template.messages2prompt(msgs)
         except ValueError as e:
             raise APIError(400, str(e), "invalid_value", "messages")
         ids = await state.engine.encode_async(prompt, add_bos=True)
         room = check_prompt(state, ids)
         max_new = min(req.max_completion_tokens or req.max_tokens or room, room)
-        grammars = await compile_grammars(state, req, req.n)
+        grammars = await compile_grammars(state, req, req.n, tool_grammar(req, parser))
         sids = session_ids(state, req, req.n)
         want_lp = bool(req.logprobs)
         rid, created, model = f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), state.model_name
@@ -329,15 +367,28 @@ def build_router(state) -> APIRouter:
                     yield chunk([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
                                   "finish_reason": None}])
                 total = {}
+                held = [tools_lib.ToolStream(parser) if uses_tools else None for _ in range(req.n)]
                 async for i, c in merge(streams):
                     total[i] = c.num_tokens
-                    if c.text or c.logprobs:
-                        yield chunk([{"index": i, "delta": {"content": c.text},
+                    text = held[i].push(c.text) if held[i] else c.text
+                    if text or c.logprobs:
+                        yield chunk([{"index": i, "delta": {"content": text},
                                       "logprobs": chat_logprobs(state, c.token_ids, c.logprobs, c.top_logprobs),
                                       "finish_reason": None}])
-                    if c.finish_reason is not None:
-                        yield chunk([{"index": i, "delta": {}, "logprobs": None,
-                                      "finish_reason": finish(c.finish_reason)}])
+                    if c.finish_reason is None:
+                        continue
+                    reason = finish(c.finish_reason)
+                    if held[i]:
+                        rest, calls = held[i].finish()
+                        calls = calls if req.parallel_tool_calls else calls[:1]
+                        if rest:
+                            yield chunk([{"index": i, "delta": {"content": rest}, "logprobs": None,
+                                          "finish_reason": None}])
+                        for k, call in enumerate(calls):  # one delta per call, with its whole arguments
+                            yield chunk([{"index": i, "delta": {"tool_calls": [dict(tool_call_json(call), index=k)]},
+                                          "logprobs": None, "finish_reason": None}])
+                        reason = "tool_calls" if calls else reason
+                    yield chunk([{"index": i, "delta": {}, "logprobs": None, "finish_reason": reason}])
                 if include_usage:
                     yield chunk([], usage=usage(len(ids), sum(total.values())))
 
@@ -350,9 +401,18 @@ def build_router(state) -> APIRouter:
             results = await until_disconnect(request, run_all())
         except EngineError as e:
             raise engine_error(e)
-        choices = [{"index": i, "message": {"role": "assistant", "content": r.text},
-                    "logprobs": chat_logprobs(state, r.token_ids, r.logprobs, r.top_logprobs),
-                    "finish_reason": finish(r.finish_reason)} for i, r in enumerate(results)]
+        choices = []
+        for i, r in enumerate(results):
+            message, reason = {"role": "assistant", "content": r.text}, finish(r.finish_reason)
+            if uses_tools:
+                content, calls = parser.parse(r.text)
+                calls = calls if req.parallel_tool_calls else calls[:1]
+                if calls:
+                    message = {"role": "assistant", "content": content or None,
+                               "tool_calls": [tool_call_json(c) for c in calls]}
+                    reason = "tool_calls"
+            choices.append({"index": i, "message": message, "finish_reason": reason,
+                            "logprobs": chat_logprobs(state, r.token_ids, r.logprobs, r.top_logprobs)})
         return JSONResponse({"id": rid, "object": "chat.completion", "created": created, "model": model,
                              "choices": choices, "usage": usage(len(ids), sum(r.num_tokens for r in results))})
 

@@ -68,7 +68,7 @@ def _cap(items: Optional[list], cap: int, name: str, what: str) -> None:
 
 # Accepted only with these neutral values (anything else is a 400, see _Sampling._unsupported).
 UNSUPPORTED: Dict[str, tuple] = {
-    "tools": ([],), "tool_choice": ("none", "auto"), "functions": ([],),
+    "functions": ([],),
     "function_call": ("none", "auto"), "best_of": (1,), "suffix": ("",),
 }
 
@@ -113,27 +113,71 @@ class ContentPart(_Req):
     text: str = ""
 
 
+MAX_TOOLS = 128  # tool definitions per request
+_TOOL_NAME = r"^[a-zA-Z0-9_-]{1,64}$"  # OpenAI's rule for function names
+
+
+class FunctionCall(_Req):
+    name: str = Field(..., pattern=_TOOL_NAME)
+    arguments: str = Field(..., description="the arguments as a JSON text")
+
+
+class ToolCall(_Req):
+    id: str = Field(..., max_length=128)
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessage(_Req):
     # Clients replay the assistant messages they got back, with every field of OpenAI's message
     # object: those fields are accepted when empty (null / []), refused when they carry content.
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-    role: Literal["system", "user", "assistant", "developer"]
+    role: Literal["system", "user", "assistant", "developer", "tool"]
     content: Optional[Union[str, List[ContentPart]]] = None
     name: Optional[str] = None
     refusal: Optional[str] = None
     annotations: Optional[List[Any]] = None
     audio: Any = Field(None, description="not supported: null")
-    function_call: Any = Field(None, description="not supported yet: null")
-    tool_calls: Any = Field(None, description="not supported yet: null or []")
-    tool_call_id: Any = Field(None, description="not supported yet: null")
+    function_call: Any = Field(None, description="not supported (deprecated by OpenAI; use tool_calls): null")
+    tool_calls: Optional[List[ToolCall]] = Field(None, description="an assistant message's calls, as returned")
+    tool_call_id: Optional[str] = Field(None, max_length=128, description="a tool message: the call it answers")
 
-    @field_validator("audio", "function_call", "tool_calls", "tool_call_id")
+    @field_validator("audio", "function_call")
     @classmethod
     def _empty_only(cls, v, info: ValidationInfo):
         if v not in (None, []):
-            raise PydanticCustomError("unsupported", "{name} in a message is not supported by this server yet",
+            raise PydanticCustomError("unsupported", "{name} in a message is not supported by this server",
                                       {"name": info.field_name})
         return None
+
+    @model_validator(mode="after")
+    def _tool_fields(self):
+        if self.role == "tool" and not self.tool_call_id:
+            raise PydanticCustomError("invalid_value", "a tool message needs tool_call_id", {})
+        if self.tool_calls and self.role != "assistant":
+            raise PydanticCustomError("invalid_value", "only assistant messages carry tool_calls", {})
+        return self
+
+
+class FunctionDef(_Req):
+    name: str = Field(..., pattern=_TOOL_NAME)
+    description: Optional[str] = None
+    parameters: Optional[Dict[str, Any]] = Field(None, description="a JSON schema of the arguments object")
+    strict: Optional[StrictBool] = None
+
+
+class Tool(_Req):
+    type: Literal["function"]
+    function: FunctionDef
+
+
+class NamedFunction(_Req):
+    name: str
+
+
+class NamedToolChoice(_Req):
+    type: Literal["function"]
+    function: NamedFunction
 
 
 class _Sampling(_Req):
@@ -163,8 +207,6 @@ class _Sampling(_Req):
     guided_choice: Optional[List[str]] = Field(None, description="the output is exactly one of these strings",
                                                json_schema_extra={"maxItems": MAX_CHOICES})
     guided_grammar: Optional[str] = Field(None, description="a grammar (llguidance lark, or GBNF) the output follows")
-    tools: Any = Field(None, description="not supported yet: [] or absent")
-    tool_choice: Any = Field(None, description='not supported yet: "none" / "auto" or absent')
     functions: Any = Field(None, description="not supported yet: [] or absent")
     function_call: Any = Field(None, description='not supported yet: "none" / "auto" or absent')
 
@@ -279,6 +321,29 @@ class _Sampling(_Req):
 
 class ChatCompletionRequest(_Sampling):
     messages: List[ChatMessage] = Field(..., min_length=1, json_schema_extra={"maxItems": MAX_MESSAGES})
+    tools: Optional[List[Tool]] = Field(None, json_schema_extra={"maxItems": MAX_TOOLS})
+    tool_choice: Optional[Union[Literal["none", "auto", "required"], NamedToolChoice]] = None
+    parallel_tool_calls: StrictBool = True
+
+    @model_validator(mode="after")
+    def _tool_choice(self):
+        _cap(self.tools, MAX_TOOLS, "MAX_TOOLS", "tools")
+        choice = self.tool_choice
+        names = [t.function.name for t in self.tools or []]
+        if len(set(names)) != len(names):
+            raise PydanticCustomError("invalid_value", "tools: function names must be unique", {})
+        if isinstance(choice, NamedToolChoice) and choice.function.name not in names:
+            raise PydanticCustomError("invalid_value", "tool_choice names {n}, which is not among the tools",
+                                      {"n": choice.function.name})
+        if choice == "required" and not names:
+            raise PydanticCustomError("invalid_value", "tool_choice 'required' needs tools", {})
+        if self.uses_tools() and self.grammar_spec() is not None:
+            raise PydanticCustomError("invalid_value", "tools cannot be combined with {p}: one grammar per request",
+                                      {"p": self.grammar_spec()[0]})
+        return self
+
+    def uses_tools(self) -> bool:
+        return bool(self.tools) and self.tool_choice != "none"
     max_tokens: Optional[int] = Field(None, ge=1, le=INT32_MAX)
     max_completion_tokens: Optional[int] = Field(None, ge=1, le=INT32_MAX)
     logprobs: StrictBool = False
