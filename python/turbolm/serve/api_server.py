@@ -103,11 +103,13 @@ def create_app(engine: AsyncEngine, served_model_name: Optional[str] = None, api
         state.sessions.start_reaper()  # idle interactive sessions expire after session_ttl
         yield
         await state.sessions.stop_reaper()
+        engine.close_structured()  # pending grammar masks fail now: the engine never waits on a gone worker
 
     # docs_url/redoc_url off: FastAPI's pages load Swagger / ReDoc from a CDN, blank offline
     app = FastAPI(title="turbolm API server", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="OpenAI-compatible API over the turbolm engine. Extras: top_k, repetition_penalty, "
-                              "ignore_eos, session_id; /v1/chat/interactive for server-side sessions.")
+                              "ignore_eos, session_id, guided_json/regex/choice/grammar; /v1/chat/interactive for "
+                              "server-side sessions.")
     app.state.turbolm = state
     install_guards(app, max_body_bytes=max_body_bytes, allowed_origins=allowed_origins)
     from turbolm.serve.metrics import HTTPMetricsMiddleware, Metrics

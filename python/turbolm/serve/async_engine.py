@@ -103,6 +103,11 @@ class AsyncEngine:
         return cls(tm.TurboMind.from_pretrained(model_path, model_name=model_name, tp=tp,
                                                 max_batch_size=instance_num, **kwargs))
 
+    def close_structured(self) -> None:
+        """Stops the grammar mask workers, if any ran (server shutdown)."""
+        if self._structured is not None:
+            self._structured.close()
+
     # -- ids --------------------------------------------------------------------------------
     @staticmethod
     def new_session_id() -> int:
