@@ -59,6 +59,15 @@ def _bench_turbolm(model_path: str, prompt_len: int, decode_tokens: int, concurr
     best = min(_ttft(generate, vocab, prompt_len, s) for s in range(3))
     res["prefill_tok_s"] = prompt_len / best
 
+    # Prefix cache: TTFT of a 1,040-token prompt, then of another whose first 1,024 tokens match it
+    # (the second computes only what follows the cached blocks).
+    if model.session_len > PREFIX_LEN + 32:
+        shared = _prompt_ids(vocab, PREFIX_LEN, 99)
+        s, f, _, _ = generate(50, shared + _prompt_ids(vocab, 16, 98), 1)
+        res["ttft_cold_ms"] = (f - s) * 1000
+        s, f, _, _ = generate(51, shared + _prompt_ids(vocab, 16, 97), 1)
+        res["ttft_prefix_ms"] = (f - s) * 1000
+
     for c in concurrency:
         outs = [None] * c
 
@@ -79,6 +88,9 @@ def _bench_turbolm(model_path: str, prompt_len: int, decode_tokens: int, concurr
             res[f"decode_c{c}_tok_s"] = sum(o[3] for o in outs) / wall
     res["peak_rss_mb"] = _peak_rss_mb()
     return res
+
+
+PREFIX_LEN = 1024  # shared prefix of the prefix-cache row
 
 
 def _ttft(generate, vocab, prompt_len, seed):
@@ -190,6 +202,8 @@ def main(model_path=None, backends="turbolm,hf_fp32,hf_bf16", prompt_len=512, de
     for c in conc:
         rows.append(("decode tok/s, batch 1" if c == 1 else f"decode tok/s, {c} concurrent (aggregate)",
                      "decode_b1_tok_s" if c == 1 else f"decode_c{c}_tok_s"))
+    rows.append((f"TTFT ms, {PREFIX_LEN + 16}-token prompt", "ttft_cold_ms"))
+    rows.append((f"TTFT ms, its first {PREFIX_LEN} tokens cached", "ttft_prefix_ms"))
     rows.append(("peak RSS MB", "peak_rss_mb"))
     cols = list(results)
     head = f"{'metric':<42}" + "".join(f"{c:>12}" for c in cols)

@@ -56,6 +56,8 @@ SCHEMA: List[Key] = [
     Key("use_logn_attn", int, 0, "1: scale q by log(pos)/log(max_position_embeddings) past the trained length"),
     Key("hidden_units", int, 0, "model width; 0 means head_num * size_per_head", extra=True),
     Key("format_version", int, FORMAT_VERSION, "turbolm weight-layout version (guards int4 packing)", extra=True),
+    Key("enable_prefix_caching", int, 1, "1: full KV blocks are reused across requests whose tokens start alike "
+        "(automatic prefix caching); 0: only a session's own blocks", extra=True),
 ]
 
 KEYS: Dict[str, Key] = {k.name: k for k in SCHEMA}

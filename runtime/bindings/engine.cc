@@ -69,13 +69,13 @@ std::vector<float> chosen_of(const std::vector<TokenLogprob>& lps) {
   return out;
 }
 
-// (ids, logprobs, finish, error, total, top_logprobs, prompt_logprobs); prompt_logprobs is None
-// or ([float] for prompt tokens 1.., their alternatives as top_logprobs is).
+// (ids, logprobs, finish, error, total, top_logprobs, prompt_logprobs, cached_tokens);
+// prompt_logprobs is None or ([float] for prompt tokens 1.., their alternatives as top_logprobs is).
 py::tuple tail_tuple(const Output& t, size_t total) {
   py::object prompt = py::none();
   if (!t.prompt_logprobs.empty()) prompt = py::make_tuple(chosen_of(t.prompt_logprobs), tops_of(t.prompt_logprobs));
   return py::make_tuple(t.token_ids, chosen_of(t.logprobs), std::string(to_string(t.finish)), t.error, total,
-                        tops_of(t.logprobs), prompt);
+                        tops_of(t.logprobs), prompt, t.cached_tokens);
 }
 
 }  // namespace
@@ -106,7 +106,7 @@ void bind_engine(py::module_& m) {
           },
           py::arg("from_"),
           "Tokens from index `from_` on, without waiting; returns (ids, logprobs, finish, error, total, "
-          "top_logprobs, prompt_logprobs).")
+          "top_logprobs, prompt_logprobs, cached_tokens).")
       .def(
           "wait_tail",
           [](Stream& s, size_t from, int timeout_ms) {
@@ -120,7 +120,7 @@ void bind_engine(py::module_& m) {
           },
           py::arg("from_"), py::arg("timeout_ms") = -1,
           "Block until there are tokens past `from_` or the finish (or the timeout); returns (ids, logprobs, "
-          "finish, error, total, top_logprobs, prompt_logprobs) with only the new ids.")
+          "finish, error, total, top_logprobs, prompt_logprobs, cached_tokens) with only the new ids.")
       .def("finished", &Stream::finished)
       .def("set_notifier", &Stream::set_notifier, py::arg("notifier"), py::arg("tag") = 0,
            "Mark `tag` on `notifier` whenever this stream has news (None: detach).");
@@ -236,6 +236,8 @@ void bind_engine(py::module_& m) {
         d["tokens_computed"] = s.tokens_computed;
         d["tokens_generated"] = s.tokens_generated;
         d["preemptions"] = s.preemptions;
+        d["pooled_blocks"] = s.pooled_blocks;
+        d["prefix_cached_tokens"] = s.prefix_cached_tokens;
         return d;
       });
 }

@@ -110,6 +110,7 @@ const std::vector<Field>& fields() {
       INT_FIELD(use_logn_attn, false),
       INT_FIELD(hidden_units, false),
       INT_FIELD(format_version, false),
+      INT_FIELD(enable_prefix_caching, false),
   };
   return f;
 }

@@ -42,6 +42,7 @@ struct ModelConfig {
   // extra keys (beyond LMDeploy v0.1.0)
   int hidden_units = 0;  // 0 in the file: head_num * size_per_head
   int format_version = 1;
+  int enable_prefix_caching = 1;  // 1: full KV blocks are shared across requests by their tokens' hash
 
   // Every key as text, in the file's spelling; used by the schema-agreement test.
   std::map<std::string, std::string> to_map() const;

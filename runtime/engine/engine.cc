@@ -198,7 +198,7 @@ Engine::Engine(std::unique_ptr<ModelBackend> model, const EngineOptions& opts) :
   m.cfg.session_len = session_len;
   m.cfg.max_batch_size = max_batch;
   m.cfg.max_context_token_num = budget;
-  m.blocks = std::make_unique<BlockManager>((int)num_blocks, block_len);
+  m.blocks = std::make_unique<BlockManager>((int)num_blocks, block_len, m.cfg.enable_prefix_caching != 0);
   SchedulerConfig sc;
   sc.max_batch_size = max_batch;
   sc.max_num_tokens = budget;
@@ -493,6 +493,8 @@ void Engine::Impl::publish() {
   stats.tokens_computed = tokens_computed;
   stats.tokens_generated = tokens_generated;
   stats.preemptions = sched->num_preemptions();
+  stats.pooled_blocks = blocks->num_pooled();
+  stats.prefix_cached_tokens = sched->num_reused_tokens();
 }
 
 }  // namespace turbolm

@@ -47,6 +47,8 @@ class Engine {
     // added: what the engine settled on (after defaults), and the work done so far
     int block_len = 0, max_batch_size = 0, max_num_tokens = 0, session_len = 0;
     long long steps = 0, tokens_computed = 0, tokens_generated = 0, preemptions = 0;
+    int pooled_blocks = 0;             // findable by their tokens, held by nobody (prefix cache)
+    long long prefix_cached_tokens = 0;  // tokens whose K/V admission took from the prefix cache
   };
   Stats stats() const;
 

@@ -70,6 +70,8 @@ void Stream::stage(int32_t token, const TokenLogprob& logprob) {
 
 void Stream::stage_prompt(std::vector<TokenLogprob> logprobs) { staged_prompt_ = std::move(logprobs); }
 
+void Stream::stage_cached_tokens(int n) { staged_cached_ = n; }
+
 void Stream::stage_finish(FinishReason reason, const std::string& error) {
   if (staged_finish_ != FinishReason::kNone) return;  // first finish wins
   staged_finish_ = reason;
@@ -77,7 +79,8 @@ void Stream::stage_finish(FinishReason reason, const std::string& error) {
 }
 
 void Stream::commit() {
-  if (staged_ids_.empty() && staged_finish_ == FinishReason::kNone && staged_prompt_.empty()) return;
+  if (staged_ids_.empty() && staged_finish_ == FinishReason::kNone && staged_prompt_.empty() && staged_cached_ < 0)
+    return;
   std::shared_ptr<Notifier> notifier;
   uint64_t tag = 0;
   {
@@ -86,6 +89,7 @@ void Stream::commit() {
       out_.token_ids.insert(out_.token_ids.end(), staged_ids_.begin(), staged_ids_.end());
       out_.logprobs.insert(out_.logprobs.end(), staged_lps_.begin(), staged_lps_.end());
       if (!staged_prompt_.empty()) out_.prompt_logprobs = std::move(staged_prompt_);
+      if (staged_cached_ >= 0) out_.cached_tokens = staged_cached_;
       if (staged_finish_ != FinishReason::kNone) {
         out_.finish = staged_finish_;
         out_.error = staged_error_;
@@ -97,6 +101,7 @@ void Stream::commit() {
   staged_ids_.clear();
   staged_lps_.clear();
   staged_prompt_.clear();
+  staged_cached_ = -1;
   staged_finish_ = FinishReason::kNone;
   staged_error_.clear();
   cv_.notify_all();
@@ -134,6 +139,7 @@ bool Stream::wait_tail(size_t from, Output& tail, size_t& total, int timeout_ms)
   tail.token_ids.assign(out_.token_ids.begin() + b, out_.token_ids.end());
   tail.logprobs.assign(out_.logprobs.begin() + std::min(b, out_.logprobs.size()), out_.logprobs.end());
   if (from == 0) tail.prompt_logprobs = out_.prompt_logprobs;
+  tail.cached_tokens = out_.cached_tokens;
   tail.finish = out_.finish;
   tail.error = out_.error;
   total = n;

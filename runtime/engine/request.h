@@ -64,6 +64,9 @@ struct Output {
   // With prompt_logprobs: [prompt_len - 1], for prompt tokens 1.. (token 0 has no context). Set
   // with the first committed token (or the finish); wait_tail() copies it when `from` is 0.
   std::vector<TokenLogprob> prompt_logprobs;
+  // This request's input tokens whose K/V came from the prefix cache instead of being computed
+  // (set when the request is first admitted).
+  int cached_tokens = 0;
   FinishReason finish = FinishReason::kNone;
   std::string error;               // set with kError (e.g. prompt longer than the session)
 };
@@ -99,6 +102,7 @@ class Stream {
   // Engine side.
   void stage(int32_t token, const TokenLogprob& logprob);
   void stage_prompt(std::vector<TokenLogprob> logprobs);
+  void stage_cached_tokens(int n);
   void stage_finish(FinishReason reason, const std::string& error = "");
   void commit();
   void push(int32_t token, const TokenLogprob& logprob = {});
@@ -124,6 +128,7 @@ class Stream {
   std::vector<int32_t> staged_ids_;
   std::vector<TokenLogprob> staged_lps_;
   std::vector<TokenLogprob> staged_prompt_;
+  int staged_cached_ = -1;
   FinishReason staged_finish_ = FinishReason::kNone;
   std::string staged_error_;
 };

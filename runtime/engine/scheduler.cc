@@ -79,6 +79,8 @@ void Scheduler::add(const Request& req, std::shared_ptr<Stream> stream) {
   s->logprobs.clear();
   s->prompt_lps.clear();
   s->prompt_lps_sent = false;
+  s->admitted = false;
+  s->history_len = base;
   s->num_streamed = 0;
   s->rng.seed(req.gen.random_seed);
 
@@ -153,10 +155,20 @@ std::vector<ScheduledSeq> Scheduler::schedule() {
   while (!waiting_.empty() && budget > 0 && (int)running_.size() < cfg_.max_batch_size) {
     Sequence* s = waiting_.front();
     blocks_.activate(*s);  // cached -> active, so allocating cannot evict its own blocks
+    // Holding no blocks (new, preempted, evicted): reuse the registered blocks its tokens start
+    // with. Not for prompt logprobs, which need every prompt position's logits.
+    const int reused = s->gen.prompt_logprobs < 0 ? blocks_.match_prefix(*s) : 0;
+    reused_tokens_ += reused;
     int need = blocks_.blocks_needed(*s, (int)s->tokens.size());
     if (!blocks_.can_allocate(need)) {
-      blocks_.cache(*s);  // active -> cached: wait for running sequences to free blocks
+      if (reused) blocks_.deallocate(*s);  // let go of the matched blocks until it fits
+      else blocks_.cache(*s);  // active -> cached: wait for running sequences to free blocks
       break;
+    }
+    if (!s->admitted) {  // the first admission of the request: tell its caller what was reused
+      s->admitted = true;
+      s->stream->stage_cached_tokens(std::max(0, std::min(reused, s->prompt_len) - s->history_len));
+      touch(s->stream);
     }
     blocks_.allocate(*s, (int)s->tokens.size());  // free -> active
     waiting_.pop_front();
@@ -206,6 +218,7 @@ void Scheduler::postprocess(const std::vector<ScheduledSeq>& batch, const std::v
   for (const ScheduledSeq& item : batch) {
     Sequence* s = item.seq;
     s->num_cached += item.n_tokens;
+    blocks_.register_full(*s);  // its newly full blocks become findable by other sequences
     if (s->gen.prompt_logprobs >= 0 && !s->prompt_lps_sent && !s->wants_prompt_logprobs()) {
       s->prompt_lps_sent = true;
       s->stream->stage_prompt(s->prompt_lps);  // committed with the first token (or the finish)

@@ -87,6 +87,7 @@ class Scheduler {
   int num_waiting() const { return (int)waiting_.size(); }
   int num_sessions() const { return (int)sessions_.size(); }
   long long num_preemptions() const { return preemptions_; }
+  long long num_reused_tokens() const { return reused_tokens_; }  // K/V taken from the prefix cache
   const Sequence* find(uint64_t session_id) const;
   // BlockManager::check_invariants over every session, plus the scheduler's own.
   void check_invariants() const;
@@ -108,6 +109,7 @@ class Scheduler {
   std::vector<Sequence*> running_;  // admission order: preempt from the back
   std::deque<Sequence*> waiting_;   // FIFO; preempted sequences go back to the front
   long long preemptions_ = 0;
+  long long reused_tokens_ = 0;
   std::vector<std::shared_ptr<Stream>> touched_;  // streams with staged outputs, until deliver()
 };
 

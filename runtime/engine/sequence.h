@@ -35,6 +35,10 @@ struct Sequence {
   std::vector<int32_t> tokens;       // history: every prompt and kept generated token of the session
   int num_cached = 0;                // tokens [0, num_cached) have their K/V in `block_table`
   std::vector<int32_t> block_table;  // block ids; position p lives in block_table[p / block_len]
+  // Owned by BlockManager: whether this table counts as an active holder of its blocks (admitted
+  // or running) rather than an idle one, and the chained hashes of its leading full blocks.
+  bool blocks_active = false;
+  std::vector<uint64_t> block_hashes;
 
   // --- the current request (valid while kWaiting / kRunning) ---
   std::shared_ptr<Stream> stream;
@@ -49,6 +53,8 @@ struct Sequence {
   std::vector<TokenLogprob> prompt_lps;
   bool prompt_lps_sent = false;
   int num_streamed = 0;         // generated tokens already pushed to the stream (others held back)
+  int history_len = 0;          // tokens of the session before this request's input
+  bool admitted = false;        // admitted at least once (the prefix-cache hit was reported)
   std::mt19937_64 rng;          // seeded with gen.random_seed when the request binds
 
   int num_generated() const { return (int)tokens.size() - prompt_len; }

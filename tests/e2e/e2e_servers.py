@@ -82,14 +82,15 @@ class Server:
 
 
 def wait_idle(url: str, timeout: float = 30.0) -> dict:
-    """Poll GET /v1/stats until no request runs and every KV block is free again."""
+    """Poll GET /v1/stats until no request runs and every KV block is free again (or pooled: held
+    by nobody, kept findable by the prefix cache)."""
     import httpx
 
     deadline, stats = time.time() + timeout, {}
     while time.time() < deadline:
         stats = httpx.get(url + "/v1/stats", timeout=5).json()
         if stats["requests_running"] == 0 and stats["running"] == 0 and stats["waiting"] == 0 \
-                and stats["free_blocks"] == stats["num_blocks"]:
+                and stats["free_blocks"] + stats.get("pooled_blocks", 0) == stats["num_blocks"]:
             return stats
         time.sleep(0.2)
     raise AssertionError(f"server not idle after {timeout}s: {stats}")

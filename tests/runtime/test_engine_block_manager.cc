@@ -152,3 +152,111 @@ TEST(invariant_check_catches_corruption) {
 }
 
 int main() { return check::run_all(); }
+
+// ---- prefix caching ----------------------------------------------------------------------------
+static Sequence running_seq(std::vector<int32_t> tokens) {
+  Sequence s;
+  s.status = SequenceStatus::kRunning;
+  s.tokens = std::move(tokens);
+  return s;
+}
+
+static std::vector<int32_t> seq_tokens(int n, int base) {
+  std::vector<int32_t> t;
+  for (int i = 0; i < n; ++i) t.push_back(base + i);
+  return t;
+}
+
+TEST(prefix_blocks_are_registered_matched_and_shared) {
+  BlockManager bm(10, 4, true);
+  Sequence a = running_seq(seq_tokens(10, 100));
+  bm.allocate(a, 10);
+  a.num_cached = 10;  // blocks 0, 1 full; block 2 partial
+  bm.register_full(a);
+  CHECK_EQ(a.block_hashes.size(), (size_t)2);
+  invariants(bm, {&a});
+  // b starts with the same 9 tokens: shares a's two full blocks, computes from token 8
+  std::vector<int32_t> tb = seq_tokens(9, 100);
+  tb.push_back(7);
+  Sequence b = running_seq(tb);
+  CHECK_EQ(bm.match_prefix(b), 8);
+  CHECK(b.block_table == std::vector<int32_t>(a.block_table.begin(), a.block_table.begin() + 2));
+  CHECK_EQ(bm.refs(a.block_table[0]), 2);
+  bm.allocate(b, 10);
+  CHECK(b.block_table[2] != a.block_table[2]);  // the partial block is never shared
+  invariants(bm, {&a, &b});
+  // a sequence of exactly 8 matching tokens keeps its last token to compute: one block only
+  Sequence c = running_seq(seq_tokens(8, 100));
+  CHECK_EQ(bm.match_prefix(c), 4);
+  // a different first block: nothing
+  Sequence d = running_seq(seq_tokens(9, 200));
+  CHECK_EQ(bm.match_prefix(d), 0);
+  bm.deallocate(a);
+  bm.deallocate(b);
+  bm.deallocate(c);
+  CHECK_EQ(bm.num_pooled(), 2);  // the two hashed blocks, held by nobody, still findable
+  invariants(bm, {&a, &b, &c, &d});
+  Sequence e = running_seq(seq_tokens(12, 100));
+  CHECK_EQ(bm.match_prefix(e), 8);
+  CHECK_EQ(bm.num_pooled(), 0);
+  invariants(bm, {&e});
+}
+
+TEST(pooled_blocks_are_evicted_least_recent_first_and_forgotten) {
+  BlockManager bm(4, 4, true);
+  Sequence a = running_seq(seq_tokens(9, 10)), b = running_seq(seq_tokens(9, 50));
+  bm.allocate(a, 5);  // two blocks each: one full + one partial
+  a.num_cached = 5;
+  bm.register_full(a);
+  bm.allocate(b, 5);
+  b.num_cached = 5;
+  bm.register_full(b);
+  bm.deallocate(a);  // a's full block pooled first (least recent)
+  bm.deallocate(b);
+  CHECK_EQ(bm.num_pooled(), 2);
+  CHECK_EQ(bm.num_free(), 2);
+  Sequence c = running_seq(seq_tokens(13, 90));
+  CHECK(bm.can_allocate(4));
+  bm.allocate(c, 13);  // 4 blocks: 2 free, then a's pooled block, then b's
+  CHECK_EQ(bm.num_pooled(), 0);
+  Sequence a2 = running_seq(seq_tokens(9, 10));
+  bm.deallocate(c);
+  CHECK_EQ(bm.match_prefix(a2), 0);  // forgotten when reused
+  invariants(bm, {&a2, &c});
+}
+
+TEST(truncate_never_writes_inside_a_hashed_block) {
+  BlockManager bm(6, 4, true);
+  Sequence a = running_seq(seq_tokens(12, 1));
+  bm.allocate(a, 12);
+  a.num_cached = 12;
+  bm.register_full(a);
+  bm.truncate(a, 6);  // position 6 is inside hashed block 1: dropped, recomputed from 4
+  CHECK_EQ(a.block_table.size(), (size_t)1);
+  CHECK_EQ(a.num_cached, 4);
+  CHECK_EQ(bm.num_pooled(), 2);  // blocks 1 and 2 stay findable for others
+  bm.truncate(a, 4);  // at a block boundary: nothing to drop
+  CHECK_EQ(a.block_table.size(), (size_t)1);
+  invariants(bm, {&a});
+}
+
+TEST(idle_sessions_sharing_blocks_are_evicted_until_enough_is_free) {
+  BlockManager bm(4, 4, true);
+  Sequence a = running_seq(seq_tokens(9, 1));
+  bm.allocate(a, 9);
+  a.num_cached = 9;
+  bm.register_full(a);
+  Sequence b = running_seq(seq_tokens(9, 1));
+  CHECK_EQ(bm.match_prefix(b), 8);
+  bm.allocate(b, 9);
+  a.status = b.status = SequenceStatus::kCached;
+  bm.cache(a);
+  bm.cache(b);
+  CHECK_EQ(bm.num_cached(), 4);  // 2 shared + 1 each
+  invariants(bm, {&a, &b});
+  Sequence c = running_seq(seq_tokens(16, 70));
+  CHECK(bm.can_allocate(4));
+  bm.allocate(c, 16);  // evicts a (frees its own block only), then b
+  CHECK(a.block_table.empty() && b.block_table.empty() && a.num_cached == 0);
+  invariants(bm, {&a, &b, &c});
+}

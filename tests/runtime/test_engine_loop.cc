@@ -38,16 +38,20 @@ class FakeModel : public ModelBackend {
     ++forwards;
     if (delay_us) std::this_thread::sleep_for(std::chrono::microseconds(delay_us));
     if (fail_next.exchange(false)) fail("fake forward failure");
-    std::set<int32_t> used;
+    // Blocks a step writes belong to one item only; blocks it only reads (a shared prefix) may
+    // be read by several.
+    std::set<int32_t> written, read;
     for (const ForwardItem& it : batch) {
       int nblocks = (it.start_pos + it.n_tokens + kBlock - 1) / kBlock;
       for (int b = 0; b < nblocks; ++b) {
         int32_t id = it.block_table[b];
         TURBOLM_CHECK(id >= 0 && (size_t)id * kBlock < kv_.size(), "fake: block id out of range");
-        TURBOLM_CHECK(used.insert(id).second, "fake: block ", id, " used twice in one batch");
+        if (b >= it.start_pos / kBlock) TURBOLM_CHECK(written.insert(id).second, "fake: block ", id, " written twice");
+        else read.insert(id);
       }
       for (int i = 0; i < it.n_tokens; ++i) kv_[slot(it, it.start_pos + i)] = it.tokens[i];
     }
+    for (int32_t id : read) TURBOLM_CHECK(!written.count(id), "fake: block ", id, " read while another item writes it");
     for (const ForwardItem& it : batch) {
       int first = it.logits == LogitsMode::kAll ? 0 : it.n_tokens - 1;
       if (it.logits == LogitsMode::kNone) continue;
@@ -172,7 +176,7 @@ TEST(concurrent_requests_with_preemption_match_reference) {
   }
   Engine::Stats st = f.engine->stats();
   CHECK(st.preemptions > 0);  // 12 blocks for 12 sequences of up to 32 tokens
-  CHECK_EQ(st.free_blocks, 12);
+  CHECK_EQ(st.free_blocks + st.pooled_blocks, 12);  // pooled: findable by their tokens, held by nobody
   CHECK_EQ(st.running + st.waiting, 0);
 }
 
@@ -200,9 +204,9 @@ TEST(multi_round_sessions_survive_eviction) {
   Output o = wait(f.engine->submit(req(0, {33}, 5, false, true, 6)));
   CHECK(o.token_ids == reference(h0, 5));
   for (int s = 1; s < 3; ++s) f.engine->end(s);
-  for (int i = 0; i < 100 && f.engine->stats().free_blocks != 12; ++i)
+  for (int i = 0; i < 100 && f.engine->stats().free_blocks + f.engine->stats().pooled_blocks != 12; ++i)
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  CHECK_EQ(f.engine->stats().free_blocks, 12);
+  CHECK_EQ(f.engine->stats().free_blocks + f.engine->stats().pooled_blocks, 12);
 }
 
 TEST(eos_stops_and_is_not_streamed) {
@@ -235,6 +239,37 @@ TEST(seeded_sampling_reproduces_through_engine) {
   CHECK(a.token_ids != c.token_ids);
   CHECK_EQ(a.logprobs.size(), a.token_ids.size());
   for (const TokenLogprob& lp : a.logprobs) CHECK(lp.logprob < 0.f && std::isfinite(lp.logprob));
+}
+
+// Prefix caching: requests whose prompts share their first blocks reuse them (the fake model
+// reads every position back from the blocks, so a wrong or stale shared block changes the tokens),
+// concurrently and one after another, with the pool too small for all of them at once.
+TEST(prefix_cache_reuses_shared_prompts_exactly) {
+  Fixture f;
+  std::vector<int32_t> prefix = prompt(13, 5);  // 3 full blocks of 4 and one token
+  std::vector<std::vector<int32_t>> prompts;
+  for (int i = 0; i < 8; ++i) {
+    auto p = prefix;
+    auto tail = prompt(1 + i % 3, 20 + i);
+    p.insert(p.end(), tail.begin(), tail.end());
+    prompts.push_back(p);
+  }
+  Output first = wait(f.engine->submit(req(100, prompts[0], 6)));
+  CHECK(first.token_ids == reference(prompts[0], 6));
+  CHECK_EQ(first.cached_tokens, 0);
+  Output again = wait(f.engine->submit(req(101, prompts[0], 6)));
+  CHECK(again.token_ids == first.token_ids);
+  CHECK_EQ(again.cached_tokens, 12);  // 3 full blocks; the rest computed
+  std::vector<std::shared_ptr<Stream>> ss;
+  for (int i = 1; i < 8; ++i) ss.push_back(f.engine->submit(req(200 + i, prompts[i], 8)));
+  for (int i = 1; i < 8; ++i) {
+    Output o = wait(ss[i - 1]);
+    CHECK(o.token_ids == reference(prompts[i], 8));
+    CHECK(o.cached_tokens == 0 || o.cached_tokens == 12);
+  }
+  Engine::Stats st = f.engine->stats();
+  CHECK(st.prefix_cached_tokens >= 12 * 2);
+  CHECK_EQ(st.free_blocks + st.pooled_blocks, 12);
 }
 
 // Structured output: a worker thread plays the grammar engine. Its "grammar" allows exactly one

@@ -20,8 +20,8 @@ struct Harness {
   BlockManager bm;
   Scheduler s;
   int next_token = 100;  // sampled tokens: 100, 101, ... (never the eos 2)
-  Harness(int num_blocks, int block_len, int max_batch, int max_tokens, int session_len)
-      : bm(num_blocks, block_len), s(SchedulerConfig{max_batch, max_tokens, session_len, 2}, bm) {}
+  Harness(int num_blocks, int block_len, int max_batch, int max_tokens, int session_len, bool prefix_caching = false)
+      : bm(num_blocks, block_len, prefix_caching), s(SchedulerConfig{max_batch, max_tokens, session_len, 2}, bm) {}
 
   std::shared_ptr<Stream> add(uint64_t id, std::vector<int32_t> ids, int max_new, bool start = true, bool end = true,
                               int step = -1, GenerationConfig g = {}) {
@@ -358,10 +358,12 @@ TEST(stop_cancels_and_keeps_history) {
   h.ok();
 }
 
+// With prefix caching (odd rounds) every prompt is iota(len), so prompts share their first blocks
+// with each other and with idle sessions' histories: shared, pooled and evicted blocks all occur.
 TEST(random_workload_keeps_invariants) {
   std::mt19937 rng(1234);
-  for (int round = 0; round < 5; ++round) {
-    Harness h(12, 4, 3, 10, 40);
+  for (int round = 0; round < 6; ++round) {
+    Harness h(12, 4, 3, 10, 40, round % 2 == 1);
     std::vector<std::shared_ptr<Stream>> streams;
     std::vector<int> asked;
     for (int t = 0; t < 400; ++t) {
@@ -384,6 +386,10 @@ TEST(random_workload_keeps_invariants) {
       Output o = out_of(streams[i]);
       CHECK(o.finish != FinishReason::kNone);
       CHECK((int)o.token_ids.size() <= asked[i]);
+    }
+    if (round % 2 == 1) {
+      std::printf("  prefix caching round: %lld tokens reused\n", h.s.num_reused_tokens());
+      CHECK(h.s.num_reused_tokens() > 0);
     }
   }
 }

@@ -141,6 +141,7 @@ def create_app(engine: AsyncEngine, served_model_name: Optional[str] = None, api
     @app.get("/v1/stats", dependencies=state.auth, responses=error_responses(401))
     async def stats():
         """KV pool and load: num_blocks, free_blocks, cached_blocks (kept for interactive sessions),
+        pooled_blocks and prefix_cached_tokens (the prefix cache),
         running / waiting sequences, requests_running (in flight here), requests_total,
         interactive_sessions, session_len, plus the engine's counters (tokens_generated, ...)."""
         out = engine.stats()

@@ -65,6 +65,7 @@ class Chunk:
     top_logprobs: Optional[TopLogprobs] = None  # of the new ids, with top_logprobs > 0
     # with prompt_logprobs, on the first chunk: (logprobs, alternatives) of prompt tokens 1..
     prompt_logprobs: Optional[Tuple[List[float], Optional[TopLogprobs]]] = None
+    cached_tokens: int = 0  # prompt tokens whose K/V the prefix cache supplied (known from the first chunk)
 
 
 _FINISH = {"stop": "stop", "length": "length", "cancelled": "cancelled"}
@@ -191,7 +192,8 @@ class AsyncEngine:
                 if timer is not None:
                     timer.tokens(len(new))
                 lps = d.logprobs if params.logprobs else None
-                extra = dict(top_logprobs=d.top_logprobs, prompt_logprobs=d.prompt_logprobs)
+                extra = dict(top_logprobs=d.top_logprobs, prompt_logprobs=d.prompt_logprobs,
+                             cached_tokens=d.cached_tokens)
                 if finish_reason == "error":
                     finished = True
                     raise EngineError(d.error or "the engine failed the request")

@@ -20,7 +20,7 @@ import time
 from typing import Callable, Optional
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48)
 
@@ -91,9 +91,14 @@ class _EngineCollector:
         blocks.add_metric(["total"], s.get("num_blocks", 0))
         blocks.add_metric(["free"], s.get("free_blocks", 0))
         blocks.add_metric(["cached"], s.get("cached_blocks", 0))
+        blocks.add_metric(["pooled"], s.get("pooled_blocks", 0))
+        prefix = CounterMetricFamily("turbolm_prefix_cache_tokens", "prompt tokens whose KV the prefix cache supplied")
+        prefix.add_metric([], s.get("prefix_cached_tokens", 0))
+        computed = CounterMetricFamily("turbolm_computed_tokens", "tokens whose KV the engine computed")
+        computed.add_metric([], s.get("tokens_computed", 0))
         sessions = GaugeMetricFamily("turbolm_interactive_sessions", "sessions held by /v1/chat/interactive")
         sessions.add_metric([], s.get("interactive_sessions", 0))
-        return [running, waiting, blocks, sessions]
+        return [running, waiting, blocks, prefix, computed, sessions]
 
 
 class HTTPMetricsMiddleware:

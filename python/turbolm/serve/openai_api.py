@@ -201,7 +201,9 @@ async def until_disconnect(request: Request, coro):
 async def collect(stream: AsyncIterator[Chunk], logprobs: bool) -> Chunk:
     """Run one choice's stream to the end: one Chunk with the whole text, ids and logprobs."""
     texts, ids, lps, tops, prompt, last = [], [], [], None, None, Chunk("", [], None, 0, None)
+    cached = 0
     async for c in stream:
+        cached = max(cached, c.cached_tokens)
         texts.append(c.text)
         ids.extend(c.token_ids)
         if c.logprobs is not None:
@@ -211,7 +213,7 @@ async def collect(stream: AsyncIterator[Chunk], logprobs: bool) -> Chunk:
         prompt = prompt or c.prompt_logprobs
         last = c
     return Chunk("".join(texts), ids, lps if logprobs else None, last.num_tokens, last.finish_reason,
-                 tops if logprobs else None, prompt)
+                 tops if logprobs else None, prompt, cached)
 
 
 def sse(obj) -> str:
@@ -366,10 +368,11 @@ def build_router(state) -> APIRouter:
                 for i in range(req.n):
                     yield chunk([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
                                   "finish_reason": None}])
-                total = {}
+                total, cached = {}, 0
                 held = [tools_lib.ToolStream(parser) if uses_tools else None for _ in range(req.n)]
                 async for i, c in merge(streams):
                     total[i] = c.num_tokens
+                    cached = max(cached, c.cached_tokens)
                     text = held[i].push(c.text) if held[i] else c.text
                     if text or c.logprobs:
                         yield chunk([{"index": i, "delta": {"content": text},
@@ -390,7 +393,7 @@ def build_router(state) -> APIRouter:
                         reason = "tool_calls" if calls else reason
                     yield chunk([{"index": i, "delta": {}, "logprobs": None, "finish_reason": reason}])
                 if include_usage:
-                    yield chunk([], usage=usage(len(ids), sum(total.values())))
+                    yield chunk([], usage=usage(len(ids), sum(total.values()), cached))
 
             return sse_response(stream_events(events, streams))
 
@@ -414,7 +417,8 @@ def build_router(state) -> APIRouter:
             choices.append({"index": i, "message": message, "finish_reason": reason,
                             "logprobs": chat_logprobs(state, r.token_ids, r.logprobs, r.top_logprobs)})
         return JSONResponse({"id": rid, "object": "chat.completion", "created": created, "model": model,
-                             "choices": choices, "usage": usage(len(ids), sum(r.num_tokens for r in results))})
+                             "choices": choices, "usage": usage(len(ids), sum(r.num_tokens for r in results),
+                                                                max(r.cached_tokens for r in results))})
 
     @router.post("/v1/completions", dependencies=state.auth,
                  responses=error_responses(400, 401, 404, 409, 413, 415))
@@ -457,13 +461,15 @@ def build_router(state) -> APIRouter:
             chunk = chunk_writer(req, {"id": rid, "object": "text_completion", "created": created, "model": model})
 
             async def events():
-                total, offsets = {}, {}
+                total, offsets, cached = {}, {}, {}
                 if req.echo and not score_prompt:
                     for idx, _, text, _ in jobs:
                         offsets[idx] = len(text)
                         yield chunk([{"index": idx, "text": text, "logprobs": None, "finish_reason": None}])
                 async for i, c in merge(streams):
                     idx, ids, text, _ = jobs[i]
+                    if idx % req.n == 0:  # one choice per prompt counts its cached tokens
+                        cached[idx] = c.cached_tokens
                     if score_prompt and idx not in offsets:  # the prompt's logprobs come with its first chunk
                         lp = completion_logprobs(state, [], [], None, 0, (ids, c.prompt_logprobs or ([], None)))
                         offsets[idx] = len(text)
@@ -476,7 +482,7 @@ def build_router(state) -> APIRouter:
                                       "finish_reason": finish(c.finish_reason)}])
                 if include_usage:
                     comp = sum(total.values())
-                    yield chunk([], usage=usage(prompt_tokens, comp))
+                    yield chunk([], usage=usage(prompt_tokens, comp, sum(cached.values())))
 
             return sse_response(stream_events(events, streams))
 
@@ -496,6 +502,8 @@ def build_router(state) -> APIRouter:
                             "finish_reason": finish(r.finish_reason)})
         return JSONResponse({"id": rid, "object": "text_completion", "created": created, "model": model,
                              "choices": choices,
-                             "usage": usage(prompt_tokens, sum(r.num_tokens for r in results))})
+                             "usage": usage(prompt_tokens, sum(r.num_tokens for r in results),
+                                            sum(r.cached_tokens for (idx, *_), r in zip(jobs, results)
+                                                if idx % req.n == 0))})
 
     return router

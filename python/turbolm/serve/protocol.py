@@ -424,6 +424,8 @@ class EncodeRequest(_Req):
         return v
 
 
-def usage(prompt_tokens: int, completion_tokens: int) -> Dict[str, int]:
+def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> Dict[str, Any]:
+    """OpenAI's usage; cached_tokens: prompt tokens the prefix cache supplied (not computed)."""
     return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}
+            "total_tokens": prompt_tokens + completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": cached_tokens}}

@@ -37,15 +37,17 @@ class GenOut(tuple):
     logprobs: Optional[List[float]]
     top_logprobs: Optional[TopLogprobs]
     prompt_logprobs: Optional[Tuple[List[float], Optional[TopLogprobs]]]
+    cached_tokens: int
 
     def __new__(cls, token_ids, finish_reason=None, error=None, logprobs=None, top_logprobs=None,
-                prompt_logprobs=None):
+                prompt_logprobs=None, cached_tokens=0):
         self = super().__new__(cls, (list(token_ids), len(token_ids)))
         self.finish_reason = finish_reason or None
         self.error = error or None
         self.logprobs = logprobs
         self.top_logprobs = top_logprobs
         self.prompt_logprobs = prompt_logprobs
+        self.cached_tokens = cached_tokens  # input tokens whose K/V came from the prefix cache
         return self
 
 
@@ -57,6 +59,7 @@ class Delta(NamedTuple):
     error: str
     top_logprobs: Optional[TopLogprobs]  # None unless top_logprobs > 0
     prompt_logprobs: Optional[Tuple[List[float], Optional[TopLogprobs]]]  # once, with the first yield
+    cached_tokens: int = 0  # input tokens whose K/V came from the prefix cache
 
 
 class TurboMind:
@@ -186,9 +189,9 @@ class TurboMindInstance:
         try:
             while not done:
                 # A timeout keeps Ctrl-C responsive; only the new tail crosses from C++.
-                new_ids, new_lps, finish, error, total, tops, prompt = stream.wait_tail(len(ids), 200)
+                new_ids, new_lps, finish, error, total, tops, prompt, cached = stream.wait_tail(len(ids), 200)
                 ids.extend(new_ids)
-                acc.add(new_lps, tops, prompt)
+                acc.add(new_lps, tops, prompt, cached)
                 done = bool(finish)
                 if done or (stream_output and new_ids):
                     yield [acc.out(ids, finish, error)]
@@ -213,7 +216,7 @@ class TurboMindInstance:
                 session_id, input_ids, request_output_len, sequence_start, sequence_end, step, top_k, top_p,
                 temperature, repetition_penalty, ignore_eos, random_seed, stop_words, logprobs, **kwargs):
             ids.extend(d.token_ids)
-            acc.add(d.logprobs, d.top_logprobs, d.prompt_logprobs)
+            acc.add(d.logprobs, d.top_logprobs, d.prompt_logprobs, d.cached_tokens)
             if d.finish_reason or stream_output:
                 yield [acc.out(ids, d.finish_reason, d.error)]
 
@@ -239,16 +242,16 @@ class TurboMindInstance:
             seen = 0
             while True:
                 event.clear()  # before the read: a commit after it marks the tag again
-                new_ids, new_lps, finish, error, total, tops, prompt = stream.tail(seen)
+                new_ids, new_lps, finish, error, total, tops, prompt, cached = stream.tail(seen)
                 if seen:
                     prompt = None  # copied only while `seen` is 0: the first yield carries it
                 seen = total
                 if finish:
                     done = True
-                    yield Delta(new_ids, new_lps, finish, error, tops, prompt)
+                    yield Delta(new_ids, new_lps, finish, error, tops, prompt, cached)
                     return
                 if new_ids:
-                    yield Delta(new_ids, new_lps, finish, error, tops, prompt)
+                    yield Delta(new_ids, new_lps, finish, error, tops, prompt, cached)
                 await event.wait()
         finally:
             waiter.unregister(tag)
@@ -266,8 +269,10 @@ class _Accum:
         self.lps: List[float] = []
         self.tops: Optional[TopLogprobs] = None
         self.prompt = None
+        self.cached = 0
 
-    def add(self, lps, tops, prompt) -> None:
+    def add(self, lps, tops, prompt, cached=0) -> None:
+        self.cached = max(self.cached, cached)
         self.lps.extend(lps)
         if tops is not None:
             self.tops = (self.tops or []) + list(tops)
@@ -276,8 +281,9 @@ class _Accum:
 
     def out(self, ids, finish, error) -> GenOut:
         if not self.wanted:
-            return GenOut(ids, finish, error, prompt_logprobs=self.prompt)
-        return GenOut(ids, finish, error, list(self.lps), None if self.tops is None else list(self.tops), self.prompt)
+            return GenOut(ids, finish, error, prompt_logprobs=self.prompt, cached_tokens=self.cached)
+        return GenOut(ids, finish, error, list(self.lps), None if self.tops is None else list(self.tops), self.prompt,
+                      self.cached)
 
 
 class _LoopWaiter:
