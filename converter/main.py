@@ -116,7 +116,10 @@ def _write_workspace(root: str, source: Source, model_name: str, target_name: st
                attn_bias=int(s.qkv_bias or s.o_bias), start_id=s.bos_id, end_id=s.eos_id,
                session_len=session_len or s.max_position_embeddings, rotary_embedding=s.head_dim,
                rope_theta=s.rope_theta, size_per_head=s.head_dim, max_position_embeddings=s.max_position_embeddings,
-               rope_scaling_factor=s.rope_scaling_factor, use_logn_attn=0, hidden_units=s.hidden)
+               rope_scaling_factor=s.rope_scaling_factor, use_logn_attn=0, hidden_units=s.hidden,
+               rope_type=s.rope_type, rope_low_freq_factor=s.rope_low_freq_factor,
+               rope_high_freq_factor=s.rope_high_freq_factor,
+               rope_original_max_position_embeddings=s.rope_original_max_position_embeddings)
     cfg.update(target.config_keys())
     write_config_ini(os.path.join(weights, "config.ini"), cfg)
     source.write_tokenizer(os.path.join(root, "triton_models", "tokenizer"))

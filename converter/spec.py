@@ -45,7 +45,11 @@ class ModelSpec:
     norm_eps: float
     rope_theta: float
     max_position_embeddings: int
-    rope_scaling_factor: float = 0.0   # > 0: dynamic NTK
+    rope_scaling_factor: float = 0.0   # the factor of rope_type (dynamic: > 0 enables NTK)
+    rope_type: str = ""                # "" | dynamic | linear | llama3 (config.ini's rope_type)
+    rope_low_freq_factor: float = 1.0  # llama3
+    rope_high_freq_factor: float = 4.0  # llama3
+    rope_original_max_position_embeddings: int = 8192  # llama3
     qkv_bias: bool = False
     o_bias: bool = False
     tied: bool = False

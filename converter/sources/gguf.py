@@ -94,8 +94,15 @@ class GGUFSource(Source):
                 max_position_embeddings=int(a("context_length", 2048)), src_dtype="quantized")
         except (TypeError, KeyError, ValueError) as e:
             raise UserError(f"{path}: GGUF metadata incomplete ({e}); re-download the file") from None
-        if a("rope.scaling.type") not in (None, "none"):
-            raise UserError(f"{path}: rope scaling {a('rope.scaling.type')} is not supported")
+        scaling = a("rope.scaling.type")
+        if scaling == "linear" and a("rope.scaling.factor"):
+            self.spec.rope_type, self.spec.rope_scaling_factor = "linear", float(a("rope.scaling.factor"))
+        elif scaling not in (None, "none"):
+            raise UserError(f"{path}: rope scaling {scaling} is not supported (supported in GGUF: linear; "
+                            f"convert the HF checkpoint for llama3 and dynamic)")
+        if "rope_freqs.weight" in self.tensors:  # Llama 3.1's scaling, as per-frequency factors
+            raise UserError(f"{path}: per-frequency RoPE factors (rope_freqs, Llama 3.1+) are not supported from "
+                            f"GGUF yet; convert the HF checkpoint, whose llama3 rope_scaling is")
         s = self.spec
         bos, eos = _field(r, "tokenizer.ggml.bos_token_id"), _field(r, "tokenizer.ggml.eos_token_id")
         s.bos_id = int(bos) if bos is not None else 1

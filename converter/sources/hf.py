@@ -35,7 +35,7 @@ ARCHITECTURES: Dict[str, dict] = {
     "InternLMForCausalLM": _LLAMA_NAMES,
 }
 
-_SUPPORTED_ROPE = {None: False, "default": False, "dynamic": True}  # type -> has a factor
+_SUPPORTED_ROPE = {None: False, "default": False, "dynamic": True, "linear": True, "llama3": True}  # -> has a factor
 
 
 def _first(x):
@@ -167,9 +167,17 @@ class HFSource(Source):
         rope_type = scaling.get("rope_type") or scaling.get("type")
         if rope_type not in _SUPPORTED_ROPE:
             raise UserError(f"{self.model_path}/config.json: rope scaling type {rope_type} is not supported "
-                            "(only dynamic NTK)")
+                            f"(supported: {', '.join(t for t in _SUPPORTED_ROPE if t)})")
         if _SUPPORTED_ROPE[rope_type]:
+            spec.rope_type = rope_type
             spec.rope_scaling_factor = float(scaling.get("factor", 0.0))
+        if rope_type == "llama3":
+            try:
+                spec.rope_low_freq_factor = float(scaling["low_freq_factor"])
+                spec.rope_high_freq_factor = float(scaling["high_freq_factor"])
+                spec.rope_original_max_position_embeddings = int(scaling["original_max_position_embeddings"])
+            except (KeyError, TypeError, ValueError) as e:
+                raise UserError(f"{self.model_path}/config.json: llama3 rope_scaling needs {e}") from None
         gen = {}
         gen_path = os.path.join(self.model_path, "generation_config.json")
         if os.path.isfile(gen_path):

@@ -52,12 +52,17 @@ SCHEMA: List[Key] = [
     Key("use_context_fmha", int, 1, "reference key, unused on CPU"),
     Key("quant_policy", int, 0, "0: fp16 KV, 4: int8 KV (needs past_kv_scale files)"),
     Key("max_position_embeddings", int, 2048, "trained context length (dynamic NTK / logN threshold)"),
-    Key("rope_scaling_factor", float, 0.0, "> 0 enables dynamic NTK RoPE scaling"),
+    Key("rope_scaling_factor", float, 0.0, "RoPE scaling factor (rope_type); > 0 with no rope_type: dynamic NTK"),
     Key("use_logn_attn", int, 0, "1: scale q by log(pos)/log(max_position_embeddings) past the trained length"),
     Key("hidden_units", int, 0, "model width; 0 means head_num * size_per_head", extra=True),
     Key("format_version", int, FORMAT_VERSION, "turbolm weight-layout version (guards int4 packing)", extra=True),
     Key("enable_prefix_caching", int, 1, "1: full KV blocks are reused across requests whose tokens start alike "
         "(automatic prefix caching); 0: only a session's own blocks", extra=True),
+    Key("rope_type", str, "", "RoPE scaling: '' / default, dynamic (NTK past max_position_embeddings; an empty "
+        "rope_type with rope_scaling_factor > 0 is dynamic too), linear, llama3", extra=True),
+    Key("rope_low_freq_factor", float, 1.0, "llama3 RoPE: low_freq_factor", extra=True),
+    Key("rope_high_freq_factor", float, 4.0, "llama3 RoPE: high_freq_factor", extra=True),
+    Key("rope_original_max_position_embeddings", int, 8192, "llama3 RoPE: the pre-training context", extra=True),
 ]
 
 KEYS: Dict[str, Key] = {k.name: k for k in SCHEMA}

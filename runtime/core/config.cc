@@ -111,6 +111,16 @@ const std::vector<Field>& fields() {
       INT_FIELD(hidden_units, false),
       INT_FIELD(format_version, false),
       INT_FIELD(enable_prefix_caching, false),
+      Field{"rope_type", false,
+            [](ModelConfig& c, const std::string& p, const std::string& v) {
+              if (v != "" && v != "default" && v != "dynamic" && v != "linear" && v != "llama3")
+                fail(p, ": rope_type '", v, "' is not one of default, dynamic, linear, llama3");
+              c.rope_type = v;
+            },
+            [](const ModelConfig& c) { return c.rope_type; }},
+      FLOAT_FIELD(rope_low_freq_factor, false),
+      FLOAT_FIELD(rope_high_freq_factor, false),
+      INT_FIELD(rope_original_max_position_embeddings, false),
   };
   return f;
 }

@@ -42,7 +42,14 @@ struct ModelConfig {
   // extra keys (beyond LMDeploy v0.1.0)
   int hidden_units = 0;  // 0 in the file: head_num * size_per_head
   int format_version = 1;
-  int enable_prefix_caching = 1;  // 1: full KV blocks are shared across requests by their tokens' hash
+  int enable_prefix_caching = 1;
+  // RoPE scaling (HF's rope_scaling): "default", "dynamic" (NTK, rope_scaling_factor past
+  // max_position_embeddings), "linear" (positions / factor) or "llama3" (Llama 3.1's smoothed
+  // low-frequency scaling). An empty rope_type with rope_scaling_factor > 0 means dynamic.
+  std::string rope_type;
+  float rope_low_freq_factor = 1.f;    // llama3
+  float rope_high_freq_factor = 4.f;   // llama3
+  int rope_original_max_position_embeddings = 8192;  // llama3  // 1: full KV blocks are shared across requests by their tokens' hash
 
   // Every key as text, in the file's spelling; used by the schema-agreement test.
   std::map<std::string, std::string> to_map() const;

@@ -16,9 +16,17 @@ def llama_cpp_permute(w, n_head):  # convert_hf_to_gguf.py LlamaModel.permute
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def write_gguf(path, sd, cfg, q8_names):
-    """GGUF of HF state dict ``sd``; tensors in ``q8_names`` are stored Q8_0, the rest F16/F32."""
+def write_gguf(path, sd, cfg, q8_names, rope_linear=None, rope_freqs=False):
+    """GGUF of HF state dict ``sd``; tensors in ``q8_names`` are stored Q8_0, the rest F16/F32.
+    rope_linear: a linear RoPE scaling factor to declare; rope_freqs: add Llama 3.1's per-frequency
+    factors tensor."""
     w = gguf.GGUFWriter(path, "llama")
+    if rope_linear:
+        w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        w.add_rope_scaling_factor(rope_linear)
+    if rope_freqs:
+        w.add_tensor("rope_freqs.weight", np.ones(cfg.head_dim // 2 if hasattr(cfg, "head_dim") and cfg.head_dim
+                                                  else cfg.hidden_size // cfg.num_attention_heads // 2, np.float32))
     H, KV = cfg.num_attention_heads, cfg.num_key_value_heads
     w.add_block_count(cfg.num_hidden_layers)
     w.add_context_length(cfg.max_position_embeddings)
@@ -86,3 +94,22 @@ def test_tiny_gguf_round_trip(tiny_model, tmp_path):
             ref = ref.astype(np.float16).astype(np.float32)
         np.testing.assert_array_equal(got[name], ref, err_msg=name)
     assert os.path.isfile(os.path.join(dst, "triton_models", "tokenizer", "tokenizer.model"))
+
+
+def test_gguf_rope_scaling_linear_is_read_and_rope_freqs_refused(tiny_model, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from turbolm.errors import UserError
+
+    model_dir = tiny_model("gqa")
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    sd = {k: v.numpy() for k, v in model.state_dict().items()}
+    write_gguf(str(tmp_path / "lin.gguf"), sd, model.config, set(), rope_linear=4.0)
+    dst = str(tmp_path / "ws")
+    convert("llama2", str(tmp_path / "lin.gguf"), tokenizer_path=model_dir, dst_path=dst)
+    cfg = read_config_ini(os.path.join(dst, "triton_models", "weights", "config.ini"))
+    assert (cfg["rope_type"], cfg["rope_scaling_factor"]) == ("linear", 4.0)
+    write_gguf(str(tmp_path / "l31.gguf"), sd, model.config, set(), rope_freqs=True)
+    with pytest.raises(UserError, match="rope_freqs"):
+        convert("llama2", str(tmp_path / "l31.gguf"), tokenizer_path=model_dir, dst_path=str(tmp_path / "ws2"))
