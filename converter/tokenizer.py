@@ -54,11 +54,42 @@ TOKEN_TYPE_CONTROL = 3
 TOKEN_TYPE_USER_DEFINED = 4
 
 
+# llama.cpp's tokenizer.ggml.pre -> how the model's own tokenizer splits text before BPE (the
+# regexes are those of the models' tokenizer.json files). Anything else: GPT-2's split.
+_QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
+                r"\s*[\r\n]+|\s+(?!\S)|\s+")
+_LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
+                 r"\s*[\r\n]+|\s+(?!\S)|\s+")
+
+
+def _pre_tokenizer(pre: Optional[str]):
+    from tokenizers import Regex, pre_tokenizers
+
+    def split(pattern):
+        return pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(pattern), behavior="isolated"),
+                                        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+
+    if pre == "smollm":  # SmolLM / SmolLM2: every digit alone, then GPT-2's split
+        return pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)])
+    if pre == "qwen2":
+        return split(_QWEN2_SPLIT)
+    if pre in ("llama-bpe", "llama3"):
+        return split(_LLAMA3_SPLIT)
+    if pre not in (None, "default", "gpt-2", "gpt2"):
+        import sys
+
+        print(f"turbolm convert: warning: GGUF pre-tokenizer {pre!r} is not known here; GPT-2's split is used "
+              f"(pass --tokenizer_path with the model's HF tokenizer for exact tokenization)", file=sys.stderr)
+    return pre_tokenizers.ByteLevel(add_prefix_space=False)
+
+
 def write_byte_level_bpe(dst_dir: str, tokens: List[str], token_types: List[int], merges: List[str],
                          bos_id: Optional[int], eos_id: Optional[int], unk_id: Optional[int], pad_id: Optional[int],
-                         add_bos: bool, add_eos: bool, chat_template: Optional[str]) -> None:
-    """tokenizer.json + tokenizer_config.json for a llama.cpp ``gpt2`` (byte-level BPE) vocabulary."""
-    from tokenizers import AddedToken, Tokenizer, decoders, pre_tokenizers
+                         add_bos: bool, add_eos: bool, chat_template: Optional[str], pre: Optional[str] = None) -> None:
+    """tokenizer.json + tokenizer_config.json for a llama.cpp ``gpt2`` (byte-level BPE) vocabulary;
+    `pre`: its tokenizer.ggml.pre (the pre-tokenizer's name)."""
+    from tokenizers import AddedToken, Tokenizer, decoders
     from tokenizers.models import BPE
 
     spelling = _bytes_to_unicode()
@@ -70,7 +101,7 @@ def write_byte_level_bpe(dst_dir: str, tokens: List[str], token_types: List[int]
     pairs = [tuple(m.split(" ")) for m in merges]
     tk = Tokenizer(BPE(vocab=vocab, merges=pairs, dropout=None, continuing_subword_prefix="", end_of_word_suffix="",
                        fuse_unk=False))
-    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.pre_tokenizer = _pre_tokenizer(pre)
     tk.decoder = decoders.ByteLevel()
     types = list(token_types) if token_types is not None else [1] * len(tokens)
     control = [t for t, ty in zip(tokens, types) if ty == TOKEN_TYPE_CONTROL and set(t) <= alphabet]

@@ -29,7 +29,8 @@ _LAYER = {"q": "attn_q.weight", "k": "attn_k.weight", "v": "attn_v.weight", "o":
 
 # general.architecture -> whether llama.cpp stored q/k interleaved (its LLaMA converter permutes them)
 ARCHITECTURES: Dict[str, dict] = {
-    "llama": {"qk_interleaved": True},
+    "llama": {"qk_interleaved": True},  # also Mistral and SmolLM2, which llama.cpp writes as llama
+    "qwen2": {"qk_interleaved": False},  # Qwen2 / Qwen2.5: q/k/v bias, rows in HF order
 }
 # tokenizer.ggml.model -> writer of an HF tokenizer folder
 TOKENIZERS = {"gpt2": write_byte_level_bpe}
@@ -176,7 +177,8 @@ class GGUFSource(Source):
             dst_dir, tokens=list(g("tokens")), token_types=g("token_type"), merges=list(g("merges") or []),
             bos_id=g("bos_token_id"), eos_id=g("eos_token_id"), unk_id=g("unknown_token_id"),
             pad_id=g("padding_token_id"), add_bos=bool(g("add_bos_token") or False),
-            add_eos=bool(g("add_eos_token") or False), chat_template=_field(r, "tokenizer.chat_template"))
+            add_eos=bool(g("add_eos_token") or False), chat_template=_field(r, "tokenizer.chat_template"),
+            pre=g("pre"))
 
     def close(self):
         self.reader.close()

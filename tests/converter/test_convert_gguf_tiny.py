@@ -16,11 +16,11 @@ def llama_cpp_permute(w, n_head):  # convert_hf_to_gguf.py LlamaModel.permute
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def write_gguf(path, sd, cfg, q8_names, rope_linear=None, rope_freqs=False):
+def write_gguf(path, sd, cfg, q8_names, rope_linear=None, rope_freqs=False, arch="llama"):
     """GGUF of HF state dict ``sd``; tensors in ``q8_names`` are stored Q8_0, the rest F16/F32.
     rope_linear: a linear RoPE scaling factor to declare; rope_freqs: add Llama 3.1's per-frequency
     factors tensor."""
-    w = gguf.GGUFWriter(path, "llama")
+    w = gguf.GGUFWriter(path, arch)
     if rope_linear:
         w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
         w.add_rope_scaling_factor(rope_linear)
@@ -34,7 +34,8 @@ def write_gguf(path, sd, cfg, q8_names, rope_linear=None, rope_freqs=False):
     w.add_feed_forward_length(cfg.intermediate_size)
     w.add_head_count(H)
     w.add_head_count_kv(KV)
-    w.add_rope_freq_base(10000.0)
+    theta = getattr(cfg, "rope_theta", None) or (getattr(cfg, "rope_parameters", None) or {}).get("rope_theta")
+    w.add_rope_freq_base(float(theta or 10000.0))
     w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
     w.add_vocab_size(cfg.vocab_size)
     w.add_bos_token_id(1)
@@ -46,15 +47,17 @@ def write_gguf(path, sd, cfg, q8_names, rope_linear=None, rope_freqs=False):
                  "mlp.gate_proj.weight": "ffn_gate.weight", "mlp.up_proj.weight": "ffn_up.weight",
                  "mlp.down_proj.weight": "ffn_down.weight", "input_layernorm.weight": "attn_norm.weight",
                  "post_attention_layernorm.weight": "ffn_norm.weight"}
+    if "model.layers.0.self_attn.q_proj.bias" in sd:  # Qwen2: q/k/v bias
+        per_layer.update({f"self_attn.{p}_proj.bias": f"attn_{p}.bias" for p in "qkv"})
     for i in range(cfg.num_hidden_layers):
         for k, v in per_layer.items():
             names[f"model.layers.{i}.{k}"] = f"blk.{i}.{v}"
     stored = {}
     for hf_name, g_name in names.items():
-        x = sd[hf_name]
-        if g_name.endswith("attn_q.weight"):
+        x = sd.get(hf_name, sd["model.embed_tokens.weight"]) if hf_name == "lm_head.weight" else sd[hf_name]
+        if arch == "llama" and g_name.endswith("attn_q.weight"):  # only llama.cpp's LLaMA converter permutes
             x = llama_cpp_permute(x, H)
-        elif g_name.endswith("attn_k.weight"):
+        elif arch == "llama" and g_name.endswith("attn_k.weight"):
             x = llama_cpp_permute(x, KV)
         if hf_name in q8_names:
             q = gguf.quants.quantize(x, gguf.GGMLQuantizationType.Q8_0)
@@ -113,3 +116,31 @@ def test_gguf_rope_scaling_linear_is_read_and_rope_freqs_refused(tiny_model, tmp
     write_gguf(str(tmp_path / "l31.gguf"), sd, model.config, set(), rope_freqs=True)
     with pytest.raises(UserError, match="rope_freqs"):
         convert("llama2", str(tmp_path / "l31.gguf"), tokenizer_path=model_dir, dst_path=str(tmp_path / "ws2"))
+
+
+def test_qwen2_gguf_gives_the_hf_routes_tokens(tiny_model, tmp_path):
+    """A Qwen2 GGUF (llama.cpp's qwen2 architecture: q/k/v bias, rows not permuted) converts and
+    generates the same 32 greedy tokens as the same model converted from its HF folder."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from turbolm import turbomind as tm
+
+    model_dir = tiny_model("bias")
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    sd = {k: v.numpy() for k, v in model.state_dict().items()}
+    write_gguf(str(tmp_path / "qwen2.gguf"), sd, model.config, set(), arch="qwen2")
+    outs = []
+    for src, dst in ((str(tmp_path / "qwen2.gguf"), "ws_gguf"), (model_dir, "ws_hf")):
+        convert("base", src, tokenizer_path=model_dir if src.endswith(".gguf") else None,
+                dst_path=str(tmp_path / dst))
+        m = tm.TurboMind(os.path.join(str(tmp_path / dst), "triton_models", "weights"))
+        out = None
+        for o in m.create_instance().stream_infer(1, [[5, 9, 17, 33, 65]], request_output_len=32, top_k=1,
+                                                  ignore_eos=True, sequence_end=True):
+            out = o[0]
+        outs.append(out[0])
+    assert len(outs[0]) == 32 and outs[0] == outs[1]
+    gguf_w, hf_w = load_workspace(str(tmp_path / "ws_gguf")), load_workspace(str(tmp_path / "ws_hf"))
+    for name in ("model.layers.0.self_attn.q_proj.weight", "model.layers.1.self_attn.k_proj.bias"):
+        np.testing.assert_array_equal(gguf_w[name], hf_w[name], err_msg=name)
