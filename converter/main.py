@@ -119,7 +119,8 @@ def _write_workspace(root: str, source: Source, model_name: str, target_name: st
                rope_scaling_factor=s.rope_scaling_factor, use_logn_attn=0, hidden_units=s.hidden,
                rope_type=s.rope_type, rope_low_freq_factor=s.rope_low_freq_factor,
                rope_high_freq_factor=s.rope_high_freq_factor,
-               rope_original_max_position_embeddings=s.rope_original_max_position_embeddings)
+               rope_original_max_position_embeddings=s.rope_original_max_position_embeddings,
+               qk_norm=int(s.qk_norm))
     cfg.update(target.config_keys())
     write_config_ini(os.path.join(weights, "config.ini"), cfg)
     source.write_tokenizer(os.path.join(root, "triton_models", "tokenizer"))

@@ -29,7 +29,18 @@ OPTIONAL_LAYER_KEYS = {
     "k_bias": lambda s: (s.kv_head_num * s.head_dim,),
     "v_bias": lambda s: (s.kv_head_num * s.head_dim,),
     "o_bias": lambda s: (s.hidden,),
+    "q_norm": lambda s: (s.head_dim,),  # Qwen3: RMSNorm of each q / k head before RoPE
+    "k_norm": lambda s: (s.head_dim,),
 }
+
+
+def optional_wanted(s, key: str) -> bool:
+    """Whether the model (spec `s`) has optional layer tensor `key`."""
+    if key == "o_bias":
+        return s.o_bias
+    if key in ("q_norm", "k_norm"):
+        return s.qk_norm
+    return s.qkv_bias
 
 
 @dataclasses.dataclass
@@ -51,6 +62,7 @@ class ModelSpec:
     rope_high_freq_factor: float = 4.0  # llama3
     rope_original_max_position_embeddings: int = 8192  # llama3
     qkv_bias: bool = False
+    qk_norm: bool = False              # Qwen3: q_norm / k_norm per head
     o_bias: bool = False
     tied: bool = False
     bos_id: int = 1

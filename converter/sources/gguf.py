@@ -17,7 +17,7 @@ import numpy as np
 from turbolm.errors import UserError
 
 from ..gguf_io import GGUFFile
-from ..spec import LAYER_KEYS, OPTIONAL_LAYER_KEYS, ModelSpec
+from ..spec import LAYER_KEYS, OPTIONAL_LAYER_KEYS, ModelSpec, optional_wanted
 from ..tokenizer import copy_hf_tokenizer, write_byte_level_bpe
 from ..tp import interleaved_to_rotate_half
 from . import Source, register_source
@@ -25,7 +25,8 @@ from . import Source, register_source
 _LAYER = {"q": "attn_q.weight", "k": "attn_k.weight", "v": "attn_v.weight", "o": "attn_output.weight",
           "gate": "ffn_gate.weight", "up": "ffn_up.weight", "down": "ffn_down.weight",
           "attention_norm": "attn_norm.weight", "ffn_norm": "ffn_norm.weight",
-          "q_bias": "attn_q.bias", "k_bias": "attn_k.bias", "v_bias": "attn_v.bias", "o_bias": "attn_output.bias"}
+          "q_bias": "attn_q.bias", "k_bias": "attn_k.bias", "v_bias": "attn_v.bias", "o_bias": "attn_output.bias",
+          "q_norm": "attn_q_norm.weight", "k_norm": "attn_k_norm.weight"}
 
 # general.architecture -> whether llama.cpp stored q/k interleaved (its LLaMA converter permutes them)
 ARCHITECTURES: Dict[str, dict] = {
@@ -127,7 +128,7 @@ class GGUFSource(Source):
             expected["output.weight"] = (s.vocab, s.hidden)
         for i in range(s.num_layer):
             for key, shape in list(LAYER_KEYS.items()) + list(OPTIONAL_LAYER_KEYS.items()):
-                if key in OPTIONAL_LAYER_KEYS and not (s.o_bias if key == "o_bias" else s.qkv_bias):
+                if key in OPTIONAL_LAYER_KEYS and not optional_wanted(s, key):
                     continue
                 expected[f"blk.{i}.{_LAYER[key]}"] = shape(s)
         for name, shape in expected.items():

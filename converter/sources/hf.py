@@ -11,7 +11,7 @@ import numpy as np
 from turbolm.errors import UserError
 
 from ..safetensors_io import SafetensorsFile
-from ..spec import LAYER_KEYS, OPTIONAL_LAYER_KEYS, ModelSpec
+from ..spec import LAYER_KEYS, OPTIONAL_LAYER_KEYS, ModelSpec, optional_wanted
 from ..tokenizer import copy_hf_tokenizer
 from . import Source, register_source
 
@@ -22,6 +22,7 @@ _LLAMA_LAYER = {
     "ffn_norm": "post_attention_layernorm.weight",
     "q_bias": "self_attn.q_proj.bias", "k_bias": "self_attn.k_proj.bias", "v_bias": "self_attn.v_proj.bias",
     "o_bias": "self_attn.o_proj.bias",
+    "q_norm": "self_attn.q_norm.weight", "k_norm": "self_attn.k_norm.weight",
 }
 _LLAMA_NAMES = {"layer_prefix": "model.layers.{i}.", "layer": _LLAMA_LAYER, "embed": "model.embed_tokens.weight",
                 "norm": "model.norm.weight", "output": "lm_head.weight"}
@@ -32,6 +33,7 @@ ARCHITECTURES: Dict[str, dict] = {
     "LlamaForCausalLM": _LLAMA_NAMES,
     "MistralForCausalLM": _LLAMA_NAMES,
     "Qwen2ForCausalLM": _LLAMA_NAMES,
+    "Qwen3ForCausalLM": _LLAMA_NAMES,  # + q/k norm per head, no q/k/v bias
     "InternLMForCausalLM": _LLAMA_NAMES,
 }
 
@@ -204,6 +206,7 @@ class HFSource(Source):
         s = self.spec
         s.qkv_bias = self._name(0, "q_bias") in self.tensors
         s.o_bias = self._name(0, "o_bias") in self.tensors
+        s.qk_norm = self._name(0, "q_norm") in self.tensors
         expected = {self.names["embed"]: (s.vocab, s.hidden), self.names["norm"]: (s.hidden,)}
         if not s.tied:
             expected[self.names["output"]] = (s.vocab, s.hidden)
@@ -211,7 +214,7 @@ class HFSource(Source):
             for key, shape in LAYER_KEYS.items():
                 expected.update(self._expected(self._name(i, key), key, shape(s)))
             for key, shape in OPTIONAL_LAYER_KEYS.items():
-                if (key == "o_bias" and s.o_bias) or (key != "o_bias" and s.qkv_bias):
+                if optional_wanted(s, key):
                     expected[self._name(i, key)] = shape(s)
         for name, shape in expected.items():
             if name not in self.tensors:

@@ -60,6 +60,9 @@ class FpTarget(Target):
             self.save(f"{p}feed_forward.w3.{r}.weight", split_cols(t["up"].T, tp, r))
             self.save(f"{p}feed_forward.w2.{r}.weight", split_rows(t["down"].T, tp, r))
         self.save(f"{p}attention_norm.weight", t["attention_norm"])
+        for key in ("q_norm", "k_norm"):  # Qwen3: per head, in the same interleaved order as q / k
+            if key in t:
+                self.save(f"{p}attention.{key}.weight", rotate_half_to_interleaved(t[key], 1, D))
         self.save(f"{p}ffn_norm.weight", t["ffn_norm"])
 
 

@@ -90,6 +90,9 @@ class IntTarget(Fp16Target):
             self.save_q(f"{p}feed_forward.w3.{r}", ql["up"].map_rows(lambda a: a[r * I:(r + 1) * I]))
             self.save_q(f"{p}feed_forward.w2.{r}", ql["down"].in_slice(r * I, (r + 1) * I))
         self.save(f"{p}attention_norm.weight", t["attention_norm"])
+        for key in ("q_norm", "k_norm"):  # Qwen3: per head, in the same interleaved order as q / k
+            if key in t:
+                self.save(f"{p}attention.{key}.weight", rotate_half_to_interleaved(t[key], 1, D))
         self.save(f"{p}ffn_norm.weight", t["ffn_norm"])
 
 

@@ -63,6 +63,8 @@ SCHEMA: List[Key] = [
     Key("rope_low_freq_factor", float, 1.0, "llama3 RoPE: low_freq_factor", extra=True),
     Key("rope_high_freq_factor", float, 4.0, "llama3 RoPE: high_freq_factor", extra=True),
     Key("rope_original_max_position_embeddings", int, 8192, "llama3 RoPE: the pre-training context", extra=True),
+    Key("qk_norm", int, 0, "1: RMSNorm of each q and k head before RoPE (Qwen3; layers.i.attention.q_norm/k_norm)",
+        extra=True),
 ]
 
 KEYS: Dict[str, Key] = {k.name: k for k in SCHEMA}

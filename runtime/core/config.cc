@@ -121,6 +121,7 @@ const std::vector<Field>& fields() {
       FLOAT_FIELD(rope_low_freq_factor, false),
       FLOAT_FIELD(rope_high_freq_factor, false),
       INT_FIELD(rope_original_max_position_embeddings, false),
+      INT_FIELD(qk_norm, false),
   };
   return f;
 }

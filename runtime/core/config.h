@@ -49,7 +49,8 @@ struct ModelConfig {
   std::string rope_type;
   float rope_low_freq_factor = 1.f;    // llama3
   float rope_high_freq_factor = 4.f;   // llama3
-  int rope_original_max_position_embeddings = 8192;  // llama3  // 1: full KV blocks are shared across requests by their tokens' hash
+  int rope_original_max_position_embeddings = 8192;  // llama3
+  int qk_norm = 0;  // 1: RMSNorm over each q and k head (weights [size_per_head]) before RoPE (Qwen3)  // 1: full KV blocks are shared across requests by their tokens' hash
 
   // Every key as text, in the file's spelling; used by the schema-agreement test.
   std::map<std::string, std::string> to_map() const;

@@ -342,6 +342,12 @@ void LlamaModel::Impl::run_rank(Rank& r) {
         const int n = run_end - b;
         float* q = s.qkv.data() + (size_t)b * qkv_n;
         const float* f = &p.inv_freq[(size_t)item * half];
+        if (!lw.q_norm.empty())  // Qwen3: each q and k head normalized before RoPE (in place)
+          for (int t = 0; t < n; ++t) {
+            float* qt = q + (size_t)t * qkv_n;
+            k->rmsnorm(qt, D, lw.q_norm.data(), eps, Hr, D, qt, D);
+            k->rmsnorm(qt + Hr * D, D, lw.k_norm.data(), eps, KVr, D, qt + Hr * D, D);
+          }
         k->rope(q, qkv_n, n, Hr, D, rot, &p.pos[b], f);
         k->rope(q + Hr * D, qkv_n, n, KVr, D, rot, &p.pos[b], f);
         if (logn)

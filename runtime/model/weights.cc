@@ -382,6 +382,10 @@ LlamaWeights load_weights(const std::string& weights_dir, const ModelConfig& cfg
       if (cfg.quant_policy == kQuantPolicyKVInt8) load_kv_qparams(L, p, r, lw);
       lw.attn_norm = L.load_vector(p + "attention_norm.weight", hidden);
       lw.ffn_norm = L.load_vector(p + "ffn_norm.weight", hidden);
+      if (cfg.qk_norm) {
+        lw.q_norm = L.load_vector(p + "attention.q_norm.weight", D);
+        lw.k_norm = L.load_vector(p + "attention.k_norm.weight", D);
+      }
       L.load_col_split(p + "attention.w_qkv", hidden, {H * D, KV * D, KV * D}, r, bias, lw.w_qkv);
       L.load_row_split(p + "attention.wo", H * D / tp, hidden, r, lw.wo);
       if (bias) {
