@@ -63,6 +63,7 @@ class ModelSpec:
     rope_original_max_position_embeddings: int = 8192  # llama3
     qkv_bias: bool = False
     qk_norm: bool = False              # Qwen3: q_norm / k_norm per head
+    sliding_window: int = 0            # > 0: attention sees only the last `sliding_window` positions
     o_bias: bool = False
     tied: bool = False
     bos_id: int = 1

@@ -180,6 +180,9 @@ class HFSource(Source):
                 spec.rope_original_max_position_embeddings = int(scaling["original_max_position_embeddings"])
             except (KeyError, TypeError, ValueError) as e:
                 raise UserError(f"{self.model_path}/config.json: llama3 rope_scaling needs {e}") from None
+        window = cfg.get("sliding_window")
+        if window and cfg.get("use_sliding_window", True):  # Qwen2 sets a window it does not use
+            spec.sliding_window = int(window)
         gen = {}
         gen_path = os.path.join(self.model_path, "generation_config.json")
         if os.path.isfile(gen_path):

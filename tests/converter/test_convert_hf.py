@@ -117,3 +117,18 @@ def test_force_replaces_an_existing_workspace(tiny_model, tmp_path):
     assert not (dst / "old-file").exists()
     assert (dst / "triton_models" / "weights" / "config.ini").is_file()
     assert sorted(os.listdir(tmp_path)) == ["ws"]  # no temp dirs left beside it
+
+
+def test_sliding_window_caps_the_session_and_refuses_more(tiny_model, tmp_path, capsys):
+    """No windowed attention in the runtime yet: a Mistral with a 48-token window becomes a
+    48-token session (exact: full attention within the window), never a silent longer one."""
+    from turbolm.errors import UserError
+
+    src = tiny_model("mistral_swa")
+    dst = str(tmp_path / "ws")
+    convert("base", src, dst_path=dst)
+    assert read_config_ini(os.path.join(dst, "triton_models", "weights", "config.ini"))["session_len"] == 48
+    assert "sliding window of 48" in capsys.readouterr().err
+    with pytest.raises(UserError, match="sliding window"):
+        convert("base", src, dst_path=str(tmp_path / "ws2"), session_len=100)
+    convert("base", src, dst_path=str(tmp_path / "ws3"), session_len=32)  # inside the window: fine
