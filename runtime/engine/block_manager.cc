@@ -81,8 +81,7 @@ void BlockManager::allocate(Sequence& seq, int num_tokens) {
                 " pooled and ", num_cached_, " cached of ", num_blocks());
   TURBOLM_CHECK(seq.block_table.empty() || seq.blocks_active,
                 "BlockManager: allocate on a sequence whose blocks are not active");
-  seq.blocks_active = true;
-  lru_.remove(&seq);  // an active table is never evicted
+  seq.blocks_active = true;  // (an active table is never in the LRU list: nothing to remove)
   for (int i = 0; i < need; ++i) {
     int32_t b = pop_free_or_pooled();
     while (b < 0) {
@@ -107,8 +106,7 @@ void BlockManager::release(Sequence& seq, size_t keep) {
 }
 
 void BlockManager::deallocate(Sequence& seq) {
-  release(seq, 0);
-  lru_.remove(&seq);
+  release(seq, 0);  // an emptied table also leaves the LRU list
   seq.num_cached = 0;
 }
 

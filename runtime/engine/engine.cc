@@ -374,13 +374,15 @@ void Engine::Impl::step() {
   // Prompt logprobs first: they read raw rows that sampling modifies in place (the last row of a
   // prompt is both). Each job's row and slot are its own, so they run in parallel.
   std::vector<TokenLogprob> prompt_out(prompt_jobs.size());
-  model->parallel_for((int)prompt_jobs.size(), [&](int begin, int end) {
-    for (int j = begin; j < end; ++j) {
-      const PromptJob& pj = prompt_jobs[j];
-      prompt_out[j] = token_logprob(&logits[(size_t)pj.row * vocab], vocab, pj.seq->tokens[pj.next],
-                                    pj.seq->gen.prompt_logprobs);
-    }
-  });
+  if (!prompt_jobs.empty()) {  // most steps have none: no std::function built for nothing
+    model->parallel_for((int)prompt_jobs.size(), [&](int begin, int end) {
+      for (int j = begin; j < end; ++j) {
+        const PromptJob& pj = prompt_jobs[j];
+        prompt_out[j] = token_logprob(&logits[(size_t)pj.row * vocab], vocab, pj.seq->tokens[pj.next],
+                                      pj.seq->gen.prompt_logprobs);
+      }
+    });
+  }
   for (size_t j = 0; j < prompt_jobs.size(); ++j) prompt_jobs[j].seq->prompt_lps.push_back(std::move(prompt_out[j]));
   // Rows are independent (each has its own sequence, settings and generator), so they are
   // sampled in parallel on the model's pool, which is idle between forwards. A row with a

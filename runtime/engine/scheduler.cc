@@ -158,13 +158,13 @@ std::vector<ScheduledSeq> Scheduler::schedule() {
     // Holding no blocks (new, preempted, evicted): reuse the registered blocks its tokens start
     // with. Not for prompt logprobs, which need every prompt position's logits.
     const int reused = s->gen.prompt_logprobs < 0 ? blocks_.match_prefix(*s) : 0;
-    reused_tokens_ += reused;
     int need = blocks_.blocks_needed(*s, (int)s->tokens.size());
     if (!blocks_.can_allocate(need)) {
       if (reused) blocks_.deallocate(*s);  // let go of the matched blocks until it fits
       else blocks_.cache(*s);  // active -> cached: wait for running sequences to free blocks
       break;
     }
+    reused_tokens_ += reused;  // counted once admitted: a blocked head of the queue re-matches every step
     if (!s->admitted) {  // the first admission of the request: tell its caller what was reused
       s->admitted = true;
       s->stream->stage_cached_tokens(std::max(0, std::min(reused, s->prompt_len) - s->history_len));

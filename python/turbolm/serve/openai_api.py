@@ -209,7 +209,8 @@ async def collect(stream: AsyncIterator[Chunk], logprobs: bool) -> Chunk:
         if c.logprobs is not None:
             lps.extend(c.logprobs)
         if c.top_logprobs is not None:
-            tops = (tops or []) + list(c.top_logprobs)
+            tops = tops if tops is not None else []
+            tops.extend(c.top_logprobs)
         prompt = prompt or c.prompt_logprobs
         last = c
     return Chunk("".join(texts), ids, lps if logprobs else None, last.num_tokens, last.finish_reason,

@@ -275,7 +275,9 @@ class _Accum:
         self.cached = max(self.cached, cached)
         self.lps.extend(lps)
         if tops is not None:
-            self.tops = (self.tops or []) + list(tops)
+            if self.tops is None:
+                self.tops = []
+            self.tops.extend(tops)  # in place: a copy per read would cost O(n^2) over a long stream
         if prompt is not None and self.prompt is None:
             self.prompt = prompt
 
