@@ -3,7 +3,8 @@ runtime (``TurboMind.get_ppl``) for
 
     fp16 | fp16 + KV int8 | RTN int4 | AWQ int4 | AWQ int4 + KV int8
 
-at one group size. Calibration (KV statistics and the AWQ search) reads ``--calib`` (default
+at one group size, and each int4 row again with int8 activations ("+a8": act_type int8, the
+activations quantized per token and group and multiplied on int8 dot products). Calibration (KV statistics and the AWQ search) reads ``--calib`` (default
 tinyshakespeare); perplexity is measured on a fixed slice of ``--eval`` (default WikiText-2 test):
 the first ``--eval_chars`` characters, tokenized once, cut into windows of ``--seqlen`` tokens.
 
@@ -36,7 +37,8 @@ def _default_data_dir() -> str:
 
 
 DATA_DIR = _default_data_dir()
-MODES = ("fp16", "fp16+kv8", "rtn-int4", "awq-int4", "awq-int4+kv8")
+MODES = ("fp16", "fp16+kv8", "rtn-int4", "rtn-int4+a8", "awq-int4", "awq-int4+a8", "awq-int4+kv8")
+A8 = "+a8"  # a mode's suffix: its base mode's workspace, run with act_type int8
 
 
 def smollm2_hf(out_dir: str) -> str:
@@ -74,13 +76,13 @@ def eval_windows(tokenizer_dir: str, path: str, chars: int, seqlen: int) -> List
     return [ids[i:i + seqlen] for i in range(0, len(ids) - seqlen + 1, seqlen)]
 
 
-def runtime_ppl(weights_dir: str, windows: List[List[int]], threads: int) -> float:
+def runtime_ppl(weights_dir: str, windows: List[List[int]], threads: int, act_type: Optional[str] = None) -> float:
     """Perplexity over all windows together: exp of the token-weighted mean NLL."""
     import math
 
     from turbolm.turbomind import TurboMind
 
-    tm = TurboMind(weights_dir, num_threads=threads, session_len=max(len(w) for w in windows) + 8)
+    tm = TurboMind(weights_dir, num_threads=threads, session_len=max(len(w) for w in windows) + 8, act_type=act_type)
     ppls = tm.get_ppl(windows)
     del tm
     nll = sum(math.log(p) * (len(w) - 1) for p, w in zip(ppls, windows))
@@ -100,7 +102,7 @@ def build(model: str, work: str, group_size: int, calib: str, calib_samples: int
     done = lambda name: os.path.isfile(os.path.join(wd(name), "config.ini"))  # noqa: E731
     stats, awq = os.path.join(work, "calib"), os.path.join(work, "awq")
     out = {}
-    need = set(modes)
+    need = {m[:-len(A8)] if m.endswith(A8) else m for m in modes}
     if need & {"fp16", "fp16+kv8"} and not done("fp16"):
         convert("base", model, dst_path=ws("fp16"), force=True)
     if "fp16" in need:
@@ -129,7 +131,7 @@ def build(model: str, work: str, group_size: int, calib: str, calib_samples: int
                 kv_qparams(awq, wd("awq-int4+kv8"))  # auto_awq saved the statistics beside the checkpoint
                 set_quant_policy(ws("awq-int4+kv8"), None, 4)
             out["awq-int4+kv8"] = wd("awq-int4+kv8")
-    return {m: out[m] for m in modes}
+    return {m: out[m[:-len(A8)] if m.endswith(A8) else m] for m in modes}
 
 
 def report(model: Optional[str] = None, work_dir: str = "./quant_report", group_size: int = 64,
@@ -143,7 +145,7 @@ def report(model: Optional[str] = None, work_dir: str = "./quant_report", group_
     windows = eval_windows(model, eval_path, eval_chars, seqlen)
     result = {}
     for mode, wdir in wdirs.items():
-        result[mode] = runtime_ppl(wdir, windows, threads)
+        result[mode] = runtime_ppl(wdir, windows, threads, "int8" if mode.endswith(A8) else "float")
     print(f"perplexity of {model} on {os.path.basename(eval_path)} (first {eval_chars} chars, "
           f"{len(windows)} x {seqlen} tokens); group size {group_size}; calibration {os.path.basename(calib)} "
           f"({calib_samples} x {calib_seqlen}); {time.time() - t0:.0f}s")

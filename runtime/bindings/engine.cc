@@ -169,10 +169,11 @@ void bind_engine(py::module_& m) {
 
   py::class_<Engine>(m, "Engine")
       .def(py::init([](const std::string& weights_dir, int tp, int num_threads, int max_batch_size, int session_len,
-                       int max_context_token_num, float cache_max_entry_count) {
+                       int max_context_token_num, float cache_max_entry_count, const std::string& act_type) {
              EngineOptions o;
              o.model.tp = tp;
              o.model.num_threads = num_threads;
+             o.model.act_type = act_type;
              o.max_batch_size = max_batch_size;
              o.session_len = session_len;
              o.max_context_token_num = max_context_token_num;
@@ -181,7 +182,8 @@ void bind_engine(py::module_& m) {
              return std::make_unique<Engine>(weights_dir, o);
            }),
            py::arg("weights_dir"), py::arg("tp") = 0, py::arg("num_threads") = 0, py::arg("max_batch_size") = 0,
-           py::arg("session_len") = 0, py::arg("max_context_token_num") = 0, py::arg("cache_max_entry_count") = -1.f)
+           py::arg("session_len") = 0, py::arg("max_context_token_num") = 0, py::arg("cache_max_entry_count") = -1.f,
+           py::arg("act_type") = "")
       .def("config", [](const Engine& e) { return e.config().to_map(); })
       .def(
           "submit",

@@ -54,11 +54,14 @@ py::array_t<float> forward(LlamaModel& m, const std::vector<std::tuple<std::vect
 
 void bind_model(py::module_& m) {
   py::class_<LlamaModel>(m, "LlamaModel", "The model forward alone (tests); see runtime/model/llama.h.")
-      .def(py::init([](const std::string& dir, int tp, int num_threads, bool reference_kernels) {
+      .def(py::init([](const std::string& dir, int tp, int num_threads, bool reference_kernels,
+                       const std::string& act_type) {
              py::gil_scoped_release release;  // loading maps and repacks every weight file
-             return std::make_unique<LlamaModel>(dir, turbolm::ModelOptions{tp, num_threads, reference_kernels});
+             return std::make_unique<LlamaModel>(dir,
+                                                 turbolm::ModelOptions{tp, num_threads, reference_kernels, act_type});
            }),
-           py::arg("weights_dir"), py::arg("tp") = 0, py::arg("num_threads") = 0, py::arg("reference_kernels") = false)
+           py::arg("weights_dir"), py::arg("tp") = 0, py::arg("num_threads") = 0, py::arg("reference_kernels") = false,
+           py::arg("act_type") = "")
       .def_property_readonly("config", [](const LlamaModel& self) { return self.config().to_map(); })
       .def_property_readonly("tp", &LlamaModel::tp)
       .def("kv_bytes_per_block", &LlamaModel::kv_bytes_per_block)

@@ -122,6 +122,12 @@ const std::vector<Field>& fields() {
       FLOAT_FIELD(rope_high_freq_factor, false),
       INT_FIELD(rope_original_max_position_embeddings, false),
       INT_FIELD(qk_norm, false),
+      Field{"act_type", false,
+            [](ModelConfig& c, const std::string& p, const std::string& v) {
+              if (v != "float" && v != "int8") fail(p, ": act_type '", v, "' is not one of float, int8");
+              c.act_type = v;
+            },
+            [](const ModelConfig& c) { return c.act_type; }},
   };
   return f;
 }
@@ -182,6 +188,8 @@ ModelConfig load_config(const std::string& path) {
   if (c.kv_head_num % c.tensor_para_size)
     fail(path, ": kv_head_num ", c.kv_head_num, " is not divisible by tensor_para_size ", c.tensor_para_size);
   if (c.hidden_units == 0) c.hidden_units = c.head_num * c.size_per_head;
+  if (c.act_type == "int8" && c.weight_type != WeightType::kINT4 && c.weight_type != WeightType::kINT8)
+    fail(path, ": act_type int8 needs weight_type int4 or int8, not ", to_string(c.weight_type));
   return c;
 }
 

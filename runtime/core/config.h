@@ -50,7 +50,10 @@ struct ModelConfig {
   float rope_low_freq_factor = 1.f;    // llama3
   float rope_high_freq_factor = 4.f;   // llama3
   int rope_original_max_position_embeddings = 8192;  // llama3
-  int qk_norm = 0;  // 1: RMSNorm over each q and k head (weights [size_per_head]) before RoPE (Qwen3)  // 1: full KV blocks are shared across requests by their tokens' hash
+  int qk_norm = 0;  // 1: RMSNorm over each q and k head (weights [size_per_head]) before RoPE (Qwen3)
+  // "float": quantized linears multiply fp32 activations; "int8": activations are quantized per
+  // (token, group) to int8 and multiplied on int8 dot products (kernels/qgemm.h). int4/int8 only.
+  std::string act_type = "float";
 
   // Every key as text, in the file's spelling; used by the schema-agreement test.
   std::map<std::string, std::string> to_map() const;

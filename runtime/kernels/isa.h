@@ -12,6 +12,11 @@ inline bool cpu_has_avx512() {
          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
          __builtin_cpu_supports("f16c") && __builtin_cpu_supports("fma");
 }
+// vpdpbusd (VNNI) on the AVX-512 registers, plus VBMI's byte permutes that transpose packed
+// weights into VNNI order (Ice Lake and later, Zen 4).
+inline bool cpu_has_avx512_vnni() {
+  return cpu_has_avx512() && __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vbmi");
+}
 inline bool cpu_has_avx2() {
   return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
 }

@@ -1,5 +1,6 @@
 // Picks the quantized kernel table once from the CPU's features (registry: most capable first).
-// AVX-512 VNNI is not needed: activations stay fp32.
+// avx512_vnni differs from avx512 only in the int8-activation product (qgemm_a8); the others
+// emulate that product in fp32.
 #include "isa.h"
 #include "qgemm.h"
 
@@ -7,6 +8,7 @@ namespace turbolm::kernels {
 namespace {
 
 const IsaVariant<QKernelTable> kQVariants[] = {
+    {avx512_vnni_qkernels, cpu_has_avx512_vnni},
     {avx512_qkernels, cpu_has_avx512},
     {avx2_qkernels, cpu_has_avx2},
 };

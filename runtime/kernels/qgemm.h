@@ -66,16 +66,58 @@ float qpacked_dequant(const QPackedMatrix& w, int k, int n);
 using QGemmFn = void (*)(const float* x, int ldx, const QPackedMatrix& w, float* y, int ldy, int M, int p_begin,
                          int p_end, bool accumulate);
 
-struct QKernelTable {
-  const char* name;  // "ref", "avx2", "avx512"
-  QGemmFn qgemm;     // handles bits 4 and 8
+// ---- int8 activations (W4A8 / W8A8, act_type = int8) ---------------------------------------
+// x is quantized per (row m, group g of the weight's G k-rows), symmetric, dynamic (llama.cpp's
+// Q8 activations, with the block the weight's group):
+//   amax = max |x[m, k]| over the group;  inv = amax > 0 ? 127 / amax : 0;  a[m, g] = amax / 127
+//   xq[m, k] = nearbyint(x[m, k] * inv)   (round half to even, |xq| <= 127)
+//   xsum[m, g] = a[m, g] * (float)(sum of xq[m, k] over the group)   (the quantized x's sum: the
+//                zero-point term must see the same x as the q term, or the quantization error is
+//                multiplied by the uncentered q instead of by W = q*s - zs)
+// and each output, with c_g = sum_k q[k, n] * xq[m, k] over the group (int32, exact), is
+//   acc = accumulate ? y : 0;  for g in order:  acc = fmaf((float)c_g, s_g * a_g, acc);
+//                                              acc = fmaf(-zs_g, xsum_g, acc)
+// Every table quantizes to the same bits, and every table that computes in int8 returns bit-
+// identical y from the same QActs (the integer sums are exact, the fold is one order); a table
+// without int8 dot products emulates the product in fp32 (qgemm_a8_via_fp32: the same numbers to
+// rounding, no speed-up).
+struct QActs {
+  int K = 0, G = 0;
+  const int8_t* q = nullptr;     // xq [M][ldq], ldq >= K, 64-byte aligned rows
+  int ldq = 0;
+  const float* scale = nullptr;  // a [M][ldg]
+  const float* sum = nullptr;    // xsum [M][ldg] = a * sum(xq)
+  int ldg = 0;                   // >= K / G
 };
+inline size_t qacts_ldq(int K) { return ((size_t)K + 63) / 64 * 64; }
+
+// Quantizes rows [0, M) of x [M, K] (row stride ldx) as above into xq / a / xsum.
+using QuantizeActsFn = void (*)(const float* x, int ldx, int M, int K, int G, int8_t* xq, int ldq, float* a,
+                                float* xsum, int ldg);
+// y[m, n] (+)= the product above for the columns of panels [p_begin, p_end), m < M; x.G must be
+// the weight's group size and x.K its K.
+using QGemmA8Fn = void (*)(const QActs& x, const QPackedMatrix& w, float* y, int ldy, int M, int p_begin, int p_end,
+                           bool accumulate);
+
+struct QKernelTable {
+  const char* name;        // "ref", "avx2", "avx512", "avx512_vnni"
+  QGemmFn qgemm;           // fp32 activations; handles bits 4 and 8
+  QuantizeActsFn quantize_acts;
+  QGemmA8Fn qgemm_a8;      // int8 activations
+  bool int8_dot;           // false: qgemm_a8 emulates in fp32 (this CPU has no int8 dot products)
+};
+
+// The fp32 emulation of qgemm_a8 for tables without int8 dot products: x' = xq * a rows, then
+// `fp` (that table's fp32-activation GEMM).
+void qgemm_a8_via_fp32(QGemmFn fp, const QActs& x, const QPackedMatrix& w, float* y, int ldy, int M, int p_begin,
+                       int p_end, bool accumulate);
 
 const QKernelTable& reference_qkernels();
 const QKernelTable& best_qkernels();                    // chosen once from the CPU's features
 std::vector<const QKernelTable*> supported_qkernels();  // every table this CPU can run (ref first)
 
 // Private to the kernels folder: the SIMD tables, defined in their ISA-flagged files.
+const QKernelTable* avx512_vnni_qkernels();
 const QKernelTable* avx512_qkernels();
 const QKernelTable* avx2_qkernels();
 

@@ -84,7 +84,12 @@ void qgemm_avx2(const float* x, int ldx, const QPackedMatrix& w, float* y, int l
   else qgemm_t<8>(x, ldx, w, y, ldy, M, p_begin, p_end, accumulate);
 }
 
-const QKernelTable kTable{"avx2", qgemm_avx2};
+void qgemm_a8_avx2(const QActs& x, const QPackedMatrix& w, float* y, int ldy, int M, int p_begin, int p_end,
+                   bool accumulate) {
+  qgemm_a8_via_fp32(qgemm_avx2, x, w, y, ldy, M, p_begin, p_end, accumulate);
+}
+
+const QKernelTable kTable{"avx2", qgemm_avx2, reference_qkernels().quantize_acts, qgemm_a8_avx2, false};
 
 }  // namespace
 

@@ -365,7 +365,35 @@ void qgemm_avx512(const float* x, int ldx, const QPackedMatrix& w, float* y, int
   }
 }
 
-const QKernelTable kTable{"avx512", qgemm_avx512};
+// ---- int8 activations: the quantizer (qgemm.h); the product is emulated without VNNI ----------
+void quantize_acts_avx512(const float* x, int ldx, int M, int K, int G, int8_t* xq, int ldq, float* a, float* xsum,
+                          int ldg) {
+  const __m512 sign = _mm512_set1_ps(-0.f);
+  for (int m = 0; m < M; ++m)
+    for (int g = 0; g < K / G; ++g) {
+      const float* xg = x + (size_t)m * ldx + (size_t)g * G;
+      __m512 mx = _mm512_setzero_ps();
+      for (int k = 0; k < G; k += 16) mx = _mm512_max_ps(mx, _mm512_andnot_ps(sign, _mm512_loadu_ps(xg + k)));
+      const float amax = _mm512_reduce_max_ps(mx);
+      const __m512 inv = _mm512_set1_ps(amax > 0.f ? 127.f / amax : 0.f);
+      int8_t* out = xq + (size_t)m * ldq + (size_t)g * G;
+      __m512i isum = _mm512_setzero_si512();
+      for (int k = 0; k < G; k += 16) {  // cvtps rounds half to even (MXCSR default), as nearbyint
+        const __m512i q = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(xg + k), inv));  // |q| <= 127
+        _mm_storeu_si128((__m128i*)(out + k), _mm512_cvtsepi32_epi8(q));
+        isum = _mm512_add_epi32(isum, q);
+      }
+      a[(size_t)m * ldg + g] = amax / 127.f;
+      xsum[(size_t)m * ldg + g] = amax / 127.f * (float)_mm512_reduce_add_epi32(isum);
+    }
+}
+
+void qgemm_a8_avx512(const QActs& x, const QPackedMatrix& w, float* y, int ldy, int M, int p_begin, int p_end,
+                     bool accumulate) {
+  qgemm_a8_via_fp32(qgemm_avx512, x, w, y, ldy, M, p_begin, p_end, accumulate);
+}
+
+const QKernelTable kTable{"avx512", qgemm_avx512, quantize_acts_avx512, qgemm_a8_avx512, false};
 
 }  // namespace
 

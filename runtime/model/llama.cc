@@ -76,6 +76,11 @@ struct RunState {
   AlignedArray<float> gate;     // [T, Ir] w1 output, then silu(gate)·up
   AlignedArray<float> up;       // [T, Ir] w3 output
   AlignedArray<float> scratch;  // [threads][cap_len] attention scores, one row per pool slot
+  // act_type int8: the current linear's input quantized (kernels/qgemm.h QActs), sized for the
+  // widest K (max of hidden, Hr·D, Ir) and the smallest group (kQGroupAlign).
+  AlignedArray<int8_t> xq;      // [T][qacts_ldq(max K)]
+  AlignedArray<float> xa, xs;   // [T][max K / kQGroupAlign] scales, group sums
+  kernels::QActs acts;          // the view of them handed to the kernels
 };
 
 struct Rank {
@@ -95,6 +100,8 @@ struct LlamaModel::Impl {
   int num_blocks = 0;
   const KernelTable* k = nullptr;
   const QKernelTable* qk = nullptr;  // int4 / int8 linears
+  bool act_int8 = false;             // act_type int8: quantized linears take int8 activations
+  int max_k = 0;                     // widest linear input on a rank (the xq buffers' row)
   kernels::KVType kv_type = kernels::KVType::kF16;
   size_t kv_elem = 2;  // bytes per cached K or V element
   LlamaWeights weights;
@@ -123,9 +130,14 @@ struct LlamaModel::Impl {
   void run_rank(Rank& r);
   void rank_thread(int index);
   void gemm(Rank& r, const float* x, int ldx, const Linear& w, const float* bias, float* y, int ldy, int M);
-  // Panels [b, e) of one linear, whichever its weight format.
-  void linear_panels(const float* x, int ldx, const Linear& w, float* y, int ldy, int M, int b, int e) const {
-    if (w.quantized()) qk->qgemm(x, ldx, w.qw, y, ldy, M, b, e, false);
+  // With act_type int8 and a quantized `w`: x [M, w.K] quantized for w's group size into the
+  // rank's buffers, rows shared out over its pool; else nullptr (the linear takes fp32 x).
+  const kernels::QActs* quantize_input(Rank& r, const float* x, int ldx, int M, const Linear& w);
+  // Panels [b, e) of one linear, whichever its weight format; `a`: x quantized, or nullptr.
+  void linear_panels(const float* x, int ldx, const kernels::QActs* a, const Linear& w, float* y, int ldy, int M,
+                     int b, int e) const {
+    if (a) qk->qgemm_a8(*a, w.qw, y, ldy, M, b, e, false);
+    else if (w.quantized()) qk->qgemm(x, ldx, w.qw, y, ldy, M, b, e, false);
     else k->gemm(x, ldx, w.w, y, ldy, M, b, e, false);
   }
 };
@@ -152,6 +164,12 @@ LlamaModel::Impl::Impl(const std::string& dir, const ModelOptions& opts) {
   KVr = cfg.kv_head_num / tp;
   Ir = cfg.inter_size / tp;
   qkv_n = (Hr + 2 * KVr) * D;
+  max_k = std::max({hidden, Hr * D, Ir});
+  const std::string act = opts.act_type.empty() ? cfg.act_type : opts.act_type;
+  if (act != "float" && act != "int8") fail("act_type '", act, "' is not one of float, int8");
+  if (act == "int8" && cfg.weight_type != WeightType::kINT4 && cfg.weight_type != WeightType::kINT8)
+    fail("act_type int8 needs an int4 or int8 workspace; ", dir, " is ", to_string(cfg.weight_type));
+  act_int8 = act == "int8";
 
   const int total = opts.num_threads > 0 ? opts.num_threads : ThreadPool::physical_cores();
   const int per_rank = std::max(1, total / tp);
@@ -259,6 +277,11 @@ void LlamaModel::Impl::grow(Rank& r) {
     s.y = AlignedArray<float>((size_t)T * hidden);
     s.gate = AlignedArray<float>((size_t)T * Ir);
     s.up = AlignedArray<float>((size_t)T * Ir);
+    if (act_int8) {
+      s.xq = AlignedArray<int8_t>((size_t)T * kernels::qacts_ldq(max_k));
+      s.xa = AlignedArray<float>((size_t)T * (max_k / kernels::kQGroupAlign));
+      s.xs = AlignedArray<float>((size_t)T * (max_k / kernels::kQGroupAlign));
+    }
     s.cap_tokens = T;
   }
   if (plan.max_len > s.cap_len) {
@@ -268,12 +291,27 @@ void LlamaModel::Impl::grow(Rank& r) {
   }
 }
 
+const kernels::QActs* LlamaModel::Impl::quantize_input(Rank& r, const float* x, int ldx, int M, const Linear& w) {
+  if (!act_int8 || !w.quantized()) return nullptr;
+  RunState& s = r.s;
+  kernels::QActs& a = s.acts;
+  const int K = w.qw.K, G = w.qw.group_size;
+  a = kernels::QActs{K, G, s.xq.data(), (int)kernels::qacts_ldq(max_k), s.xa.data(), s.xs.data(),
+                     max_k / kernels::kQGroupAlign};
+  par_for(*r.pool, M, [&](int b, int e) {
+    qk->quantize_acts(x + (size_t)b * ldx, ldx, e - b, K, G, s.xq.data() + (size_t)b * a.ldq, a.ldq,
+                      s.xa.data() + (size_t)b * a.ldg, s.xs.data() + (size_t)b * a.ldg, a.ldg);
+  });
+  return &a;
+}
+
 // y[M, N] = x[M, K] · W (+ bias), the panels shared out over the rank's pool.
 void LlamaModel::Impl::gemm(Rank& r, const float* x, int ldx, const Linear& w, const float* bias, float* y,
                             int ldy, int M) {
   const int N = w.quantized() ? w.qw.N : w.w.N;
+  const kernels::QActs* a = quantize_input(r, x, ldx, M, w);
   par_for(*r.pool, w.n_panels(), [&](int b, int e) {
-    linear_panels(x, ldx, w, y, ldy, M, b, e);
+    linear_panels(x, ldx, a, w, y, ldy, M, b, e);
     if (bias) {
       const int n0 = b * kernels::kPanel, n1 = std::min(N, e * kernels::kPanel);
       for (int m = 0; m < M; ++m)
@@ -382,9 +420,11 @@ void LlamaModel::Impl::run_rank(Rank& r) {
     rmsnorm(lw.ffn_norm);
     {
       const int p1 = lw.w1.n_panels(), p3 = lw.w3.n_panels();
+      const kernels::QActs* a = quantize_input(r, s.xn.data(), hidden, T, lw.w1);  // w1 and w3 share K and G
       par_for(pool, p1 + p3, [&](int b, int e) {  // w1 and w3 in one loop
-        if (b < p1) linear_panels(s.xn.data(), hidden, lw.w1, s.gate.data(), Ir, T, b, std::min(e, p1));
-        if (e > p1) linear_panels(s.xn.data(), hidden, lw.w3, s.up.data(), Ir, T, std::max(b, p1) - p1, e - p1);
+        if (b < p1) linear_panels(s.xn.data(), hidden, a, lw.w1, s.gate.data(), Ir, T, b, std::min(e, p1));
+        if (e > p1)
+          linear_panels(s.xn.data(), hidden, a, lw.w3, s.up.data(), Ir, T, std::max(b, p1) - p1, e - p1);
       });
     }
     par_for(pool, T, [&](int b, int e) {
@@ -407,8 +447,9 @@ void LlamaModel::Impl::run_rank(Rank& r) {
   const Linear& out = weights.shared.output;
   const int np = out.n_panels();
   const int P0 = (int)((int64_t)np * r.index / tp), P1 = (int)((int64_t)np * (r.index + 1) / tp);
+  const kernels::QActs* a = quantize_input(r, s.xn.data(), hidden, R, out);
   par_for(pool, P1 - P0, [&](int b, int e) {
-    linear_panels(s.xn.data(), hidden, out, logits, cfg.vocab_size, R, P0 + b, P0 + e);
+    linear_panels(s.xn.data(), hidden, a, out, logits, cfg.vocab_size, R, P0 + b, P0 + e);
   });
 }
 

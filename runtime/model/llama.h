@@ -31,6 +31,7 @@ struct ModelOptions {
   int tp = 0;           // 0: the workspace's tensor_para_size; N: run at N ranks (a tp=1 workspace is sliced)
   int num_threads = 0;  // total compute threads over all ranks; 0: the machine's cores
   bool reference_kernels = false;  // run the scalar reference kernel table (tests, debugging numerics)
+  std::string act_type;            // "": the workspace's act_type; "float" | "int8" override it
 };
 
 class LlamaModel {

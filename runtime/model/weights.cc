@@ -34,6 +34,7 @@ void AlignedArray<T>::Free::operator()(T* p) const { std::free(p); }
 template class AlignedArray<uint16_t>;
 template class AlignedArray<float>;
 template class AlignedArray<uint8_t>;
+template class AlignedArray<int8_t>;
 
 int lm_head_group_size(int hidden) {
   for (int g : {64, 32})

@@ -3,7 +3,7 @@ generator, advanced once per generated token, and its logits do not depend on wh
 computes (the GEMMs are batch-invariant, see kernels_avx512.cc / qgemm_avx512.cc). So the same seed
 and prompt give the same tokens and logprobs alone and among 8 concurrent requests (with their own
 prompts of other lengths, sampling settings, prefills in the same steps), for fp16 and int4
-weights and in any kernel table."""
+weights, int4 with int8 activations (each token quantized on its own), and in any kernel table."""
 import os
 import threading
 
@@ -25,13 +25,14 @@ def run(model, sid, prompt, out, key, **kw):
     out[key] = res
 
 
-@pytest.fixture(scope="module", params=["fp16", "int4"])
+@pytest.fixture(scope="module", params=["fp16", "int4", "int4-a8"])
 def model(request, tiny_model, tmp_path_factory):
     hf_dir = tiny_model("soft")
     dst = tmp_path_factory.mktemp("seed") / request.param
     kw = {} if request.param == "fp16" else dict(weight_type="int4", group_size=64)
     convert("base", hf_dir, dst_path=str(dst), force=True, **kw)
-    return hf_dir, tm.TurboMind(os.path.join(str(dst), "triton_models", "weights"), max_batch_size=16)
+    act = "int8" if request.param.endswith("a8") else None
+    return hf_dir, tm.TurboMind(os.path.join(str(dst), "triton_models", "weights"), max_batch_size=16, act_type=act)
 
 
 @pytest.mark.parametrize("settings", [dict(top_k=0, top_p=1.0, temperature=1.0),

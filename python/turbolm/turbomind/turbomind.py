@@ -68,13 +68,20 @@ class TurboMind:
     def __init__(self, weights_dir: str, model_name: Optional[str] = None, tp: int = 1, *,
                  max_batch_size: Optional[int] = None, session_len: Optional[int] = None,
                  cache_max_entry_count: Optional[float] = None, max_context_token_num: Optional[int] = None,
-                 num_threads: Optional[int] = None, chat_template_from_tokenizer: bool = False):
+                 num_threads: Optional[int] = None, chat_template_from_tokenizer: bool = False,
+                 act_type: Optional[str] = None):
+        """``act_type``: None runs the workspace's; 'float' or 'int8' override it (int8 needs an
+        int4/int8 workspace: activations quantized per token and group, int8 dot products)."""
         self.weights_dir = weights_dir
         self.config: Dict[str, Any] = read_config_ini(os.path.join(weights_dir, "config.ini"))
+        if act_type not in (None, "float", "int8"):
+            raise UserError(f"act_type {act_type!r} is not one of float, int8")
         self.engine = _turbomind.Engine(
             weights_dir, tp=tp or 0, num_threads=num_threads or 0, max_batch_size=max_batch_size or 0,
             session_len=session_len or 0, max_context_token_num=max_context_token_num or 0,
-            cache_max_entry_count=-1.0 if cache_max_entry_count is None else float(cache_max_entry_count))
+            cache_max_entry_count=-1.0 if cache_max_entry_count is None else float(cache_max_entry_count),
+            act_type=act_type or "")
+        self.act_type = act_type or self.config["act_type"]
         self.tp = tp
         self.session_len = session_len or self.config["session_len"]
         self.eos_id = self.config["end_id"]

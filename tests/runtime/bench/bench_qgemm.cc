@@ -3,6 +3,7 @@
 // weight copies to exceed the L3 cache, as a real decode step does; larger M reuses one copy.
 // GB/s counts the bytes the kernel streams (q + per-group scales); "fp16-eq GB/s" is the fp16
 // bytes of the same matrix per second (the speed-up of decode over fp16 at equal bandwidth).
+// "i4a8" / "i8a8" rows: int8 activations (act_type = int8), the quantization of x included.
 // Usage: bench_qgemm [group_size] [threads...]   (default: 64  1 2)
 #include <time.h>
 
@@ -62,9 +63,25 @@ struct Weight {
   int n_panels() const { return bits == 16 ? pm.n_panels : qm.n_panels; }
 };
 
-void run(turbolm::ThreadPool& pool, const float* x, const Weight& w, float* y, int M, int K, int N) {
+// Int8 activations of up to 512 rows x 1536 (the widest K).
+struct A8 {
+  std::vector<int8_t> q = std::vector<int8_t>((size_t)512 * 1536);
+  std::vector<float> a = std::vector<float>((size_t)512 * 1536 / 16), sum = a;
+};
+
+void run(turbolm::ThreadPool& pool, const float* x, const Weight& w, float* y, int M, int K, int N, A8* a8) {
   const KernelTable& kt = best_kernels();
   const QKernelTable& qt = best_qkernels();
+  if (a8) {
+    const int G = w.qm.group_size, ldg = K / G;
+    pool.parallel_for(M, [&](int b, int e) {
+      qt.quantize_acts(x + (size_t)b * K, K, e - b, K, G, a8->q.data() + (size_t)b * K, K, a8->a.data() + (size_t)b * ldg,
+                       a8->sum.data() + (size_t)b * ldg, ldg);
+    });
+    const QActs acts{K, G, a8->q.data(), K, a8->a.data(), a8->sum.data(), ldg};
+    pool.parallel_for(w.n_panels(), [&](int b, int e) { qt.qgemm_a8(acts, w.qm, y, N, M, b, e, false); });
+    return;
+  }
   pool.parallel_for(w.n_panels(), [&](int b, int e) {
     if (w.bits == 16) kt.gemm(x, K, w.pm, y, N, M, b, e, false);
     else qt.qgemm(x, K, w.qm, y, N, M, b, e, false);
@@ -87,8 +104,11 @@ int main(int argc, char** argv) {
   for (size_t i = 0; i < x.size(); ++i) x[i] = (float)((i * 7919) % 1000) / 1000.f - 0.5f;
   std::printf("%-6s %5s %5s %4s %4s %3s %9s %8s %9s %9s | %9s %8s %9s\n", "shape", "K", "N", "fmt", "M", "thr",
               "us/call", "GB/s", "fp16eq", "GFLOP/s", "cpu-us", "GB/s", "GFLOP/s");
+  A8 a8buf;
   for (const Shape& s : shapes)
-    for (int bits : {16, 8, 4}) {
+    for (int fmt : {16, 8, 4, -8, -4}) {  // negative: the same bits with int8 activations
+      const int bits = fmt < 0 ? -fmt : fmt;
+      A8* a8 = fmt < 0 ? &a8buf : nullptr;
       const size_t bytes = bits == 16 ? (size_t)s.K * s.N * 2 : qpacked_q_bytes(bits, s.K, s.N) + qpacked_sz_floats(s.K, s.N, G) * 4;
       const int copies = (int)((160u << 20) / bytes) + 1;
       std::vector<std::unique_ptr<Weight>> ws;
@@ -97,19 +117,19 @@ int main(int argc, char** argv) {
         for (int t : threads) {
           turbolm::ThreadPool pool(t);
           const int n_w = M == 1 ? copies : 1;
-          run(pool, x.data(), *ws[0], y.data(), M, s.K, s.N);
+          run(pool, x.data(), *ws[0], y.data(), M, s.K, s.N, a8);
           int iters = 0;
           const auto t0 = Clock::now();
           const double c0 = cpu_seconds();
           double el = 0;
           do {
-            run(pool, x.data(), *ws[iters % n_w], y.data(), M, s.K, s.N);
+            run(pool, x.data(), *ws[iters % n_w], y.data(), M, s.K, s.N, a8);
             ++iters;
             el = std::chrono::duration<double>(Clock::now() - t0).count();
           } while (el < 0.3 || iters < 3);
           const double sec = el / iters, csec = (cpu_seconds() - c0) / iters / t;
           std::printf("%-6s %5d %5d %4s %4d %3d %9.1f %8.2f %9.2f %9.2f | %9.1f %8.2f %9.2f\n", s.name, s.K, s.N,
-                      bits == 16 ? "fp16" : bits == 8 ? "int8" : "int4", M, t, sec * 1e6, bytes / sec / 1e9,
+                      fmt == 16 ? "fp16" : fmt == 8 ? "int8" : fmt == 4 ? "int4" : fmt == -8 ? "i8a8" : "i4a8", M, t, sec * 1e6, bytes / sec / 1e9,
                       (double)s.K * s.N * 2 / sec / 1e9, 2.0 * M * s.K * s.N / sec / 1e9, csec * 1e6,
                       bytes / csec / 1e9, 2.0 * M * s.K * s.N / csec / 1e9);
         }
