@@ -58,6 +58,17 @@ def _pick_target(src_dtype: str, dtype: Optional[str], weight_type: Optional[str
     return name
 
 
+def _pick_act_type(target_name: str, act_type: Optional[str]) -> str:
+    if act_type in (None, "float"):
+        return "float"
+    if act_type != "int8":
+        raise UserError(f"--act_type {act_type} is not one of float, int8")
+    if target_name not in QUANTIZED_SRC:
+        raise UserError(f"--act_type int8 needs int4/int8 weights (--weight_type int4|int8, or an AWQ checkpoint), "
+                        f"not {target_name}")
+    return "int8"
+
+
 def _pick_group_size(spec, target_name: str, group_size: int) -> int:
     if spec.src_dtype in QUANTIZED_SRC:
         if group_size and group_size != spec.quant_group_size:
@@ -99,7 +110,7 @@ def _copy_template(root: str) -> None:
 
 
 def _write_workspace(root: str, source: Source, model_name: str, target_name: str, tp: int, group_size: int,
-                     session_len: Optional[int]) -> None:
+                     session_len: Optional[int], act_type: str = "float") -> None:
     from tqdm import tqdm
 
     s = source.spec
@@ -130,7 +141,7 @@ def _write_workspace(root: str, source: Source, model_name: str, target_name: st
                rope_type=s.rope_type, rope_low_freq_factor=s.rope_low_freq_factor,
                rope_high_freq_factor=s.rope_high_freq_factor,
                rope_original_max_position_embeddings=s.rope_original_max_position_embeddings,
-               qk_norm=int(s.qk_norm))
+               qk_norm=int(s.qk_norm), act_type=act_type)
     cfg.update(target.config_keys())
     write_config_ini(os.path.join(weights, "config.ini"), cfg)
     source.write_tokenizer(os.path.join(root, "triton_models", "tokenizer"))
@@ -151,7 +162,8 @@ def _int_arg(name: str, value, minimum: int) -> int:
 
 def main(model_name: str, model_path: str, model_format: Optional[str] = None, tokenizer_path: Optional[str] = None,
          dst_path: str = "./workspace", tp: int = 1, group_size: int = 0, dtype: Optional[str] = None,
-         weight_type: Optional[str] = None, force: bool = False, session_len: Optional[int] = None) -> None:
+         weight_type: Optional[str] = None, force: bool = False, session_len: Optional[int] = None,
+         act_type: Optional[str] = None) -> None:
     """Convert ``model_path`` into a workspace at ``dst_path`` (returns nothing, so `fire` prints nothing)."""
     t0 = time.time()
     model_name, model_path = str(model_name), str(model_path)
@@ -174,6 +186,7 @@ def main(model_name: str, model_path: str, model_format: Optional[str] = None, t
             raise UserError(f"kv_head_num {s.kv_head_num} (head_num {s.head_num}, inter_size {s.inter}) is not "
                             f"divisible by --tp {tp}; choose a tp that divides kv_head_num")
         target_name = _pick_target(s.src_dtype, dtype, weight_type)
+        act_type = _pick_act_type(target_name, act_type)
         group_size = _pick_group_size(s, target_name, group_size)
         TARGETS[target_name].validate(s, tp, group_size)
 
@@ -187,7 +200,7 @@ def main(model_name: str, model_path: str, model_format: Optional[str] = None, t
         tmp = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(dst)}.tmp-")
         ok = False
         try:
-            _write_workspace(tmp, source, model_name, target_name, tp, group_size, session_len)
+            _write_workspace(tmp, source, model_name, target_name, tp, group_size, session_len, act_type)
             os.chmod(tmp, 0o755)
             if os.path.isdir(dst):  # empty, or --force: swap it out only now that the new one is complete
                 old = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(dst)}.old-")

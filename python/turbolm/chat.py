@@ -82,12 +82,13 @@ def _read_prompt() -> Optional[str]:
 
 def main(model_path: str, model_name: Optional[str] = None, tp: int = 1, session_id: int = 1,
          max_new_tokens: int = 512, temperature: float = 0.8, top_p: float = 0.95, top_k: int = 40,
-         repetition_penalty: float = 1.0, seed: Optional[int] = None, cap: str = "chat"):
+         repetition_penalty: float = 1.0, seed: Optional[int] = None, cap: str = "chat",
+         act_type: Optional[str] = None):
     from turbolm import turbomind
 
     if cap not in ("chat", "completion"):
         raise UserError(f"--cap must be chat or completion, got {cap!r}")
-    tm = turbomind.TurboMind.from_pretrained(str(model_path), model_name=model_name, tp=int(tp))
+    tm = turbomind.TurboMind.from_pretrained(str(model_path), model_name=model_name, tp=int(tp), act_type=act_type)
     chat = ChatSession(tm, session_id=session_id, cap=cap, temperature=float(temperature), top_p=float(top_p),
                        top_k=int(top_k), repetition_penalty=float(repetition_penalty), random_seed=seed)
     print(f"turbolm chat: {model_path} (template {type(tm.model).__name__}, session length {tm.session_len}). "

@@ -59,22 +59,22 @@ COMMANDS = [
     (("lite", "report"), ["--model", "--work_dir", "--group_size", "--calib", "--eval_path", "--threads"],
      ["--group-sze", "64"], "--group_sze", "--group_size"),
     (("convert",), ["--model_format", "--tokenizer_path", "--dst_path", "--tp", "--group_size", "--dtype",
-                    "--weight_type", "--force", "--session_len"], ["llama2", "m", "--dst_pat", "x"], "--dst_pat",
+                    "--weight_type", "--force", "--session_len", "--act_type"], ["llama2", "m", "--dst_pat", "x"], "--dst_pat",
      "--dst_path"),
     (("chat",), ["--model_name", "--tp", "--session_id", "--max_new_tokens", "--temperature", "--top_p", "--top_k",
-                 "--repetition_penalty", "--seed", "--cap"], ["WS", "--temprature", "0"], "--temprature",
+                 "--repetition_penalty", "--seed", "--cap", "--act_type"], ["WS", "--temprature", "0"], "--temprature",
      "--temperature"),
     (("serve",), ["--help"], ["--verbose"], "--verbose", "--help"),
     (("serve", "api_server"), ["--server_name", "--server_port", "--instance_num", "--tp", "--served_model_name",
                                "--api_keys", "--allowed_origins", "--max_body_mb", "--session_ttl", "--log_level",
-                               "--model_name", "--session_len", "--cache_max_entry_count"],
+                               "--model_name", "--session_len", "--cache_max_entry_count", "--act_type"],
      ["WS", "--api_key", "x"], "--api_key", "--api_keys"),
     (("serve", "api_client"), ["--session_id", "--api_key"], ["http://127.0.0.1:9", "--api_keys", "k"],
      "--api_keys", "--api_key"),
     (("serve", "gradio"), ["--server_name", "--server_port", "--tp", "--share", "--api_key"],
      ["WS", "--server-prt", "1"], "--server_prt", "--server_port"),
     (("bench",), ["--backends", "--prompt_len", "--decode_tokens", "--concurrency", "--threads",
-                  "--cache_max_entry_count"], ["--backend", "turbolm"], "--backend", "--backends"),
+                  "--cache_max_entry_count", "--act_type"], ["--backend", "turbolm"], "--backend", "--backends"),
 ]
 IDS = [" ".join(c[0]) or "turbolm" for c in COMMANDS]
 
@@ -155,6 +155,20 @@ def test_boolean_flag_forms(force, ok, tiny_model, tmp_path):
         assert proc.returncode == 0, proc.stderr
     else:
         assert_one_line_error(proc, "--force")
+
+
+# ---- --act_type: written by convert, refused where it cannot run ------------------------------
+def test_act_type_flag(tiny_model, tmp_path, ws):
+    proc = turbolm("convert", "base", tiny_model("gqa"), "--dst_path", tmp_path / "fp", "--act_type", "int8")
+    assert_one_line_error(proc, "--act_type int8 needs int4/int8 weights")
+    proc = turbolm("convert", "base", tiny_model("gqa"), "--dst_path", tmp_path / "q", "--weight_type", "int4",
+                   "--group_size", "64", "--act_type", "int8")
+    assert proc.returncode == 0, proc.stderr
+    assert "act_type = int8" in (tmp_path / "q" / "triton_models" / "weights" / "config.ini").read_text()
+    proc = turbolm("chat", ws, "--act_type", "int8", timeout=60)  # ws is fp16
+    assert_one_line_error(proc, "act_type int8 needs an int4 or int8 workspace")
+    proc = turbolm("chat", ws, "--act_type", "int4")
+    assert proc.returncode == 2 and "'int4' is not one of 'float', 'int8'" in proc.stderr, proc.stderr
 
 
 # ---- a workspace that does not load: one line, exit 2 ----------------------------------------

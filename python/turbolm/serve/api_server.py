@@ -275,7 +275,7 @@ def serve(model_path: str, server_name: str = "0.0.0.0", server_port: int = 2333
           tp: int = 1, served_model_name: Optional[str] = None, api_keys=None, log_level: str = "info",
           model_name: Optional[str] = None, session_len: Optional[int] = None,
           cache_max_entry_count: Optional[float] = None, allowed_origins=None, max_body_mb: float = 4.0,
-          session_ttl: float = 1800.0):
+          session_ttl: float = 1800.0, act_type: Optional[str] = None):
     import uvicorn
 
     logging.basicConfig(level=str(log_level).upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -283,8 +283,8 @@ def serve(model_path: str, server_name: str = "0.0.0.0", server_port: int = 2333
     origins = parse_api_keys(allowed_origins)  # the same comma-separated list
     if not max_body_mb or float(max_body_mb) <= 0:
         raise UserError(f"--max_body_mb must be > 0, got {max_body_mb}")
-    extra = {k: v for k, v in dict(session_len=session_len, cache_max_entry_count=cache_max_entry_count).items()
-             if v is not None}
+    extra = {k: v for k, v in dict(session_len=session_len, cache_max_entry_count=cache_max_entry_count,
+                                   act_type=act_type).items() if v is not None}
     engine = AsyncEngine.from_path(model_path, tp=tp, instance_num=instance_num, model_name=model_name, **extra)
     app = create_app(engine, served_model_name=served_model_name, api_keys=keys,
                      max_body_bytes=int(float(max_body_mb) * (1 << 20)), allowed_origins=origins,
