@@ -18,6 +18,7 @@ from turbolm.config import write_config_ini
 from turbolm.errors import UserError
 from turbolm.model import known_model_names
 
+from .quant import GROUP_ALIGN, PER_CHANNEL, rank_in_sizes, valid_group_sizes
 from .sources import SOURCES, Source
 from .targets import TARGETS
 
@@ -69,14 +70,32 @@ def _pick_act_type(target_name: str, act_type: Optional[str]) -> str:
     return "int8"
 
 
-def _pick_group_size(spec, target_name: str, group_size: int) -> int:
+def _pick_group_size(spec, target_name: str, group_size: int, tp: int) -> int:
+    if spec.src_dtype in QUANTIZED_SRC and spec.quant_group_size == PER_CHANNEL:
+        # Per-channel scales fit any group size: the largest that every rank's input sizes allow
+        # (fewest repeated scales; the runtime quantizes activations per group of it).
+        if group_size:
+            return group_size
+        valid = valid_group_sizes(list(rank_in_sizes(spec, tp).values()), limit=max(spec.hidden, spec.inter))
+        if not valid:
+            raise UserError(f"no group size (a multiple of {GROUP_ALIGN}) divides every linear's input at tp={tp}: "
+                            f"{rank_in_sizes(spec, tp)}")
+        return valid[-1]
     if spec.src_dtype in QUANTIZED_SRC:
         if group_size and group_size != spec.quant_group_size:
             raise UserError(f"the checkpoint is quantized with group size {spec.quant_group_size}; "
                             f"--group-size {group_size} cannot change it (drop --group-size)")
         return spec.quant_group_size
     if target_name in QUANTIZED_SRC:
-        return group_size or DEFAULT_GROUP_SIZE
+        if group_size:
+            return group_size
+        # 128 where it divides every rank's input sizes; else the largest size below it that does
+        # (SmolLM2's hidden 576 = 9 x 64 takes 64).
+        valid = [g for g in valid_group_sizes(list(rank_in_sizes(spec, tp).values()), limit=DEFAULT_GROUP_SIZE)]
+        if valid and valid[-1] != DEFAULT_GROUP_SIZE:
+            print(f"turbolm convert: group size {valid[-1]} (the default {DEFAULT_GROUP_SIZE} does not divide "
+                  f"{rank_in_sizes(spec, tp)})", file=sys.stderr)
+        return valid[-1] if valid else DEFAULT_GROUP_SIZE
     return group_size
 
 
@@ -186,8 +205,8 @@ def main(model_name: str, model_path: str, model_format: Optional[str] = None, t
             raise UserError(f"kv_head_num {s.kv_head_num} (head_num {s.head_num}, inter_size {s.inter}) is not "
                             f"divisible by --tp {tp}; choose a tp that divides kv_head_num")
         target_name = _pick_target(s.src_dtype, dtype, weight_type)
-        act_type = _pick_act_type(target_name, act_type)
-        group_size = _pick_group_size(s, target_name, group_size)
+        act_type = _pick_act_type(target_name, act_type or (s.act_type if s.act_type != "float" else None))
+        group_size = _pick_group_size(s, target_name, group_size, tp)
         TARGETS[target_name].validate(s, tp, group_size)
 
         parent = os.path.dirname(dst)

@@ -21,6 +21,7 @@ import numpy as np
 from turbolm.errors import UserError
 
 GROUP_ALIGN = 16          # the runtime's kernels need group sizes that are multiples of this (kQGroupAlign)
+PER_CHANNEL = -1          # spec.quant_group_size of a per-channel source: the converter picks the group size
 BITS = {"int4": 4, "int8": 8}
 
 
@@ -47,6 +48,15 @@ class QuantLinear:
             raise UserError(f"input rows [{begin}, {end}) cut a quantization group of {G}")
         return QuantLinear(self.q[:, begin:end], self.scales[:, begin // G:end // G], self.zeros[:, begin // G:end // G],
                            self.bits, G)
+
+    def regroup(self, group_size: int) -> "QuantLinear":
+        """The same weights with groups of ``group_size`` (dividing the current one): scales and
+        zeros repeated, exact."""
+        if self.group_size % group_size or group_size % GROUP_ALIGN:
+            raise UserError(f"group size {self.group_size} cannot be split into groups of {group_size}")
+        r = self.group_size // group_size
+        return QuantLinear(self.q, np.repeat(self.scales, r, axis=1), np.repeat(self.zeros, r, axis=1), self.bits,
+                           group_size)
 
     def dequantize(self) -> np.ndarray:
         G = self.group_size

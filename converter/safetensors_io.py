@@ -26,6 +26,7 @@ DTYPES = {
     "BF16": (np.uint16, "bf16"),
     "F64": (np.float64, "fp32"),
     "I32": (np.int32, "int32"),  # AWQ qweight / qzeros (read with get_raw)
+    "I8": (np.int8, "int8"),     # W8A8 (compressed-tensors) weights (read with get_raw)
 }
 
 

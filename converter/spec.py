@@ -70,3 +70,5 @@ class ModelSpec:
     eos_id: int = 2
     src_dtype: str = "fp16"            # fp16 | bf16 | fp32 | int4 | int8: picks the default output weight type
     quant_group_size: int = 0          # a quantized source (AWQ): its group size; its linears are quant.QuantLinear
+                                       # PER_CHANNEL (quant.py): one scale per output row, any group size fits
+    act_type: str = "float"            # the activations the source was quantized for (W8A8: int8)

@@ -37,10 +37,12 @@ def _quant_config(model_path: str) -> Optional[dict]:
 @register_source("awq")
 class AWQSource(HFSource):
     claim_priority = 1
+    quant_method = "awq"  # config.json quantization_config.quant_method of the folders this claims
+
     @classmethod
     def claims(cls, model_path: str) -> bool:
         qc = _quant_config(model_path) if os.path.isdir(model_path) else None
-        return bool(qc) and str(qc.get("quant_method", "")).lower() == "awq"
+        return bool(qc) and str(qc.get("quant_method", "")).lower() == cls.quant_method
 
     def _check_quantization(self, cfg: dict, cfg_path: str) -> None:
         qc = cfg.get("quantization_config")

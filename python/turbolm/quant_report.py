@@ -4,7 +4,9 @@ runtime (``TurboMind.get_ppl``) for
     fp16 | fp16 + KV int8 | RTN int4 | AWQ int4 | AWQ int4 + KV int8
 
 at one group size, and each int4 row again with int8 activations ("+a8": act_type int8, the
-activations quantized per token and group and multiplied on int8 dot products). Calibration (KV statistics and the AWQ search) reads ``--calib`` (default
+activations quantized per token and group and multiplied on int8 dot products); RTN int8 (W8A16,
+and +a8), and SmoothQuant W8A8 (`lite smooth_quant`, alpha 0.5, int8 per-channel weights and
+int8 activations). Calibration (KV statistics and the AWQ search) reads ``--calib`` (default
 tinyshakespeare); perplexity is measured on a fixed slice of ``--eval`` (default WikiText-2 test):
 the first ``--eval_chars`` characters, tokenized once, cut into windows of ``--seqlen`` tokens.
 
@@ -37,7 +39,8 @@ def _default_data_dir() -> str:
 
 
 DATA_DIR = _default_data_dir()
-MODES = ("fp16", "fp16+kv8", "rtn-int4", "rtn-int4+a8", "awq-int4", "awq-int4+a8", "awq-int4+kv8")
+MODES = ("fp16", "fp16+kv8", "rtn-int4", "rtn-int4+a8", "awq-int4", "awq-int4+a8", "awq-int4+kv8", "rtn-int8",
+         "rtn-int8+a8", "w8a8")
 A8 = "+a8"  # a mode's suffix: its base mode's workspace, run with act_type int8
 
 
@@ -115,6 +118,21 @@ def build(model: str, work: str, group_size: int, calib: str, calib_samples: int
             kv_qparams(stats, wd("fp16+kv8"))
             set_quant_policy(ws("fp16+kv8"), None, 4)
         out["fp16+kv8"] = wd("fp16+kv8")
+    if "rtn-int8" in need:
+        if not done("rtn-int8"):
+            convert("base", model, dst_path=ws("rtn-int8"), weight_type="int8", group_size=group_size, force=True)
+        out["rtn-int8"] = wd("rtn-int8")
+    if "w8a8" in need:
+        from turbolm.lite.smooth_quant import smooth_quant
+
+        w8a8 = os.path.join(work, "w8a8")
+        if not os.path.isfile(os.path.join(stats, "inputs_stats.pth")):
+            calibrate(model, calib, calib_samples, calib_seqlen, stats)
+        if not os.path.isfile(os.path.join(w8a8, "config.json")):
+            smooth_quant(model, stats, 0.5, w8a8)
+        if not done("w8a8"):
+            convert("base", w8a8, dst_path=ws("w8a8"), force=True)
+        out["w8a8"] = wd("w8a8")
     if "rtn-int4" in need:
         if not done("rtn-int4"):
             convert("base", model, dst_path=ws("rtn-int4"), weight_type="int4", group_size=group_size, force=True)
@@ -145,7 +163,7 @@ def report(model: Optional[str] = None, work_dir: str = "./quant_report", group_
     windows = eval_windows(model, eval_path, eval_chars, seqlen)
     result = {}
     for mode, wdir in wdirs.items():
-        result[mode] = runtime_ppl(wdir, windows, threads, "int8" if mode.endswith(A8) else "float")
+        result[mode] = runtime_ppl(wdir, windows, threads, "int8" if mode.endswith(A8) else None)
     print(f"perplexity of {model} on {os.path.basename(eval_path)} (first {eval_chars} chars, "
           f"{len(windows)} x {seqlen} tokens); group size {group_size}; calibration {os.path.basename(calib)} "
           f"({calib_samples} x {calib_seqlen}); {time.time() - t0:.0f}s")

@@ -17,6 +17,9 @@ inline bool cpu_has_avx512() {
 inline bool cpu_has_avx512_vnni() {
   return cpu_has_avx512() && __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vbmi");
 }
+// AMX-INT8 tiles (Sapphire Rapids and later), with the kernel's permission to use the tile state
+// (Linux: arch_prctl ARCH_REQ_XCOMP_PERM, once per process; qdispatch.cc).
+bool cpu_has_amx_int8();
 inline bool cpu_has_avx2() {
   return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
 }

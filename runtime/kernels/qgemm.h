@@ -100,7 +100,7 @@ using QGemmA8Fn = void (*)(const QActs& x, const QPackedMatrix& w, float* y, int
                            bool accumulate);
 
 struct QKernelTable {
-  const char* name;        // "ref", "avx2", "avx512", "avx512_vnni"
+  const char* name;        // "ref", "avx2", "avx512", "avx512_vnni", "amx"
   QGemmFn qgemm;           // fp32 activations; handles bits 4 and 8
   QuantizeActsFn quantize_acts;
   QGemmA8Fn qgemm_a8;      // int8 activations
@@ -117,6 +117,7 @@ const QKernelTable& best_qkernels();                    // chosen once from the 
 std::vector<const QKernelTable*> supported_qkernels();  // every table this CPU can run (ref first)
 
 // Private to the kernels folder: the SIMD tables, defined in their ISA-flagged files.
+const QKernelTable* amx_qkernels();
 const QKernelTable* avx512_vnni_qkernels();
 const QKernelTable* avx512_qkernels();
 const QKernelTable* avx2_qkernels();

@@ -12,57 +12,11 @@
 //
 // Every path folds each group into y in the same order (qgemm.h), so a row's output does not
 // depend on M, the row blocking, the panel split or the k chunking: batch invariance is exact.
-#include <immintrin.h>
+#include "qgemm_a8_common.h"
 
-#include <cstring>
-
-#include "qgemm.h"
-
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"  // the intrinsics' undefined pass-through operands
 
 namespace turbolm::kernels {
 namespace {
-
-constexpr int kRB4 = kQRowBytes(4), kRB8 = kQRowBytes(8);
-
-inline __mmask16 tail_mask(int n) { return n >= 16 ? (__mmask16)0xffff : n <= 0 ? 0 : (__mmask16)((1u << n) - 1); }
-
-// Byte permutes: result byte 4j + r takes row r's column j (int4: from one 64 B load of 4 rows x
-// 16 B; int8: from 128 B of 4 rows x 32 B, `hi` the columns j + 16).
-struct Idx {
-  uint8_t b[64];
-};
-constexpr Idx make_idx(int row_stride, int col0) {
-  Idx r{};
-  for (int j = 0; j < 16; ++j)
-    for (int row = 0; row < 4; ++row) r.b[4 * j + row] = (uint8_t)(row_stride * row + col0 + j);
-  return r;
-}
-alignas(64) constexpr Idx kIdx4 = make_idx(kRB4, 0), kIdx8Lo = make_idx(kRB8, 0), kIdx8Hi = make_idx(kRB8, 16);
-static_assert(kRB4 * 4 == 64 && kRB8 * 4 == 128, "four k-rows: one (int4) or two (int8) 64-byte loads");
-
-struct Consts {
-  __m512i i4, i8lo, i8hi, nib;
-};
-
-template <int BITS>
-inline void load_quad(const uint8_t* q, const Consts& c, __m512i& lo, __m512i& hi) {
-  if constexpr (BITS == 4) {
-    const __m512i t = _mm512_permutexvar_epi8(c.i4, _mm512_loadu_si512(q));
-    lo = _mm512_and_si512(t, c.nib);
-    hi = _mm512_and_si512(_mm512_srli_epi16(t, 4), c.nib);
-  } else {
-    const __m512i a = _mm512_loadu_si512(q), b = _mm512_loadu_si512(q + 64);
-    lo = _mm512_permutex2var_epi8(a, c.i8lo, b);
-    hi = _mm512_permutex2var_epi8(a, c.i8hi, b);
-  }
-}
-
-inline __m512i bcast4(const int8_t* p) {
-  int32_t v;
-  std::memcpy(&v, p, 4);
-  return _mm512_set1_epi32(v);
-}
 
 // Groups [0, n_groups) of P adjacent panels (full ones, or one masked panel when P == 1) for MR
 // rows. xq / a / xs point at row 0's first k / group of the chunk; q / sz at the first panel's.
@@ -71,7 +25,6 @@ void micro(const int8_t* xq, int ldq, const float* a, const float* xs, int ldg, 
            size_t q_pstride, size_t sz_pstride, int n_groups, int G, float* y, int ldy, __mmask16 m0, __mmask16 m1,
            bool from_zero, const Consts& k) {
   constexpr int RB = BITS == 4 ? kRB4 : kRB8;
-  const bool full = m0 == 0xffff && m1 == 0xffff;
   for (int g = 0; g < n_groups; ++g) {
     __m512i c[P][MR][2];
     for (int i = 0; i < P; ++i)
@@ -95,23 +48,9 @@ void micro(const int8_t* xq, int ldq, const float* a, const float* xs, int ldg, 
       const float* s = sz + i * sz_pstride + (size_t)g * kQGroupFloats;
       const __m512 s0 = _mm512_loadu_ps(s), s1 = _mm512_loadu_ps(s + 16);
       const __m512 z0 = _mm512_loadu_ps(s + 32), z1 = _mm512_loadu_ps(s + 48);
-      for (int m = 0; m < MR; ++m) {
-        float* yr = y + (size_t)m * ldy + i * kPanel;
-        const __m512 am = _mm512_set1_ps(a[(size_t)m * ldg + g]), xsum = _mm512_set1_ps(xs[(size_t)m * ldg + g]);
-        __m512 a0, a1;
-        if (zero) a0 = a1 = _mm512_setzero_ps();
-        else if (full) a0 = _mm512_loadu_ps(yr), a1 = _mm512_loadu_ps(yr + 16);
-        else a0 = _mm512_maskz_loadu_ps(m0, yr), a1 = _mm512_maskz_loadu_ps(m1, yr + 16);
-        a0 = _mm512_fnmadd_ps(z0, xsum, _mm512_fmadd_ps(_mm512_cvtepi32_ps(c[i][m][0]), _mm512_mul_ps(s0, am), a0));
-        a1 = _mm512_fnmadd_ps(z1, xsum, _mm512_fmadd_ps(_mm512_cvtepi32_ps(c[i][m][1]), _mm512_mul_ps(s1, am), a1));
-        if (full) {
-          _mm512_storeu_ps(yr, a0);
-          _mm512_storeu_ps(yr + 16, a1);
-        } else {
-          _mm512_mask_storeu_ps(yr, m0, a0);
-          _mm512_mask_storeu_ps(yr + 16, m1, a1);
-        }
-      }
+      for (int m = 0; m < MR; ++m)
+        fold_row(y + (size_t)m * ldy + i * kPanel, c[i][m][0], c[i][m][1], s0, s1, z0, z1, a[(size_t)m * ldg + g],
+                 xs[(size_t)m * ldg + g], zero, m0, m1);
     }
   }
 }
@@ -135,8 +74,7 @@ void qgemm_a8_t(const QActs& x, const QPackedMatrix& w, float* y, int ldy, int M
                                                  micro<4, 1, BITS>};
   static constexpr int kP[kSmallM + 1] = {0, 4, 2, 1, 1};
   constexpr int RB = BITS == 4 ? kRB4 : kRB8;
-  const Consts k{_mm512_load_si512(kIdx4.b), _mm512_load_si512(kIdx8Lo.b), _mm512_load_si512(kIdx8Hi.b),
-                 _mm512_set1_epi8(0x0f)};
+  const Consts k = make_consts();
   const int G = w.group_size, n_groups = w.K / G;
   const size_t q_pstride = (size_t)w.K * RB, sz_pstride = (size_t)n_groups * kQGroupFloats;
   const int full_end = w.N / kPanel < p_end ? w.N / kPanel : p_end;

@@ -254,3 +254,18 @@ def test_readme_command_lines_parse():
     for argv in cmds:
         proc = turbolm(*argv, "--help")  # every flag is parsed first: an unknown one fails even with --help
         assert proc.returncode == 0, (argv, proc.stderr)
+
+
+def test_bench_formats_one_column_each(tiny_model):
+    """`turbolm bench SRC --formats`: the source converted per weight type, one turbolm column per
+    format, figures in every cell; a bad format is one line."""
+    proc = turbolm("bench", tiny_model("gqa"), "--backends", "turbolm", "--formats", "int8,int4-a8", "--concurrency",
+                   "1,4", "--prompt_len", "16", "--decode_tokens", "4", timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    head = next(ln for ln in lines if ln.startswith("metric"))
+    assert head.split()[1:] == ["tl", "int8", "tl", "int4-a8"]
+    for label in ("prefill tok/s", "decode tok/s, batch 1", "decode tok/s, 4 concurrent"):
+        row = next(ln for ln in lines if ln.startswith(label))
+        assert all(float(v.replace(",", "")) > 0 for v in row[42:].split()), row
+    assert_one_line_error(turbolm("bench", "--formats", "int4-a9"), "unknown format 'int4-a9'")

@@ -1,4 +1,5 @@
-"""`turbolm lite export_hf | calibrate | auto_awq | kv_qparams | report` (these need torch: turbolm[lite])."""
+"""`turbolm lite export_hf | calibrate | auto_awq | smooth_quant | kv_qparams | report` (these need torch:
+turbolm[lite])."""
 from __future__ import annotations
 
 import click
@@ -11,7 +12,7 @@ CALIB_HELP = ("a .txt/.jsonl file, or c4 | ptb | wikitext2 | pileval from the lo
 
 @click.group(cls=Group)
 def lite():
-    """Quantization: calibration, AWQ int4 weights, int8 KV cache."""
+    """Quantization: calibration, AWQ int4 weights, SmoothQuant W8A8, int8 KV cache."""
 
 
 @lite.command("export_hf")
@@ -70,6 +71,22 @@ def auto_awq(model, **kwargs):
     from turbolm.lite.auto_awq import auto_awq as run
 
     run(model, **kwargs)
+
+
+@lite.command("smooth_quant")
+@click.option("--model", required=True, help="HF model directory (the one `lite calibrate` measured)")
+@click.option("--work_dir", default="./work_dir", help="holds inputs_stats.pth from `lite calibrate`")
+@click.option("--alpha", type=click.FloatRange(0.0, 1.0), default=0.5,
+              help="migration strength: how much of the activations' range moves into the weights")
+@click.option("--dst_path", default=None, help="output checkpoint folder  [default: --work_dir]")
+def smooth_quant(model, work_dir, alpha, dst_path):
+    """SmoothQuant W8A8: int8 weights per channel, int8 activations per token.
+
+    Folds the smoothing scales into the norms (and v_proj / up_proj), quantizes the seven linears of every layer, and writes a compressed-tensors int-quantized checkpoint (what vLLM and SGLang load). Convert it with: turbolm convert NAME DIR --model-format w8a8.
+    """
+    from turbolm.lite.smooth_quant import smooth_quant as run
+
+    run(model, work_dir, alpha, dst_path or "")
 
 
 @lite.command("kv_qparams")

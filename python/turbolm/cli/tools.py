@@ -17,7 +17,7 @@ class ConvertCommand(Command):
 @click.command(cls=ConvertCommand)
 @click.argument("model_name")
 @click.argument("model_path")
-@click.option("--model_format", default=None, help="hf | awq | gguf  [default: guessed from MODEL_PATH]")
+@click.option("--model_format", default=None, help="hf | awq | w8a8 | gguf  [default: guessed from MODEL_PATH]")
 @click.option("--tokenizer_path", default=None, help="tokenizer directory when it is not beside the model")
 @click.option("--dst_path", default="./workspace", help="output workspace (refused when not empty, unless --force)")
 @click.option("--tp", type=int, default=1, help="tensor-parallel ranks to split the weights into")
@@ -78,6 +78,9 @@ def chat(model_path, **kwargs):
 @click.option("--act_type", type=click.Choice(["float", "int8"]), default=None,
               help="int4/int8 workspaces: int8 quantizes activations per token and group and multiplies on int8 dot "
                    "products (faster prefill and batches)  [default: the workspace's]")
+@click.option("--formats", default=None,
+              help="comma list of turbolm weight/activation formats, one column each: fp16, bf16, int8, int4, "
+                   "int8-a8, int4-a8 (the source converted once per weight type)")
 @click.option("--worker", default=None, hidden=True)  # one backend in this process (bench's own subprocesses)
 def bench(model_path, backends, **kwargs):
     """Speed of turbolm against HF transformers on this machine.

