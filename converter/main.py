@@ -62,12 +62,14 @@ def _pick_target(src_dtype: str, dtype: Optional[str], weight_type: Optional[str
 def _pick_act_type(target_name: str, act_type: Optional[str]) -> str:
     if act_type in (None, "float"):
         return "float"
-    if act_type != "int8":
-        raise UserError(f"--act_type {act_type} is not one of float, int8")
-    if target_name not in QUANTIZED_SRC:
+    if act_type not in ("int8", "bf16"):
+        raise UserError(f"--act_type {act_type} is not one of float, int8, bf16")
+    if act_type == "int8" and target_name not in QUANTIZED_SRC:
         raise UserError(f"--act_type int8 needs int4/int8 weights (--weight_type int4|int8, or an AWQ checkpoint), "
                         f"not {target_name}")
-    return "int8"
+    if act_type == "bf16" and target_name in QUANTIZED_SRC:
+        raise UserError(f"--act_type bf16 needs fp16/bf16 weights, not {target_name} (int8 is the int4/int8 one)")
+    return act_type
 
 
 def _pick_group_size(spec, target_name: str, group_size: int, tp: int) -> int:

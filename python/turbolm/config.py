@@ -65,13 +65,13 @@ SCHEMA: List[Key] = [
     Key("rope_original_max_position_embeddings", int, 8192, "llama3 RoPE: the pre-training context", extra=True),
     Key("qk_norm", int, 0, "1: RMSNorm of each q and k head before RoPE (Qwen3; layers.i.attention.q_norm/k_norm)",
         extra=True),
-    Key("act_type", str, "float", "int4/int8 linears: float (fp32 activations) | int8 (activations quantized per "
-        "token and group, int8 dot products)", extra=True),
+    Key("act_type", str, "float", "float (fp32 activations) | int8 (int4/int8 workspaces: activations quantized "
+        "per token and group, int8 dot products) | bf16 (fp16/bf16 workspaces: bf16 dot products)", extra=True),
 ]
 
 KEYS: Dict[str, Key] = {k.name: k for k in SCHEMA}
 WEIGHT_TYPES = ("fp16", "bf16", "int4", "int8")
-ACT_TYPES = ("float", "int8")
+ACT_TYPES = ("float", "int8", "bf16")
 
 
 class ConfigError(ValueError):
@@ -112,6 +112,8 @@ def validate(cfg: Dict[str, Any], path: str = "config.ini") -> Dict[str, Any]:
         raise ConfigError(f"{path}: act_type '{out['act_type']}' is not one of {', '.join(ACT_TYPES)}")
     if out["act_type"] == "int8" and out["weight_type"] not in ("int4", "int8"):
         raise ConfigError(f"{path}: act_type int8 needs weight_type int4 or int8, not {out['weight_type']}")
+    if out["act_type"] == "bf16" and out["weight_type"] in ("int4", "int8"):
+        raise ConfigError(f"{path}: act_type bf16 needs weight_type fp16 or bf16, not {out['weight_type']}")
     for name in ("head_num", "kv_head_num", "num_layer", "size_per_head", "vocab_size", "inter_size",
                  "tensor_para_size", "session_len", "cache_block_seq_len"):
         if out[name] <= 0:

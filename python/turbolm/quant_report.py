@@ -4,7 +4,8 @@ runtime (``TurboMind.get_ppl``) for
     fp16 | fp16 + KV int8 | RTN int4 | AWQ int4 | AWQ int4 + KV int8
 
 at one group size, and each int4 row again with int8 activations ("+a8": act_type int8, the
-activations quantized per token and group and multiplied on int8 dot products); RTN int8 (W8A16,
+activations quantized per token and group and multiplied on int8 dot products), fp16 on bf16
+dot products ("fp16+bf16": act_type bf16), RTN int8 (W8A16,
 and +a8), and SmoothQuant W8A8 (`lite smooth_quant`, alpha 0.5, int8 per-channel weights and
 int8 activations). Calibration (KV statistics and the AWQ search) reads ``--calib`` (default
 tinyshakespeare); perplexity is measured on a fixed slice of ``--eval`` (default WikiText-2 test):
@@ -39,9 +40,18 @@ def _default_data_dir() -> str:
 
 
 DATA_DIR = _default_data_dir()
-MODES = ("fp16", "fp16+kv8", "rtn-int4", "rtn-int4+a8", "awq-int4", "awq-int4+a8", "awq-int4+kv8", "rtn-int8",
-         "rtn-int8+a8", "w8a8")
-A8 = "+a8"  # a mode's suffix: its base mode's workspace, run with act_type int8
+MODES = ("fp16", "fp16+bf16", "fp16+kv8", "rtn-int4", "rtn-int4+a8", "awq-int4", "awq-int4+a8", "awq-int4+kv8",
+         "rtn-int8", "rtn-int8+a8", "w8a8")
+# A mode's suffix: its base mode's workspace, run with another act_type.
+ACT_SUFFIXES = {"+a8": "int8", "+bf16": "bf16"}
+
+
+def split_mode(mode: str):
+    """'awq-int4+a8' -> ('awq-int4', 'int8'); 'w8a8' -> ('w8a8', None: the workspace's own)."""
+    for suffix, act in ACT_SUFFIXES.items():
+        if mode.endswith(suffix):
+            return mode[:-len(suffix)], act
+    return mode, None
 
 
 def smollm2_hf(out_dir: str) -> str:
@@ -105,7 +115,7 @@ def build(model: str, work: str, group_size: int, calib: str, calib_samples: int
     done = lambda name: os.path.isfile(os.path.join(wd(name), "config.ini"))  # noqa: E731
     stats, awq = os.path.join(work, "calib"), os.path.join(work, "awq")
     out = {}
-    need = {m[:-len(A8)] if m.endswith(A8) else m for m in modes}
+    need = {split_mode(m)[0] for m in modes}
     if need & {"fp16", "fp16+kv8"} and not done("fp16"):
         convert("base", model, dst_path=ws("fp16"), force=True)
     if "fp16" in need:
@@ -149,7 +159,7 @@ def build(model: str, work: str, group_size: int, calib: str, calib_samples: int
                 kv_qparams(awq, wd("awq-int4+kv8"))  # auto_awq saved the statistics beside the checkpoint
                 set_quant_policy(ws("awq-int4+kv8"), None, 4)
             out["awq-int4+kv8"] = wd("awq-int4+kv8")
-    return {m: out[m[:-len(A8)] if m.endswith(A8) else m] for m in modes}
+    return {m: out[split_mode(m)[0]] for m in modes}
 
 
 def report(model: Optional[str] = None, work_dir: str = "./quant_report", group_size: int = 64,
@@ -163,7 +173,7 @@ def report(model: Optional[str] = None, work_dir: str = "./quant_report", group_
     windows = eval_windows(model, eval_path, eval_chars, seqlen)
     result = {}
     for mode, wdir in wdirs.items():
-        result[mode] = runtime_ppl(wdir, windows, threads, "int8" if mode.endswith(A8) else None)
+        result[mode] = runtime_ppl(wdir, windows, threads, split_mode(mode)[1])
     print(f"perplexity of {model} on {os.path.basename(eval_path)} (first {eval_chars} chars, "
           f"{len(windows)} x {seqlen} tokens); group size {group_size}; calibration {os.path.basename(calib)} "
           f"({calib_samples} x {calib_seqlen}); {time.time() - t0:.0f}s")

@@ -124,7 +124,8 @@ const std::vector<Field>& fields() {
       INT_FIELD(qk_norm, false),
       Field{"act_type", false,
             [](ModelConfig& c, const std::string& p, const std::string& v) {
-              if (v != "float" && v != "int8") fail(p, ": act_type '", v, "' is not one of float, int8");
+              if (v != "float" && v != "int8" && v != "bf16")
+                fail(p, ": act_type '", v, "' is not one of float, int8, bf16");
               c.act_type = v;
             },
             [](const ModelConfig& c) { return c.act_type; }},
@@ -188,8 +189,11 @@ ModelConfig load_config(const std::string& path) {
   if (c.kv_head_num % c.tensor_para_size)
     fail(path, ": kv_head_num ", c.kv_head_num, " is not divisible by tensor_para_size ", c.tensor_para_size);
   if (c.hidden_units == 0) c.hidden_units = c.head_num * c.size_per_head;
-  if (c.act_type == "int8" && c.weight_type != WeightType::kINT4 && c.weight_type != WeightType::kINT8)
+  const bool int_weights = c.weight_type == WeightType::kINT4 || c.weight_type == WeightType::kINT8;
+  if (c.act_type == "int8" && !int_weights)
     fail(path, ": act_type int8 needs weight_type int4 or int8, not ", to_string(c.weight_type));
+  if (c.act_type == "bf16" && int_weights)
+    fail(path, ": act_type bf16 needs weight_type fp16 or bf16, not ", to_string(c.weight_type));
   return c;
 }
 

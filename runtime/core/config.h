@@ -51,8 +51,9 @@ struct ModelConfig {
   float rope_high_freq_factor = 4.f;   // llama3
   int rope_original_max_position_embeddings = 8192;  // llama3
   int qk_norm = 0;  // 1: RMSNorm over each q and k head (weights [size_per_head]) before RoPE (Qwen3)
-  // "float": quantized linears multiply fp32 activations; "int8": activations are quantized per
-  // (token, group) to int8 and multiplied on int8 dot products (kernels/qgemm.h). int4/int8 only.
+  // "float": the linears multiply fp32 activations; "int8" (int4/int8 workspaces): activations
+  // are quantized per (token, group) to int8 and multiplied on int8 dot products (kernels/qgemm.h);
+  // "bf16" (fp16/bf16 workspaces): activations and weights rounded to bf16, bf16 dot products.
   std::string act_type = "float";
 
   // Every key as text, in the file's spelling; used by the schema-agreement test.

@@ -17,6 +17,8 @@ inline bool cpu_has_avx512() {
 inline bool cpu_has_avx512_vnni() {
   return cpu_has_avx512() && __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vbmi");
 }
+// vdpbf16ps / vcvtneps2bf16 on the AVX-512 registers (Cooper Lake, Sapphire Rapids, Zen 4).
+inline bool cpu_has_avx512_bf16() { return cpu_has_avx512() && __builtin_cpu_supports("avx512bf16"); }
 // AMX-INT8 tiles (Sapphire Rapids and later), with the kernel's permission to use the tile state
 // (Linux: arch_prctl ARCH_REQ_XCOMP_PERM, once per process; qdispatch.cc).
 bool cpu_has_amx_int8();

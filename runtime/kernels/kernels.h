@@ -40,6 +40,26 @@ void pack_matrix(const uint16_t* src, int K, int N, int64_t stride_k, int64_t st
 using GemmFn = void (*)(const float* x, int ldx, const PackedMatrix& w, float* y, int ldy, int M,
                         int p_begin, int p_end, bool accumulate);
 
+// ---- bf16 dot products (act_type bf16, fp16 / bf16 workspaces) ------------------------------
+// W[K, N] (K even) repacked for vdpbf16ps: 32-column panels of k-pairs, bf16 (RNE from fp16):
+//   packed[p][kp][j][2] = bf16(W[2kp + {0, 1}, p * kPanel + j])       zeros past N
+// One k-pair of a panel is 128 bytes: two registers of 16 lanes, each lane one (k, k+1) pair.
+// The product rounds x to bf16 (RNE) and, per output, in k-pair order:
+//   acc = accumulate ? y : 0;   acc = fmaf(x[2kp], w[2kp], fmaf(x[2kp + 1], w[2kp + 1], acc))
+// which is vdpbf16ps' own arithmetic (odd element first, one rounding each), so the SIMD tables
+// are bit-identical to the reference (for inputs without denormals: the instruction flushes them).
+// Memory: the same 2 bytes per weight as the fp16 panels it replaces.
+struct PackedBF16 {
+  int K = 0, N = 0, n_panels = 0;
+  const uint16_t* data = nullptr;  // [n_panels][K / 2][kPanel][2], 64-byte aligned, owned by the caller
+};
+// From fp16 / bf16 panels (PackedMatrix); out: packed_elems(K, N) elements. K must be even.
+void pack_bf16_pairs(const PackedMatrix& src, uint16_t* out);
+uint16_t f32_to_bf16(float f);  // round to nearest even (NaN stays NaN)
+// y[m, n] (+)= the product above for the columns of panels [p_begin, p_end), m < M.
+using GemmBF16Fn = void (*)(const float* x, int ldx, const PackedBF16& w, float* y, int ldy, int M, int p_begin,
+                            int p_end, bool accumulate);
+
 // ---- paged KV cache -----------------------------------------------------------------------
 // One layer's K (or V) of token slot s of block b, kv head h, lives at
 //   base + b * block_stride + h * head_stride + s * head_dim          (elements of `type`)
@@ -97,6 +117,7 @@ struct KernelTable {
   ToF32Fn to_f32;
   RowMaxFn row_max;
   ExpSumFn exp_sum;
+  GemmBF16Fn gemm_bf16 = nullptr;  // nullptr: this CPU has no bf16 dot products (act_type bf16 refused)
 };
 
 const KernelTable& reference_kernels();

@@ -161,6 +161,7 @@ const KernelTable* avx2_kernels() {
     k.to_f32 = to_f32_avx2;
     k.row_max = row_max_avx2;
     k.exp_sum = exp_sum_avx2;
+    k.gemm_bf16 = nullptr;  // no bf16 dot products: act_type bf16 is refused, not run on the scalar twin
     return k;
   }();
   return &t;

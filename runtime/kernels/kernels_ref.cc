@@ -25,6 +25,27 @@ void gemm_ref(const float* x, int ldx, const PackedMatrix& w, float* y, int ldy,
   }
 }
 
+void gemm_bf16_ref(const float* x, int ldx, const PackedBF16& w, float* y, int ldy, int M, int p_begin, int p_end,
+                   bool accumulate) {
+  for (int p = p_begin; p < p_end; ++p) {
+    const uint16_t* panel = w.data + (size_t)p * w.K * kPanel;
+    for (int j = 0; j < kPanel && p * kPanel + j < w.N; ++j) {
+      const int n = p * kPanel + j;
+      for (int m = 0; m < M; ++m) {
+        float* out = y + (size_t)m * ldy + n;
+        float acc = accumulate ? *out : 0.f;
+        for (int kp = 0; kp < w.K / 2; ++kp) {
+          const uint16_t* pair = panel + ((size_t)kp * kPanel + j) * 2;
+          const float x0 = bf16_to_f32(f32_to_bf16(x[(size_t)m * ldx + 2 * kp]));
+          const float x1 = bf16_to_f32(f32_to_bf16(x[(size_t)m * ldx + 2 * kp + 1]));
+          acc = std::fma(x0, bf16_to_f32(pair[0]), std::fma(x1, bf16_to_f32(pair[1]), acc));
+        }
+        *out = acc;
+      }
+    }
+  }
+}
+
 // Element i of K or V (head h, position t) as fp32.
 inline float kv_read(const PagedKV& kv, bool is_v, int t, int h, int head_dim, int i) {
   const int64_t off = (int64_t)kv.block_table[t / kv.block_len] * kv.block_stride + h * kv.head_stride +
@@ -149,7 +170,7 @@ float exp_sum_ref(const float* x, int n, float shift, float* out) {
 
 const KernelTable& reference_kernels() {
   static const KernelTable t{"ref", gemm_ref, kv_store_ref, attention_ref, rmsnorm_ref,
-                             rope_ref, silu_mul_ref, to_f32_ref, row_max_ref, exp_sum_ref};
+                             rope_ref, silu_mul_ref, to_f32_ref, row_max_ref, exp_sum_ref, gemm_bf16_ref};
   return t;
 }
 

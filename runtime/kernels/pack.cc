@@ -1,4 +1,5 @@
-// pack_matrix: W[K, N] (any strided view) -> column panels of kPanel (see kernels.h).
+// pack_matrix: W[K, N] (any strided view) -> column panels of kPanel; pack_bf16_pairs: those
+// panels -> the bf16 k-pair panels of act_type bf16 (see kernels.h).
 #include <cstring>
 
 #include "kernels.h"
@@ -26,6 +27,27 @@ void pack_matrix(const uint16_t* src, int K, int N, int64_t stride_k, int64_t st
         for (int k = 0; k < K; ++k) d[(size_t)k * kPanel] = s[(int64_t)k * stride_k];
       }
     }
+  }
+}
+
+uint16_t f32_to_bf16(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);  // NaN stays a (quiet) NaN
+  return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1)) >> 16);
+}
+
+void pack_bf16_pairs(const PackedMatrix& src, uint16_t* out) {
+  const int K = src.K;
+  for (int p = 0; p < src.n_panels; ++p) {
+    const uint16_t* in = src.data + (size_t)p * K * kPanel;
+    uint16_t* dst = out + (size_t)p * K * kPanel;
+    for (int k = 0; k < K; ++k)
+      for (int j = 0; j < kPanel; ++j) {
+        const uint16_t v = in[(size_t)k * kPanel + j];
+        const float f = src.dtype == WDType::kF16 ? f16_to_f32(v) : bf16_to_f32(v);
+        dst[((size_t)(k / 2) * kPanel + j) * 2 + (k % 2)] = src.dtype == WDType::kBF16 ? v : f32_to_bf16(f);
+      }
   }
 }
 

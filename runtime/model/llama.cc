@@ -125,6 +125,9 @@ struct LlamaModel::Impl {
   int64_t kv_layer_elems() const { return (int64_t)2 * KVr * cfg.cache_block_seq_len * D; }
   int64_t kv_block_elems() const { return kv_layer_elems() * cfg.num_layer; }
 
+  // act_type bf16: every fp16/bf16 linear (and the lm head) repacked into bf16 k-pair panels,
+  // which replace the fp16 ones (the same bytes per weight; one linear's extra copy at a time).
+  void use_bf16_weights();
   void plan_step(const std::vector<ForwardItem>& batch);
   void grow(Rank& r);
   void run_rank(Rank& r);
@@ -138,6 +141,7 @@ struct LlamaModel::Impl {
                      int b, int e) const {
     if (a) qk->qgemm_a8(*a, w.qw, y, ldy, M, b, e, false);
     else if (w.quantized()) qk->qgemm(x, ldx, w.qw, y, ldy, M, b, e, false);
+    else if (w.wb.data) k->gemm_bf16(x, ldx, w.wb, y, ldy, M, b, e, false);
     else k->gemm(x, ldx, w.w, y, ldy, M, b, e, false);
   }
 };
@@ -166,10 +170,18 @@ LlamaModel::Impl::Impl(const std::string& dir, const ModelOptions& opts) {
   qkv_n = (Hr + 2 * KVr) * D;
   max_k = std::max({hidden, Hr * D, Ir});
   const std::string act = opts.act_type.empty() ? cfg.act_type : opts.act_type;
-  if (act != "float" && act != "int8") fail("act_type '", act, "' is not one of float, int8");
-  if (act == "int8" && cfg.weight_type != WeightType::kINT4 && cfg.weight_type != WeightType::kINT8)
+  const bool int_weights = cfg.weight_type == WeightType::kINT4 || cfg.weight_type == WeightType::kINT8;
+  if (act != "float" && act != "int8" && act != "bf16") fail("act_type '", act, "' is not one of float, int8, bf16");
+  if (act == "int8" && !int_weights)
     fail("act_type int8 needs an int4 or int8 workspace; ", dir, " is ", to_string(cfg.weight_type));
+  if (act == "bf16" && int_weights)
+    fail("act_type bf16 needs an fp16 or bf16 workspace; ", dir, " is ", to_string(cfg.weight_type),
+         " (use act_type int8 for int4/int8 weights)");
+  if (act == "bf16" && !k->gemm_bf16)
+    fail("act_type bf16 needs bf16 dot products (AVX512-BF16); this CPU runs the ", k->name,
+         " kernels: use act_type float");
   act_int8 = act == "int8";
+  if (act == "bf16") use_bf16_weights();
 
   const int total = opts.num_threads > 0 ? opts.num_threads : ThreadPool::physical_cores();
   const int per_rank = std::max(1, total / tp);
@@ -181,6 +193,22 @@ LlamaModel::Impl::Impl(const std::string& dir, const ModelOptions& opts) {
     ranks[r].pool = std::make_unique<ThreadPool>(per_rank);
   }
   for (int r = 1; r < tp; ++r) threads.emplace_back(&Impl::rank_thread, this, r);
+}
+
+void LlamaModel::Impl::use_bf16_weights() {
+  auto convert = [](Linear& L) {
+    if (L.quantized() || L.w.data == nullptr) return;
+    if (L.w.K % 2) fail("act_type bf16: a linear's input size ", L.w.K, " is odd (the k-pairs need it even)");
+    L.bpanels = AlignedArray<uint16_t>(kernels::packed_elems(L.w.K, L.w.N), true);
+    kernels::pack_bf16_pairs(L.w, L.bpanels.data());
+    L.wb = kernels::PackedBF16{L.w.K, L.w.N, L.w.n_panels, L.bpanels.data()};
+    L.panels = AlignedArray<uint16_t>();
+    L.w.data = nullptr;  // K, N, n_panels stay: they size the calls
+  };
+  for (RankWeights& rw : weights.ranks)
+    for (LayerWeights& lw : rw.layers)
+      for (Linear* L : {&lw.w_qkv, &lw.wo, &lw.w1, &lw.w3, &lw.w2}) convert(*L);
+  convert(weights.shared.output);
 }
 
 LlamaModel::Impl::~Impl() {

@@ -46,6 +46,8 @@ struct Linear {
   kernels::QPackedMatrix qw;      // views into `qdata` / `qsz` (int4 / int8 workspaces)
   AlignedArray<uint8_t> qdata;    // [n_panels][K][kQRowBytes(bits)]
   AlignedArray<float> qsz;        // [n_panels][K / G][2][kPanel]
+  kernels::PackedBF16 wb;         // act_type bf16: view into `bpanels` (which then replace `panels`)
+  AlignedArray<uint16_t> bpanels; // [n_panels][K / 2][kPanel][2] bf16 k-pairs
   std::vector<float> bias;        // [N], empty when the layer has none
 
   bool quantized() const { return qw.q != nullptr; }

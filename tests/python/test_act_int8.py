@@ -114,9 +114,9 @@ def test_act_type_from_config_and_errors(tiny_model, tmp_path):
     assert load(wdir).config["act_type"] == "int8"
     assert TurboMind(wdir).act_type == "int8"
     assert TurboMind(wdir, act_type="float").act_type == "float"
-    with pytest.raises(RuntimeError, match="act_type 'int16' is not one of float, int8"):
+    with pytest.raises(RuntimeError, match="act_type 'int16' is not one of float, int8, bf16"):
         load(wdir, "int16")
-    with pytest.raises(Exception, match="act_type 'fp8' is not one of float, int8"):
+    with pytest.raises(Exception, match="act_type 'fp8' is not one of float, int8, bf16"):
         TurboMind(wdir, act_type="fp8")
     fp16 = make_ws(model_dir, tmp_path / "fp16")
     with pytest.raises(RuntimeError, match="act_type int8 needs an int4 or int8 workspace"):

@@ -168,7 +168,7 @@ def test_act_type_flag(tiny_model, tmp_path, ws):
     proc = turbolm("chat", ws, "--act_type", "int8", timeout=60)  # ws is fp16
     assert_one_line_error(proc, "act_type int8 needs an int4 or int8 workspace")
     proc = turbolm("chat", ws, "--act_type", "int4")
-    assert proc.returncode == 2 and "'int4' is not one of 'float', 'int8'" in proc.stderr, proc.stderr
+    assert proc.returncode == 2 and "'int4' is not one of 'float', 'int8', 'bf16'" in proc.stderr, proc.stderr
 
 
 # ---- a workspace that does not load: one line, exit 2 ----------------------------------------

@@ -45,7 +45,7 @@ def test_defaults_agree(tmp_path):
     ("session_len = abc\n", "'session_len' = 'abc'"),
     ("session_len = 2.5\n", "'session_len' = '2.5'"),
     ("weight_type = fp8\n", "weight_type 'fp8'"),
-    ("act_type = fp8\n", "act_type 'fp8' is not one of float, int8"),
+    ("act_type = fp8\n", "act_type 'fp8' is not one of float, int8, bf16"),
     ("act_type = int8\n", "act_type int8 needs weight_type int4 or int8, not fp16"),
     ("tensor_para_size = 4\n", "not divisible"),
     ("num_layer = 0\n", "'num_layer' must be positive"),

@@ -3,7 +3,8 @@ generator, advanced once per generated token, and its logits do not depend on wh
 computes (the GEMMs are batch-invariant, see kernels_avx512.cc / qgemm_avx512.cc). So the same seed
 and prompt give the same tokens and logprobs alone and among 8 concurrent requests (with their own
 prompts of other lengths, sampling settings, prefills in the same steps), for fp16 and int4
-weights, int4 with int8 activations (each token quantized on its own), and in any kernel table."""
+weights, int4 with int8 activations (each token quantized on its own), fp16 on bf16 dot products,
+and in any kernel table."""
 import os
 import threading
 
@@ -25,13 +26,17 @@ def run(model, sid, prompt, out, key, **kw):
     out[key] = res
 
 
-@pytest.fixture(scope="module", params=["fp16", "int4", "int4-a8"])
+@pytest.fixture(scope="module", params=["fp16", "int4", "int4-a8", "fp16-bf16"])
 def model(request, tiny_model, tmp_path_factory):
+    from turbolm import _turbomind
+
+    if request.param == "fp16-bf16" and not _turbomind.cpu_features()["avx512_bf16"]:
+        pytest.skip("act_type bf16 needs AVX512-BF16")
     hf_dir = tiny_model("soft")
     dst = tmp_path_factory.mktemp("seed") / request.param
-    kw = {} if request.param == "fp16" else dict(weight_type="int4", group_size=64)
+    kw = dict(weight_type="int4", group_size=64) if request.param.startswith("int4") else {}
     convert("base", hf_dir, dst_path=str(dst), force=True, **kw)
-    act = "int8" if request.param.endswith("a8") else None
+    act = {"int4-a8": "int8", "fp16-bf16": "bf16"}.get(request.param)
     return hf_dir, tm.TurboMind(os.path.join(str(dst), "triton_models", "weights"), max_batch_size=16, act_type=act)
 
 

@@ -42,9 +42,9 @@ def serve():
 @click.option("--session_len", type=POSITIVE, default=None, help="max tokens of a session  [default: the workspace's]")
 @click.option("--cache_max_entry_count", type=float, default=None,
               help="KV pool: < 1 a fraction of memory, >= 1 a block count  [default: the workspace's]")
-@click.option("--act_type", type=click.Choice(["float", "int8"]), default=None,
-              help="int4/int8 workspaces: int8 quantizes activations per token and group and multiplies on int8 dot "
-                   "products (faster prefill and batches)  [default: the workspace's]")
+@click.option("--act_type", type=click.Choice(["float", "int8", "bf16"]), default=None,
+              help="int8 (int4/int8 workspaces): activations quantized per token and group, int8 dot products; "
+                   "bf16 (fp16/bf16 workspaces, AVX512-BF16 CPUs): bf16 dot products  [default: the workspace's]")
 def api_server(model_path, api_keys, allowed_origins, **kwargs):
     """Serve a model over an OpenAI-compatible HTTP API.
 

@@ -26,9 +26,9 @@ class ConvertCommand(Command):
 @click.option("--weight_type", default=None, help="int4 | int8: quantize an fp checkpoint (round-to-nearest)")
 @bool_option("--force", help="overwrite a non-empty --dst_path")
 @click.option("--session_len", type=int, default=None, help="session length  [default: the model's context]")
-@click.option("--act_type", type=click.Choice(["float", "int8"]), default=None,
-              help="activations of int4/int8 linears the workspace runs with: float, or int8 (quantized per token "
-                   "and group, int8 dot products)  [default: float]")
+@click.option("--act_type", type=click.Choice(["float", "int8", "bf16"]), default=None,
+              help="activations the workspace runs with: float; int8 for int4/int8 weights (quantized per token and "
+                   "group, int8 dot products); bf16 for fp16/bf16 weights (bf16 dot products)  [default: float]")
 def convert(model_name, model_path, **kwargs):
     """Convert an HF / AWQ / GGUF checkpoint into a TurboMind workspace.
 
@@ -53,9 +53,9 @@ def convert(model_name, model_path, **kwargs):
 @click.option("--seed", type=int, default=None, help="sampling seed  [default: random]")
 @click.option("--cap", type=click.Choice(["chat", "completion"]), default="chat",
               help="chat: the chat template; completion: the raw text")
-@click.option("--act_type", type=click.Choice(["float", "int8"]), default=None,
-              help="int4/int8 workspaces: int8 quantizes activations per token and group and multiplies on int8 dot "
-                   "products (faster prefill and batches)  [default: the workspace's]")
+@click.option("--act_type", type=click.Choice(["float", "int8", "bf16"]), default=None,
+              help="int8 (int4/int8 workspaces): activations quantized per token and group, int8 dot products; "
+                   "bf16 (fp16/bf16 workspaces, AVX512-BF16 CPUs): bf16 dot products  [default: the workspace's]")
 def chat(model_path, **kwargs):
     """Chat in the terminal with a workspace, an HF directory or a .gguf.
 
@@ -75,12 +75,13 @@ def chat(model_path, **kwargs):
 @click.option("--threads", type=int, default=0, help="compute threads (0: all cores)")
 @click.option("--cache_max_entry_count", type=float, default=None,
               help="KV pool: < 1 a fraction of memory, >= 1 a block count  [default: the workspace's]")
-@click.option("--act_type", type=click.Choice(["float", "int8"]), default=None,
-              help="int4/int8 workspaces: int8 quantizes activations per token and group and multiplies on int8 dot "
-                   "products (faster prefill and batches)  [default: the workspace's]")
+@click.option("--act_type", type=click.Choice(["float", "int8", "bf16"]), default=None,
+              help="int8 (int4/int8 workspaces): activations quantized per token and group, int8 dot products; "
+                   "bf16 (fp16/bf16 workspaces, AVX512-BF16 CPUs): bf16 dot products  [default: the workspace's]")
 @click.option("--formats", default=None,
               help="comma list of turbolm weight/activation formats, one column each: fp16, bf16, int8, int4, "
-                   "int8-a8, int4-a8 (the source converted once per weight type)")
+                   "int8-a8, int4-a8 (int8 activations), fp16-bf16 (bf16 dot products); the source is converted "
+                   "once per weight type")
 @click.option("--worker", default=None, hidden=True)  # one backend in this process (bench's own subprocesses)
 def bench(model_path, backends, **kwargs):
     """Speed of turbolm against HF transformers on this machine.

@@ -70,12 +70,13 @@ class TurboMind:
                  cache_max_entry_count: Optional[float] = None, max_context_token_num: Optional[int] = None,
                  num_threads: Optional[int] = None, chat_template_from_tokenizer: bool = False,
                  act_type: Optional[str] = None):
-        """``act_type``: None runs the workspace's; 'float' or 'int8' override it (int8 needs an
-        int4/int8 workspace: activations quantized per token and group, int8 dot products)."""
+        """``act_type``: None runs the workspace's; 'float', 'int8' or 'bf16' override it (int8
+        needs an int4/int8 workspace: activations quantized per token and group, int8 dot
+        products; bf16 an fp16/bf16 workspace and a CPU with AVX512-BF16: bf16 dot products)."""
         self.weights_dir = weights_dir
         self.config: Dict[str, Any] = read_config_ini(os.path.join(weights_dir, "config.ini"))
-        if act_type not in (None, "float", "int8"):
-            raise UserError(f"act_type {act_type!r} is not one of float, int8")
+        if act_type not in (None, "float", "int8", "bf16"):
+            raise UserError(f"act_type {act_type!r} is not one of float, int8, bf16")
         self.engine = _turbomind.Engine(
             weights_dir, tp=tp or 0, num_threads=num_threads or 0, max_batch_size=max_batch_size or 0,
             session_len=session_len or 0, max_context_token_num=max_context_token_num or 0,
