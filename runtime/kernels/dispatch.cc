@@ -7,6 +7,7 @@ namespace turbolm::kernels {
 namespace {
 
 const IsaVariant<KernelTable> kVariants[] = {
+    {amx_bf16_kernels, cpu_has_amx_bf16},
     {avx512_bf16_kernels, cpu_has_avx512_bf16},
     {avx512_kernels, cpu_has_avx512},
     {avx2_kernels, cpu_has_avx2},

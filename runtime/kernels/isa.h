@@ -19,9 +19,11 @@ inline bool cpu_has_avx512_vnni() {
 }
 // vdpbf16ps / vcvtneps2bf16 on the AVX-512 registers (Cooper Lake, Sapphire Rapids, Zen 4).
 inline bool cpu_has_avx512_bf16() { return cpu_has_avx512() && __builtin_cpu_supports("avx512bf16"); }
-// AMX-INT8 tiles (Sapphire Rapids and later), with the kernel's permission to use the tile state
-// (Linux: arch_prctl ARCH_REQ_XCOMP_PERM, once per process; qdispatch.cc).
-bool cpu_has_amx_int8();
+// AMX tiles (Sapphire Rapids and later), with the kernel's permission to use the tile state
+// (Linux: arch_prctl ARCH_REQ_XCOMP_PERM, once per process; isa.cc).
+bool amx_tiles_permitted();
+bool cpu_has_amx_int8();  // + AVX-512 VNNI/VBMI (the int8 AMX kernel's other rows)
+bool cpu_has_amx_bf16();  // + AVX512-BF16
 inline bool cpu_has_avx2() {
   return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
 }

@@ -118,6 +118,9 @@ struct KernelTable {
   RowMaxFn row_max;
   ExpSumFn exp_sum;
   GemmBF16Fn gemm_bf16 = nullptr;  // nullptr: this CPU has no bf16 dot products (act_type bf16 refused)
+  // gemm_bf16 on AMX tiles: tdpbf16ps rounds in its own order (not vdpbf16ps'), so it matches the
+  // reference to fp32 rounding, not bit for bit; every M runs on the tiles (batch invariance).
+  bool bf16_tiles = false;
 };
 
 const KernelTable& reference_kernels();

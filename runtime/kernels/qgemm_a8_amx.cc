@@ -13,38 +13,16 @@
 // integer sums are exact and the fold is the VNNI kernel's, so the rows are bit-identical to it
 // (and to the reference) whichever kernel computes them: batch invariance holds across the split.
 //
-// Tile state: tiles 0, 1 = C (16 x 64 B), 2 = A, 3, 4 = B. Each thread loads the configuration
-// once (thread_local) and leaves it loaded: nothing else in the process uses the tiles.
+// Tile state (amx_tiles.h): tiles 0, 1 = C (16 x 64 B), 2 = A, 3, 4 = B.
 #include <cstdlib>
 
+#include "amx_tiles.h"
 #include "qgemm_a8_common.h"
 
 namespace turbolm::kernels {
 namespace {
 
-constexpr int kTileRows = 16;  // rows of A and C per tile op
-constexpr int kTileK = 64;     // k per tile op: A's bytes per row, B's rows x 4
-
-struct alignas(64) TileConfig {
-  uint8_t palette = 1, start_row = 0, reserved[14] = {};
-  uint16_t colsb[16] = {};
-  uint8_t rows[16] = {};
-};
-static_assert(sizeof(TileConfig) == 64, "the LDTILECFG operand is 64 bytes");
-
-void configure_tiles() {
-  thread_local bool done = false;
-  if (done) return;
-  TileConfig cfg;
-  for (int t = 0; t < 5; ++t) {
-    cfg.colsb[t] = 64;
-    cfg.rows[t] = kTileRows;
-  }
-  // Not _tile_loadconfig: GCC 12's declares only 8 of the 64 bytes as read, so the stores of the
-  // shapes may be dropped or sunk past it (the tiles then stay unconfigured: SIGILL on first use).
-  __asm__ volatile("ldtilecfg %0" ::"m"(cfg));
-  done = true;
-}
+constexpr int kTileK = 64;  // k per tile op: A's bytes per row, B's rows x 4
 
 // Per-thread scratch (plain malloc: see qgemm_avx512.cc on library templates in ISA files).
 struct Scratch {

@@ -4,6 +4,7 @@
 #include "kernels.h"
 
 namespace turbolm::kernels {
+const KernelTable* amx_bf16_kernels();
 const KernelTable* avx512_bf16_kernels();
 const KernelTable* avx512_kernels();
 const KernelTable* avx2_kernels();

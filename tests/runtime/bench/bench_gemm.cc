@@ -1,7 +1,8 @@
 // GEMM micro-benchmark on the SmolLM2-135M shapes (fp16 weights, best kernel table), split over
 // panels with the ThreadPool. M=1 rotates over enough weight copies to exceed the L3 cache, as a
 // real decode step does (30 layers x ~9 MB); larger M reuses one copy. Last: a whole-model
-// decode sweep (30 layers + lm head, M=1) giving the GEMM-only upper bound on tokens/s.
+// decode sweep (30 layers + lm head, M=1) giving the GEMM-only upper bound on tokens/s. Rows
+// "bf16": the same weights as bf16 k-pairs on gemm_bf16 (act_type bf16), when the table has it.
 // Usage: bench_gemm [threads...]   (default: 1 2)
 #include <time.h>
 
@@ -29,8 +30,9 @@ double cpu_seconds() {
 namespace {
 
 struct Weight {
-  std::unique_ptr<uint16_t, decltype(&std::free)> buf{nullptr, &std::free};
+  std::unique_ptr<uint16_t, decltype(&std::free)> buf{nullptr, &std::free}, bbuf{nullptr, &std::free};
   PackedMatrix pm;
+  PackedBF16 bm;
 };
 
 Weight make_weight(int K, int N, uint32_t seed) {
@@ -41,11 +43,19 @@ Weight make_weight(int K, int N, uint32_t seed) {
   for (auto& v : src) { seed = seed * 1664525u + 1013904223u; v = f32_to_f16(((seed >> 9) & 0xffff) / 65536.f - 0.5f); }
   pack_matrix(src.data(), K, N, N, 1, w.buf.get());
   w.pm = PackedMatrix{WDType::kF16, K, N, (N + kPanel - 1) / kPanel, w.buf.get()};
+  w.bbuf.reset(static_cast<uint16_t*>(std::aligned_alloc(64, (elems * 2 + 63) / 64 * 64)));
+  pack_bf16_pairs(w.pm, w.bbuf.get());
+  w.bm = PackedBF16{K, N, w.pm.n_panels, w.bbuf.get()};
   return w;
 }
 
-void run(const KernelTable& kt, turbolm::ThreadPool& pool, const float* x, const PackedMatrix& w, float* y, int M) {
-  pool.parallel_for(w.n_panels, [&](int b, int e) { kt.gemm(x, w.K, w, y, w.N, M, b, e, false); });
+bool g_bf16 = false;  // the rows being measured: fp16 gemm, or gemm_bf16
+
+void run(const KernelTable& kt, turbolm::ThreadPool& pool, const float* x, const Weight& w, float* y, int M) {
+  pool.parallel_for(w.pm.n_panels, [&](int b, int e) {
+    if (g_bf16) kt.gemm_bf16(x, w.pm.K, w.bm, y, w.pm.N, M, b, e, false);
+    else kt.gemm(x, w.pm.K, w.pm, y, w.pm.N, M, b, e, false);
+  });
 }
 
 }  // namespace
@@ -63,6 +73,10 @@ int main(int argc, char** argv) {
   std::printf("wall: elapsed time; cpu: process CPU time / threads (the unloaded estimate on a shared box)\n");
   std::printf("%-8s %5s %5s %4s %3s %10s %9s %9s | %9s %9s %9s\n", "shape", "K", "N", "M", "thr", "us/call", "GB/s",
               "GFLOP/s", "cpu-us", "GB/s", "GFLOP/s");
+  for (bool bf16 : {false, true}) {
+  if (bf16 && !kt.gemm_bf16) break;
+  g_bf16 = bf16;
+  std::printf("---- %s\n", bf16 ? "bf16 (gemm_bf16)" : "fp16 (gemm)");
   for (const Shape& s : shapes) {
     const size_t bytes = (size_t)s.K * s.N * 2;
     const int copies = (int)((160u << 20) / bytes) + 1;  // M=1: stream > L3 like a real decode step
@@ -72,13 +86,13 @@ int main(int argc, char** argv) {
       for (int t : threads) {
         turbolm::ThreadPool pool(t);
         const int n_w = M == 1 ? copies : 1;
-        run(kt, pool, x.data(), ws[0].pm, y.data(), M);  // warm up
+        run(kt, pool, x.data(), ws[0], y.data(), M);  // warm up
         int iters = 0;
         const auto t0 = Clock::now();
         const double c0 = cpu_seconds();
         double el = 0;
         do {
-          run(kt, pool, x.data(), ws[iters % n_w].pm, y.data(), M);
+          run(kt, pool, x.data(), ws[iters % n_w], y.data(), M);
           ++iters;
           el = std::chrono::duration<double>(Clock::now() - t0).count();
         } while (el < 0.3 || iters < 3);
@@ -89,6 +103,7 @@ int main(int argc, char** argv) {
       }
     }
   }
+  }
   // Whole-model decode sweep: 30 layers (qkv, wo, w1, w3, w2) + lm head, M = 1.
   std::vector<Weight> layers;
   for (int l = 0; l < 30; ++l)
@@ -97,19 +112,22 @@ int main(int argc, char** argv) {
   layers.push_back(make_weight(576, 49152, 99));
   size_t total = 0;
   for (auto& w : layers) total += (size_t)w.pm.K * w.pm.N * 2;
+  for (bool bf16 : {false, true})
   for (int t : threads) {
+    if (bf16 && !kt.gemm_bf16) break;
+    g_bf16 = bf16;
     turbolm::ThreadPool pool(t);
-    for (auto& w : layers) run(kt, pool, x.data(), w.pm, y.data(), 1);
+    for (auto& w : layers) run(kt, pool, x.data(), w, y.data(), 1);
     const int reps = 10;
     const auto t0 = Clock::now();
     const double c0 = cpu_seconds();
     for (int r = 0; r < reps; ++r)
-      for (auto& w : layers) run(kt, pool, x.data(), w.pm, y.data(), 1);
+      for (auto& w : layers) run(kt, pool, x.data(), w, y.data(), 1);
     const double sec = std::chrono::duration<double>(Clock::now() - t0).count() / reps;
     const double csec = (cpu_seconds() - c0) / reps / t;
-    std::printf("decode sweep (%zu MB fp16, %zu gemms), %d thr: wall %.2f ms/token = %.1f tok/s, %.2f GB/s | "
+    std::printf("%s decode sweep (%zu MB, %zu gemms), %d thr: wall %.2f ms/token = %.1f tok/s, %.2f GB/s | "
                 "cpu %.2f ms/token = %.1f tok/s, %.2f GB/s (GEMM only)\n",
-                total >> 20, layers.size(), t, sec * 1e3, 1 / sec, total / sec / 1e9, csec * 1e3, 1 / csec,
+                bf16 ? "bf16" : "fp16", total >> 20, layers.size(), t, sec * 1e3, 1 / sec, total / sec / 1e9, csec * 1e3, 1 / csec,
                 total / csec / 1e9);
   }
   return 0;
