@@ -91,9 +91,10 @@ def _pick_group_size(spec, target_name: str, group_size: int, tp: int) -> int:
     if target_name in QUANTIZED_SRC:
         if group_size:
             return group_size
-        # 128 where it divides every rank's input sizes; else the largest size below it that does
-        # (SmolLM2's hidden 576 = 9 x 64 takes 64).
-        valid = [g for g in valid_group_sizes(list(rank_in_sizes(spec, tp).values()), limit=DEFAULT_GROUP_SIZE)]
+        # 128 where it divides every rank's input sizes; else the largest power of two below it
+        # that does (SmolLM2's hidden 576 = 9 x 64 takes 64; the AMX int8 kernel wants G % 64 == 0).
+        valid = [g for g in valid_group_sizes(list(rank_in_sizes(spec, tp).values()), limit=DEFAULT_GROUP_SIZE)
+                 if g & (g - 1) == 0]
         if valid and valid[-1] != DEFAULT_GROUP_SIZE:
             print(f"turbolm convert: group size {valid[-1]} (the default {DEFAULT_GROUP_SIZE} does not divide "
                   f"{rank_in_sizes(spec, tp)})", file=sys.stderr)

@@ -184,6 +184,21 @@ def _worker(backend: str, model_path: str, prompt_len: int, decode_tokens: int, 
     return _bench_hf(model_path, prompt_len, decode_tokens, concurrency, threads, backend.split("_")[1])
 
 
+def cpu_line() -> str:
+    """The CPU and what the kernel dispatch found on it (every figure is printed next to this)."""
+    from turbolm import _turbomind
+
+    model = "?"
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "?")
+    except OSError:
+        pass
+    feats = _turbomind.cpu_features()
+    flags = " ".join(k for k, v in feats.items() if v is True)
+    return f"cpu: {model}; {flags}; kernels: {feats['kernels']} (fp), {feats['qkernels']} (quantized)"
+
+
 def _fmt(v) -> str:
     return "-" if v is None else (f"{v:,.0f}" if v >= 100 else f"{v:,.1f}")
 
@@ -246,19 +261,24 @@ def main(model_path=None, backends="turbolm,hf_fp32,hf_bf16", prompt_len=512, de
     rows.append((f"TTFT ms, its first {PREFIX_LEN} tokens cached", "ttft_prefix_ms"))
     rows.append(("peak RSS MB", "peak_rss_mb"))
     cols = list(results)
-    head = f"{'metric':<42}" + "".join(f"{c.replace('turbolm:', 'tl '):>12}" for c in cols)
+    name = {c: c.replace("turbolm:", "tl ") for c in cols}
+    width = {c: max(12, len(name[c]) + 2) for c in cols}
+    head = f"{'metric':<42}" + "".join(f"{name[c]:>{width[c]}}" for c in cols)
     ours = [c for c in cols if c.split(":")[0] == "turbolm"]
     refs = [c for c in cols if c not in ours]
     ratio_cols = [(o, r) for r in refs for o in ours]  # each turbolm column over each HF backend
-    head += "".join(f"{(o.replace('turbolm:', '') if len(ours) > 1 else 'tl') + '/' + r:>16}" for o, r in ratio_cols)
+    rname = {(o, r): (o.replace("turbolm:", "") if len(ours) > 1 else "tl") + "/" + r for o, r in ratio_cols}
+    rwidth = {k: max(14, len(v) + 2) for k, v in rname.items()}
+    head += "".join(f"{rname[k]:>{rwidth[k]}}" for k in ratio_cols)
     print(f"model: {model_path}   threads: {threads or os.cpu_count()}   decode tokens/request: {decode_tokens}")
+    print(cpu_line())
     print(head)
     print("-" * len(head))
     for label, key in rows:
-        line = f"{label:<42}" + "".join(f"{_fmt(results[c].get(key)):>12}" for c in cols)
+        line = f"{label:<42}" + "".join(f"{_fmt(results[c].get(key)):>{width[c]}}" for c in cols)
         for o, r in ratio_cols:
             a, b = results[o].get(key), results[r].get(key)
-            line += f"{(a / b if a and b else 0):>15.2f}x"
+            line += f"{(f'{a / b:.2f}x' if a and b else '-'):>{rwidth[(o, r)]}}"
         print(line)
     return None
 

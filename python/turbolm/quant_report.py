@@ -168,6 +168,11 @@ def report(model: Optional[str] = None, work_dir: str = "./quant_report", group_
            eval_chars: int = 40000, seqlen: int = 512, threads: int = 0, modes=MODES) -> Dict[str, float]:
     os.makedirs(work_dir, exist_ok=True)
     t0 = time.time()
+    from turbolm import _turbomind
+
+    if not _turbomind.cpu_features()["avx512_bf16"] and any(split_mode(m)[1] == "bf16" for m in modes):
+        print("lite report: the +bf16 rows need AVX512-BF16, which this CPU lacks; left out", file=sys.stderr)
+        modes = [m for m in modes if split_mode(m)[1] != "bf16"]
     model = model or smollm2_hf(os.path.join(work_dir, "smollm2-hf"))
     wdirs = build(model, work_dir, group_size, calib, calib_samples, calib_seqlen, modes)
     windows = eval_windows(model, eval_path, eval_chars, seqlen)

@@ -169,3 +169,12 @@ def test_awq_refusals(tiny_model, tmp_path):
         convert("llama2", awq, dst_path=str(tmp_path / "w4"), tp=4)  # inter/4 = 96 is not a multiple of 64
     with pytest.raises(UserError, match="--model-format awq"):
         convert("llama2", awq, dst_path=str(tmp_path / "w5"), model_format="hf")
+
+
+@pytest.mark.parametrize("tp,want", [(1, 128), (2, 64)])
+def test_default_group_size_divides_every_rank_input(tiny_model, tmp_path, tp, want):
+    """--weight-type without --group-size: 128 where it divides every rank's input sizes, else the
+    largest power of two below it that does (gqa: inter 384 = 192 per rank at tp=2)."""
+    dst = tmp_path / f"tp{tp}"
+    convert("base", tiny_model("gqa"), dst_path=str(dst), weight_type="int4", tp=tp)
+    assert read_config_ini(str(dst / "triton_models" / "weights" / "config.ini"))["group_size"] == want
