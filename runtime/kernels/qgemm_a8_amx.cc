@@ -9,11 +9,12 @@
 // qgemm_a8_common.h) into C = 16 x 16 int32. A panel's weights are transposed into B rows once
 // per call, into a per-thread buffer every row block reads:
 //   bq[half][k / 4][16 columns][4 bytes]            half 0: columns 0..15, half 1: 16..31
-// Per group: C0, C1 = 0; one tdpbsud pair per 64 k; C stored and folded into y row by row. The
-// integer sums are exact and the fold is the VNNI kernel's, so the rows are bit-identical to it
-// (and to the reference) whichever kernel computes them: batch invariance holds across the split.
+// Per 64 k (two activation blocks of 32): C = 0; one tdpbsud pair per block, the other block's
+// bytes of A zeroed (xe / xo); the C tiles stored and folded into y row by row, block by block.
+// The integer sums are exact and the fold is the VNNI kernel's, so the rows are bit-identical to
+// it (and to the reference) whichever kernel computes them: batch invariance holds across the split.
 //
-// Tile state (amx_tiles.h): tiles 0, 1 = C (16 x 64 B), 2 = A, 3, 4 = B.
+// Tile state (amx_tiles.h): tiles 0, 1 | 5, 6 = C of the two blocks, 2 = A, 3, 4 = B.
 #include <cstdlib>
 
 #include "amx_tiles.h"
@@ -60,37 +61,55 @@ void qgemm_a8_amx_t(const QActs& x, const QPackedMatrix& w, float* y, int ldy, i
   const int G = w.group_size, n_groups = w.K / G, K = w.K;
   const int full_rows = M / kTileRows * kTileRows;
   thread_local Scratch scratch;
-  uint8_t* lo_rows = scratch.get((size_t)K * 32 + 2 * 16 * 16 * sizeof(int32_t));
+  uint8_t* lo_rows = scratch.get((size_t)K * 32 + 4 * 16 * 16 * sizeof(int32_t) + (size_t)2 * full_rows * K);
   if (lo_rows == nullptr) return avx512_vnni_qkernels()->qgemm_a8(x, w, y, ldy, M, p_begin, p_end, accumulate);
   uint8_t* hi_rows = lo_rows + (size_t)K * 16;
-  int32_t* cbuf = reinterpret_cast<int32_t*>(hi_rows + (size_t)K * 16);  // [2][16 rows][16 columns]
+  int32_t* cbuf = reinterpret_cast<int32_t*>(hi_rows + (size_t)K * 16);  // [4][16 rows][16 columns]
+  // The activation blocks are 32 k, a tile step 64: xe keeps the first block of every step and
+  // zeroes the second, xo the reverse, so one step gives the two blocks' sums in separate tiles.
+  int8_t* xe = reinterpret_cast<int8_t*>(cbuf + 4 * 256);  // [full_rows][K]
+  int8_t* xo = xe + (size_t)full_rows * K;
+  const __mmask64 first = 0x00000000ffffffffull;
+  for (int r = 0; r < full_rows; ++r)
+    for (int k0 = 0; k0 < K; k0 += kTileK) {
+      const __m512i v = _mm512_loadu_si512(x.q + (size_t)r * x.ldq + k0);
+      _mm512_storeu_si512(xe + (size_t)r * K + k0, _mm512_maskz_mov_epi8(first, v));
+      _mm512_storeu_si512(xo + (size_t)r * K + k0, _mm512_maskz_mov_epi8(~first, v));
+    }
   for (int p = p_begin; p < p_end; ++p) {
     const int cols = w.N - p * kPanel;
     const __mmask16 m0 = tail_mask(cols), m1 = tail_mask(cols - 16);
     transpose_panel<BITS>(w.q + (size_t)p * K * RB, K, lo_rows, hi_rows, k);
     const float* szp = w.sz + (size_t)p * n_groups * kQGroupFloats;
     for (int r0 = 0; r0 < full_rows; r0 += kTileRows) {
-      const int8_t* xr = x.q + (size_t)r0 * x.ldq;
-      for (int g = 0; g < n_groups; ++g) {
+      for (int k0 = 0; k0 < K; k0 += kTileK) {  // activation blocks j = k0 / 32 and j + 1
         _tile_zero(0);
         _tile_zero(1);
-        for (int k0 = g * G; k0 < (g + 1) * G; k0 += kTileK) {
-          _tile_loadd(2, xr + k0, x.ldq);
-          _tile_loadd(3, lo_rows + (size_t)k0 * 16, 64);
-          _tile_loadd(4, hi_rows + (size_t)k0 * 16, 64);
-          _tile_dpbsud(0, 2, 3);
-          _tile_dpbsud(1, 2, 4);
-        }
+        _tile_zero(5);
+        _tile_zero(6);
+        _tile_loadd(3, lo_rows + (size_t)k0 * 16, 64);
+        _tile_loadd(4, hi_rows + (size_t)k0 * 16, 64);
+        _tile_loadd(2, xe + (size_t)r0 * K + k0, K);
+        _tile_dpbsud(0, 2, 3);
+        _tile_dpbsud(1, 2, 4);
+        _tile_loadd(2, xo + (size_t)r0 * K + k0, K);
+        _tile_dpbsud(5, 2, 3);
+        _tile_dpbsud(6, 2, 4);
         _tile_stored(0, cbuf, 64);
         _tile_stored(1, cbuf + 256, 64);
+        _tile_stored(5, cbuf + 512, 64);
+        _tile_stored(6, cbuf + 768, 64);
+        const int g = k0 / G, j = k0 / kActBlock;
         const float* s = szp + (size_t)g * kQGroupFloats;
         const __m512 s0 = _mm512_loadu_ps(s), s1 = _mm512_loadu_ps(s + 16);
         const __m512 z0 = _mm512_loadu_ps(s + 32), z1 = _mm512_loadu_ps(s + 48);
         for (int m = 0; m < kTileRows; ++m) {
           const size_t row = (size_t)(r0 + m);
-          fold_row(y + row * ldy + (size_t)p * kPanel, _mm512_load_si512(cbuf + 16 * m),
-                   _mm512_load_si512(cbuf + 256 + 16 * m), s0, s1, z0, z1, x.scale[row * x.ldg + g],
-                   x.sum[row * x.ldg + g], !accumulate && g == 0, m0, m1);
+          float* yr = y + row * ldy + (size_t)p * kPanel;
+          fold_row(yr, _mm512_load_si512(cbuf + 16 * m), _mm512_load_si512(cbuf + 256 + 16 * m), s0, s1, z0, z1,
+                   x.scale[row * x.ldg + j], x.sum[row * x.ldg + j], !accumulate && k0 == 0, m0, m1);
+          fold_row(yr, _mm512_load_si512(cbuf + 512 + 16 * m), _mm512_load_si512(cbuf + 768 + 16 * m), s0, s1, z0,
+                   z1, x.scale[row * x.ldg + j + 1], x.sum[row * x.ldg + j + 1], false, m0, m1);
         }
       }
     }
@@ -108,7 +127,7 @@ void qgemm_a8_amx_t(const QActs& x, const QPackedMatrix& w, float* y, int ldy, i
 void qgemm_a8_amx(const QActs& x, const QPackedMatrix& w, float* y, int ldy, int M, int p_begin, int p_end,
                   bool accumulate) {
   if (M <= 0 || p_begin >= p_end) return;
-  if (M < kTileRows || w.group_size % kTileK)
+  if (M < kTileRows || w.group_size % kTileK || x.B != kActBlock)
     return avx512_vnni_qkernels()->qgemm_a8(x, w, y, ldy, M, p_begin, p_end, accumulate);
   if (w.bits == 4) qgemm_a8_amx_t<4>(x, w, y, ldy, M, p_begin, p_end, accumulate);
   else qgemm_a8_amx_t<8>(x, w, y, ldy, M, p_begin, p_end, accumulate);

@@ -19,44 +19,47 @@ namespace turbolm::kernels {
 namespace {
 
 // Groups [0, n_groups) of P adjacent panels (full ones, or one masked panel when P == 1) for MR
-// rows. xq / a / xs point at row 0's first k / group of the chunk; q / sz at the first panel's.
+// rows, folded per activation block of B k (G / B blocks per group). xq / a / xs point at row
+// 0's first k / block of the chunk; q / sz at the first panel's.
 template <int MR, int P, int BITS>
 void micro(const int8_t* xq, int ldq, const float* a, const float* xs, int ldg, const uint8_t* q, const float* sz,
-           size_t q_pstride, size_t sz_pstride, int n_groups, int G, float* y, int ldy, __mmask16 m0, __mmask16 m1,
-           bool from_zero, const Consts& k) {
+           size_t q_pstride, size_t sz_pstride, int n_groups, int G, int B, float* y, int ldy, __mmask16 m0,
+           __mmask16 m1, bool from_zero, const Consts& k) {
   constexpr int RB = BITS == 4 ? kRB4 : kRB8;
-  for (int g = 0; g < n_groups; ++g) {
+  const int n_blocks = n_groups * (G / B);
+  for (int j = 0; j < n_blocks; ++j) {
     __m512i c[P][MR][2];
     for (int i = 0; i < P; ++i)
       for (int m = 0; m < MR; ++m) c[i][m][0] = c[i][m][1] = _mm512_setzero_si512();
-    const int8_t* xg = xq + (size_t)g * G;
-    for (int kk = 0; kk < G; kk += 4) {
+    const int8_t* xb0 = xq + (size_t)j * B;
+    for (int kk = 0; kk < B; kk += 4) {
       for (int i = 0; i < P; ++i) {
-        const uint8_t* rows = q + i * q_pstride + (size_t)(g * G + kk) * RB;
+        const uint8_t* rows = q + i * q_pstride + (size_t)(j * B + kk) * RB;
         _mm_prefetch((const char*)(rows + 16 * 4 * RB), _MM_HINT_T0);
         __m512i lo, hi;
         load_quad<BITS>(rows, k, lo, hi);
         for (int m = 0; m < MR; ++m) {
-          const __m512i xb = bcast4(xg + (size_t)m * ldq + kk);
+          const __m512i xb = bcast4(xb0 + (size_t)m * ldq + kk);
           c[i][m][0] = _mm512_dpbusd_epi32(c[i][m][0], lo, xb);
           c[i][m][1] = _mm512_dpbusd_epi32(c[i][m][1], hi, xb);
         }
       }
     }
-    const bool zero = from_zero && g == 0;
+    const bool zero = from_zero && j == 0;
+    const int g = j * B / G;
     for (int i = 0; i < P; ++i) {
       const float* s = sz + i * sz_pstride + (size_t)g * kQGroupFloats;
       const __m512 s0 = _mm512_loadu_ps(s), s1 = _mm512_loadu_ps(s + 16);
       const __m512 z0 = _mm512_loadu_ps(s + 32), z1 = _mm512_loadu_ps(s + 48);
       for (int m = 0; m < MR; ++m)
-        fold_row(y + (size_t)m * ldy + i * kPanel, c[i][m][0], c[i][m][1], s0, s1, z0, z1, a[(size_t)m * ldg + g],
-                 xs[(size_t)m * ldg + g], zero, m0, m1);
+        fold_row(y + (size_t)m * ldy + i * kPanel, c[i][m][0], c[i][m][1], s0, s1, z0, z1, a[(size_t)m * ldg + j],
+                 xs[(size_t)m * ldg + j], zero, m0, m1);
     }
   }
 }
 
 using MicroFn = void (*)(const int8_t*, int, const float*, const float*, int, const uint8_t*, const float*, size_t,
-                         size_t, int, int, float*, int, __mmask16, __mmask16, bool, const Consts&);
+                         size_t, int, int, int, float*, int, __mmask16, __mmask16, bool, const Consts&);
 
 constexpr int kMR = 12;     // rows per block (24 int32 accumulators + 6 operand registers)
 constexpr int kSmallM = 4;  // up to here: all rows at once, P panels per call for independent chains
@@ -79,9 +82,10 @@ void qgemm_a8_t(const QActs& x, const QPackedMatrix& w, float* y, int ldy, int M
   const size_t q_pstride = (size_t)w.K * RB, sz_pstride = (size_t)n_groups * kQGroupFloats;
   const int full_end = w.N / kPanel < p_end ? w.N / kPanel : p_end;
   auto call = [&](MicroFn fn, int m, int p, int g0, int ng, __mmask16 m0, __mmask16 m1) {
-    fn(x.q + (size_t)m * x.ldq + (size_t)g0 * G, x.ldq, x.scale + (size_t)m * x.ldg + g0,
-       x.sum + (size_t)m * x.ldg + g0, x.ldg, w.q + ((size_t)p * w.K + (size_t)g0 * G) * RB,
-       w.sz + ((size_t)p * n_groups + g0) * kQGroupFloats, q_pstride, sz_pstride, ng, G,
+    const size_t b0 = (size_t)g0 * (G / x.B);  // the chunk's first activation block
+    fn(x.q + (size_t)m * x.ldq + (size_t)g0 * G, x.ldq, x.scale + (size_t)m * x.ldg + b0,
+       x.sum + (size_t)m * x.ldg + b0, x.ldg, w.q + ((size_t)p * w.K + (size_t)g0 * G) * RB,
+       w.sz + ((size_t)p * n_groups + g0) * kQGroupFloats, q_pstride, sz_pstride, ng, G, x.B,
        y + (size_t)m * ldy + (size_t)p * kPanel, ldy, m0, m1, !accumulate && g0 == 0, k);
   };
   if (M <= kSmallM) {  // decode: stream every weight once, whole K per call

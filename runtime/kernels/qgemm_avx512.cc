@@ -367,7 +367,7 @@ void qgemm_avx512(const float* x, int ldx, const QPackedMatrix& w, float* y, int
 
 // ---- int8 activations: the quantizer (qgemm.h); the product is emulated without VNNI ----------
 void quantize_acts_avx512(const float* x, int ldx, int M, int K, int G, int8_t* xq, int ldq, float* a, float* xsum,
-                          int ldg) {
+                          int ldg) {  // G: the block (act_block of the weight's group size)
   const __m512 sign = _mm512_set1_ps(-0.f);
   for (int m = 0; m < M; ++m)
     for (int g = 0; g < K / G; ++g) {

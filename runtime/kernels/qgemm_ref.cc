@@ -24,7 +24,7 @@ void qgemm_ref(const float* x, int ldx, const QPackedMatrix& w, float* y, int ld
 }
 
 void quantize_acts_ref(const float* x, int ldx, int M, int K, int G, int8_t* xq, int ldq, float* a, float* xsum,
-                       int ldg) {
+                       int ldg) {  // G: the block (act_block of the weight's group size)
   for (int m = 0; m < M; ++m)
     for (int g = 0; g < K / G; ++g) {
       const float* xg = x + (size_t)m * ldx + (size_t)g * G;
@@ -45,19 +45,19 @@ void quantize_acts_ref(const float* x, int ldx, int M, int K, int G, int8_t* xq,
 
 void qgemm_a8_ref(const QActs& x, const QPackedMatrix& w, float* y, int ldy, int M, int p_begin, int p_end,
                   bool accumulate) {
-  const int G = w.group_size, n_groups = w.K / G;
+  const int G = w.group_size, n_groups = w.K / G, B = x.B;
   for (int p = p_begin; p < p_end; ++p)
     for (int j = 0; j < kPanel && p * kPanel + j < w.N; ++j) {
       const int n = p * kPanel + j;
       for (int m = 0; m < M; ++m) {
         float* out = y + (size_t)m * ldy + n;
         float acc = accumulate ? *out : 0.f;
-        for (int g = 0; g < n_groups; ++g) {
+        for (int b = 0; b < w.K / B; ++b) {
           int32_t c = 0;
-          for (int k = g * G; k < (g + 1) * G; ++k) c += qpacked_q(w, k, n) * (int32_t)x.q[(size_t)m * x.ldq + k];
-          const float* sz = w.sz + ((size_t)p * n_groups + g) * kQGroupFloats;
-          acc = std::fma((float)c, sz[j] * x.scale[(size_t)m * x.ldg + g], acc);
-          acc = std::fma(-sz[kPanel + j], x.sum[(size_t)m * x.ldg + g], acc);
+          for (int k = b * B; k < (b + 1) * B; ++k) c += qpacked_q(w, k, n) * (int32_t)x.q[(size_t)m * x.ldq + k];
+          const float* sz = w.sz + ((size_t)p * n_groups + b * B / G) * kQGroupFloats;
+          acc = std::fma((float)c, sz[j] * x.scale[(size_t)m * x.ldg + b], acc);
+          acc = std::fma(-sz[kPanel + j], x.sum[(size_t)m * x.ldg + b], acc);
         }
         *out = acc;
       }
@@ -76,7 +76,7 @@ void qgemm_a8_via_fp32(QGemmFn fp, const QActs& x, const QPackedMatrix& w, float
   xf.resize((size_t)M * x.K);
   for (int m = 0; m < M; ++m)
     for (int k = 0; k < x.K; ++k)
-      xf[(size_t)m * x.K + k] = (float)x.q[(size_t)m * x.ldq + k] * x.scale[(size_t)m * x.ldg + k / x.G];
+      xf[(size_t)m * x.K + k] = (float)x.q[(size_t)m * x.ldq + k] * x.scale[(size_t)m * x.ldg + k / x.B];
   fp(xf.data(), x.K, w, y, ldy, M, p_begin, p_end, accumulate);
 }
 

@@ -323,11 +323,11 @@ const kernels::QActs* LlamaModel::Impl::quantize_input(Rank& r, const float* x, 
   if (!act_int8 || !w.quantized()) return nullptr;
   RunState& s = r.s;
   kernels::QActs& a = s.acts;
-  const int K = w.qw.K, G = w.qw.group_size;
-  a = kernels::QActs{K, G, s.xq.data(), (int)kernels::qacts_ldq(max_k), s.xa.data(), s.xs.data(),
+  const int K = w.qw.K, B = kernels::act_block(w.qw.group_size);
+  a = kernels::QActs{K, B, s.xq.data(), (int)kernels::qacts_ldq(max_k), s.xa.data(), s.xs.data(),
                      max_k / kernels::kQGroupAlign};
   par_for(*r.pool, M, [&](int b, int e) {
-    qk->quantize_acts(x + (size_t)b * ldx, ldx, e - b, K, G, s.xq.data() + (size_t)b * a.ldq, a.ldq,
+    qk->quantize_acts(x + (size_t)b * ldx, ldx, e - b, K, B, s.xq.data() + (size_t)b * a.ldq, a.ldq,
                       s.xa.data() + (size_t)b * a.ldg, s.xs.data() + (size_t)b * a.ldg, a.ldg);
   });
   return &a;

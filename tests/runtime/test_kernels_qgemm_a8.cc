@@ -21,18 +21,19 @@ using namespace turbolm::kernels;
 namespace {
 
 // Quantized activations with their own storage.
+// Quantized activations with their own storage, in blocks of B = act_block(G).
 struct Acts {
-  int M, K, G, ldq, ldg;
+  int M, K, B, ldq, ldg;
   std::vector<int8_t> q;
   std::vector<float> a, sum;
-  Acts(int M_, int K_, int G_)
-      : M(M_), K(K_), G(G_), ldq((int)qacts_ldq(K_)), ldg(K_ / G_ + 1), q((size_t)M_ * ldq), a((size_t)M_ * ldg),
-        sum(a.size()) {}
+  Acts(int M_, int K_, int G)
+      : M(M_), K(K_), B(act_block(G)), ldq((int)qacts_ldq(K_)), ldg(K_ / B + 1), q((size_t)M_ * ldq),
+        a((size_t)M_ * ldg), sum(a.size()) {}
   void quantize(const QKernelTable& t, const float* x, int ldx) {
-    t.quantize_acts(x, ldx, M, K, G, q.data(), ldq, a.data(), sum.data(), ldg);
+    t.quantize_acts(x, ldx, M, K, B, q.data(), ldq, a.data(), sum.data(), ldg);
   }
   QActs view(int row0 = 0) const {
-    return QActs{K, G, q.data() + (size_t)row0 * ldq, ldq, a.data() + (size_t)row0 * ldg, sum.data() + (size_t)row0 * ldg, ldg};
+    return QActs{K, B, q.data() + (size_t)row0 * ldq, ldq, a.data() + (size_t)row0 * ldg, sum.data() + (size_t)row0 * ldg, ldg};
   }
 };
 
@@ -50,16 +51,16 @@ std::vector<float> make_x(int M, int K, int ldx, uint64_t seed) {
   return x;
 }
 
-// fp64 oracle of qgemm.h's definition: sum_g s a sum_k q xq - zs xsum.
+// fp64 oracle of qgemm.h's definition: sum over blocks j of s a sum_k q xq - zs xsum (g = j B / G).
 // *mag: the sum of the terms' magnitudes, for a rounding bound under cancellation.
 double oracle(const QWeight& w, const Acts& x, int m, int n, double* mag) {
   double acc = 0;
   *mag = 0;
-  for (int g = 0; g < w.K / w.G; ++g) {
-    const size_t gi = (size_t)g * w.N + n;
+  for (int j = 0; j < w.K / x.B; ++j) {
+    const size_t gi = (size_t)(j * x.B / w.G) * w.N + n;
     double c = 0;
-    for (int k = g * w.G; k < (g + 1) * w.G; ++k) c += (double)w.q[(size_t)k * w.N + n] * x.q[(size_t)m * x.ldq + k];
-    const double t1 = c * w.s[gi] * x.a[(size_t)m * x.ldg + g], t2 = (double)w.z[gi] * w.s[gi] * x.sum[(size_t)m * x.ldg + g];
+    for (int k = j * x.B; k < (j + 1) * x.B; ++k) c += (double)w.q[(size_t)k * w.N + n] * x.q[(size_t)m * x.ldq + k];
+    const double t1 = c * w.s[gi] * x.a[(size_t)m * x.ldg + j], t2 = (double)w.z[gi] * w.s[gi] * x.sum[(size_t)m * x.ldg + j];
     acc += t1 - t2;
     *mag += std::fabs(t1) + std::fabs(t2);
   }
@@ -70,10 +71,10 @@ double oracle(const QWeight& w, const Acts& x, int m, int n, double* mag) {
 // definition up to fp32 rounding of the terms' magnitudes.
 double emul_tol(const QWeight& w, const Acts& x, int m, int n) {
   double mag = 0;
-  for (int g = 0; g < w.K / w.G; ++g) {
-    const size_t gi = (size_t)g * w.N + n;
-    for (int k = g * w.G; k < (g + 1) * w.G; ++k)
-      mag += std::abs(x.q[(size_t)m * x.ldq + k]) * x.a[(size_t)m * x.ldg + g] *
+  for (int j = 0; j < w.K / x.B; ++j) {
+    const size_t gi = (size_t)(j * x.B / w.G) * w.N + n;
+    for (int k = j * x.B; k < (j + 1) * x.B; ++k)
+      mag += std::abs(x.q[(size_t)m * x.ldq + k]) * x.a[(size_t)m * x.ldg + j] *
              (w.q[(size_t)k * w.N + n] * (double)w.s[gi] + std::fabs((double)w.z[gi] * w.s[gi]));
   }
   return 1e-5 * mag + 1e-6;
@@ -91,30 +92,32 @@ std::vector<float> run(const QKernelTable& t, const QWeight& w, const Acts& x, i
 
 TEST(quantize_acts_definition_and_tables) {
   const QKernelTable& ref = reference_qkernels();
-  for (int G : {16, 32, 64, 128})
+  for (int G : {16, 32, 48, 64, 128})
     for (int M : {1, 5, 13}) {
       const int K = G * 3, ldx = K + 3;
       const auto x = make_x(M, K, ldx, G * 7 + M);
       Acts r(M, K, G);
+      CHECK_EQ(r.B, G % 32 ? G : 32);  // qgemm.h act_block
+      const int B = r.B;
       r.quantize(ref, x.data(), ldx);
       int bad = 0;
       for (int m = 0; m < M; ++m)
-        for (int g = 0; g < K / G; ++g) {
+        for (int g = 0; g < K / B; ++g) {
           double amax = 0, sum = 0;
-          for (int k = g * G; k < (g + 1) * G; ++k) {
+          for (int k = g * B; k < (g + 1) * B; ++k) {
             amax = std::fmax(amax, std::fabs(x[(size_t)m * ldx + k]));
             sum += x[(size_t)m * ldx + k];
           }
           bad += std::fabs(r.a[(size_t)m * r.ldg + g] - amax / 127) > 1e-7 * amax;
           int isum = 0;
-          for (int k = g * G; k < (g + 1) * G; ++k) {
+          for (int k = g * B; k < (g + 1) * B; ++k) {
             const double want = amax > 0 ? x[(size_t)m * ldx + k] * 127 / amax : 0;
             const int q = r.q[(size_t)m * r.ldq + k];
             bad += q < -127 || q > 127 || std::fabs(q - want) > 0.5 + 1e-4;
             isum += q;
           }
           bad += r.sum[(size_t)m * r.ldg + g] != r.a[(size_t)m * r.ldg + g] * (float)isum;  // the quantized x's sum
-          bad += std::fabs(r.sum[(size_t)m * r.ldg + g] - sum) > 0.5 * G * amax / 127 + 1e-5;
+          bad += std::fabs(r.sum[(size_t)m * r.ldg + g] - sum) > 0.5 * B * amax / 127 + 1e-5;
         }
       CHECK_EQ(bad, 0);
       for (const QKernelTable* t : supported_qkernels()) {
@@ -123,7 +126,7 @@ TEST(quantize_acts_definition_and_tables) {
         int diff = 0;
         for (int m = 0; m < M; ++m) {
           diff += std::memcmp(&o.q[(size_t)m * o.ldq], &r.q[(size_t)m * r.ldq], K) != 0;
-          for (int g = 0; g < K / G; ++g) {  // bit for bit
+          for (int g = 0; g < K / B; ++g) {  // bit for bit
             diff += o.a[(size_t)m * o.ldg + g] != r.a[(size_t)m * r.ldg + g];
             diff += o.sum[(size_t)m * o.ldg + g] != r.sum[(size_t)m * r.ldg + g];
           }
@@ -135,7 +138,8 @@ TEST(quantize_acts_definition_and_tables) {
 }
 
 TEST(qgemm_a8_all_tables_vs_reference_and_oracle) {
-  struct KG { int K, G; } kgs[] = {{16, 16}, {64, 32}, {192, 64}, {576, 64}, {384, 128}, {96, 32}, {576, 576}};
+  struct KG { int K, G; } kgs[] = {{16, 16}, {64, 32}, {192, 64}, {576, 64}, {384, 128}, {96, 32}, {576, 576},
+                                   {144, 48}};
   const int Ns[] = {1, 17, 32, 33, 70, 96};
   const int Ms[] = {1, 2, 3, 4, 5, 7, 12, 13, 16, 25, 33};
   const QKernelTable& ref = reference_qkernels();

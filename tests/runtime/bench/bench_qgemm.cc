@@ -73,12 +73,12 @@ void run(turbolm::ThreadPool& pool, const float* x, const Weight& w, float* y, i
   const KernelTable& kt = best_kernels();
   const QKernelTable& qt = best_qkernels();
   if (a8) {
-    const int G = w.qm.group_size, ldg = K / G;
+    const int B = act_block(w.qm.group_size), ldg = K / B;
     pool.parallel_for(M, [&](int b, int e) {
-      qt.quantize_acts(x + (size_t)b * K, K, e - b, K, G, a8->q.data() + (size_t)b * K, K, a8->a.data() + (size_t)b * ldg,
+      qt.quantize_acts(x + (size_t)b * K, K, e - b, K, B, a8->q.data() + (size_t)b * K, K, a8->a.data() + (size_t)b * ldg,
                        a8->sum.data() + (size_t)b * ldg, ldg);
     });
-    const QActs acts{K, G, a8->q.data(), K, a8->a.data(), a8->sum.data(), ldg};
+    const QActs acts{K, B, a8->q.data(), K, a8->a.data(), a8->sum.data(), ldg};
     pool.parallel_for(w.n_panels(), [&](int b, int e) { qt.qgemm_a8(acts, w.qm, y, N, M, b, e, false); });
     return;
   }
