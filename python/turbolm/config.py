@@ -66,7 +66,7 @@ SCHEMA: List[Key] = [
     Key("qk_norm", int, 0, "1: RMSNorm of each q and k head before RoPE (Qwen3; layers.i.attention.q_norm/k_norm)",
         extra=True),
     Key("act_type", str, "float", "float (fp32 activations) | int8 (int4/int8 workspaces: activations quantized "
-        "per token and group, int8 dot products) | bf16 (fp16/bf16 workspaces: bf16 dot products)", extra=True),
+        "per token in blocks of 32, int8 dot products) | bf16 (fp16/bf16 workspaces: bf16 dot products)", extra=True),
 ]
 
 KEYS: Dict[str, Key] = {k.name: k for k in SCHEMA}

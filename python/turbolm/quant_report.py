@@ -4,7 +4,7 @@ runtime (``TurboMind.get_ppl``) for
     fp16 | fp16 + KV int8 | RTN int4 | AWQ int4 | AWQ int4 + KV int8
 
 at one group size, and each int4 row again with int8 activations ("+a8": act_type int8, the
-activations quantized per token and group and multiplied on int8 dot products), fp16 on bf16
+activations quantized per token in blocks of 32 and multiplied on int8 dot products), fp16 on bf16
 dot products ("fp16+bf16": act_type bf16), RTN int8 (W8A16,
 and +a8), and SmoothQuant W8A8 (`lite smooth_quant`, alpha 0.5, int8 per-channel weights and
 int8 activations). Calibration (KV statistics and the AWQ search) reads ``--calib`` (default

@@ -52,7 +52,7 @@ struct ModelConfig {
   int rope_original_max_position_embeddings = 8192;  // llama3
   int qk_norm = 0;  // 1: RMSNorm over each q and k head (weights [size_per_head]) before RoPE (Qwen3)
   // "float": the linears multiply fp32 activations; "int8" (int4/int8 workspaces): activations
-  // are quantized per (token, group) to int8 and multiplied on int8 dot products (kernels/qgemm.h);
+  // are quantized per (token, block of 32) to int8 and multiplied on int8 dot products (kernels/qgemm.h);
   // "bf16" (fp16/bf16 workspaces): activations and weights rounded to bf16, bf16 dot products.
   std::string act_type = "float";
 

@@ -43,7 +43,7 @@ def serve():
 @click.option("--cache_max_entry_count", type=float, default=None,
               help="KV pool: < 1 a fraction of memory, >= 1 a block count  [default: the workspace's]")
 @click.option("--act_type", type=click.Choice(["float", "int8", "bf16"]), default=None,
-              help="int8 (int4/int8 workspaces): activations quantized per token and group, int8 dot products; "
+              help="int8 (int4/int8 workspaces): activations quantized per token in blocks of 32, int8 dot products; "
                    "bf16 (fp16/bf16 workspaces, AVX512-BF16 CPUs): bf16 dot products  [default: the workspace's]")
 def api_server(model_path, api_keys, allowed_origins, **kwargs):
     """Serve a model over an OpenAI-compatible HTTP API.

@@ -54,7 +54,7 @@ def convert(model_name, model_path, **kwargs):
 @click.option("--cap", type=click.Choice(["chat", "completion"]), default="chat",
               help="chat: the chat template; completion: the raw text")
 @click.option("--act_type", type=click.Choice(["float", "int8", "bf16"]), default=None,
-              help="int8 (int4/int8 workspaces): activations quantized per token and group, int8 dot products; "
+              help="int8 (int4/int8 workspaces): activations quantized per token in blocks of 32, int8 dot products; "
                    "bf16 (fp16/bf16 workspaces, AVX512-BF16 CPUs): bf16 dot products  [default: the workspace's]")
 def chat(model_path, **kwargs):
     """Chat in the terminal with a workspace, an HF directory or a .gguf.
@@ -76,7 +76,7 @@ def chat(model_path, **kwargs):
 @click.option("--cache_max_entry_count", type=float, default=None,
               help="KV pool: < 1 a fraction of memory, >= 1 a block count  [default: the workspace's]")
 @click.option("--act_type", type=click.Choice(["float", "int8", "bf16"]), default=None,
-              help="int8 (int4/int8 workspaces): activations quantized per token and group, int8 dot products; "
+              help="int8 (int4/int8 workspaces): activations quantized per token in blocks of 32, int8 dot products; "
                    "bf16 (fp16/bf16 workspaces, AVX512-BF16 CPUs): bf16 dot products  [default: the workspace's]")
 @click.option("--formats", default=None,
               help="comma list of turbolm weight/activation formats, one column each: fp16, bf16, int8, int4, "

@@ -71,7 +71,7 @@ class TurboMind:
                  num_threads: Optional[int] = None, chat_template_from_tokenizer: bool = False,
                  act_type: Optional[str] = None):
         """``act_type``: None runs the workspace's; 'float', 'int8' or 'bf16' override it (int8
-        needs an int4/int8 workspace: activations quantized per token and group, int8 dot
+        needs an int4/int8 workspace: activations quantized per token in blocks of 32, int8 dot
         products; bf16 an fp16/bf16 workspace and a CPU with AVX512-BF16: bf16 dot products)."""
         self.weights_dir = weights_dir
         self.config: Dict[str, Any] = read_config_ini(os.path.join(weights_dir, "config.ini"))
