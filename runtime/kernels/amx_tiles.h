@@ -1,6 +1,7 @@
 // Private to the AMX kernels (qgemm_a8_amx.cc, kernels_amxbf16.cc): the one tile configuration
-// they share, loaded once per thread and left loaded (nothing else in the process uses the tiles):
-// all eight tiles are 16 rows x 64 bytes; each kernel writes down which it uses for what. Plain inline asm, no ISA intrinsics,
+// they share, all eight tiles 16 rows x 64 bytes (each kernel writes down which it uses for what).
+// It is loaded at the start of every kernel call: another library in the process (oneDNN under
+// PyTorch) may configure or release the tiles on the same thread between two calls. Plain inline asm, no ISA intrinsics,
 // internal linkage: safe to include from files compiled with different flags.
 #pragma once
 #include <cstdint>
@@ -18,8 +19,6 @@ struct alignas(64) TileConfig {
 static_assert(sizeof(TileConfig) == 64, "the LDTILECFG operand is 64 bytes");
 
 inline void configure_tiles() {
-  thread_local bool done = false;
-  if (done) return;
   TileConfig cfg;
   for (int t = 0; t < 8; ++t) {
     cfg.colsb[t] = 64;
@@ -28,7 +27,6 @@ inline void configure_tiles() {
   // Not _tile_loadconfig: GCC 12's declares only 8 of the 64 bytes as read, so the stores of the
   // shapes may be dropped or sunk past it (the tiles then stay unconfigured: SIGILL on first use).
   __asm__ volatile("ldtilecfg %0" ::"m"(cfg));
-  done = true;
 }
 
 }  // namespace

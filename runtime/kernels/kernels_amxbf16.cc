@@ -40,16 +40,14 @@ struct Scratch {  // per-thread, plain malloc (see qgemm_avx512.cc on library te
   ~Scratch() { std::free(p); }
 };
 
-void gemm_bf16_amx(const float* x, int ldx, const PackedBF16& w, float* y, int ldy, int M, int p_begin, int p_end,
-                   bool accumulate) {
-  if (M <= 0 || p_begin >= p_end) return;
+void gemm_bf16_amx_rows(const float* x, int ldx, const PackedBF16& w, float* y, int ldy, int M, int p_begin,
+                        int p_end, bool accumulate) {
   const int K = w.K;
-  if (K % kStepK) return avx512_bf16_kernels()->gemm_bf16(x, ldx, w, y, ldy, M, p_begin, p_end, accumulate);
   configure_tiles();
   const int Mp = (M + kTileRows - 1) / kTileRows * kTileRows, ldb = K;  // ldb: bf16 per row
   thread_local Scratch scratch;
   uint8_t* base = static_cast<uint8_t*>(scratch.get((size_t)Mp * ldb * 2 + 4 * kTileRows * 16 * sizeof(float)));
-  if (base == nullptr) return;
+  if (base == nullptr) return reference_kernels().gemm_bf16(x, ldx, w, y, ldy, M, p_begin, p_end, accumulate);
   uint16_t* xb = reinterpret_cast<uint16_t*>(base);                       // [Mp][K] bf16, rows >= M zero
   float* cbuf = reinterpret_cast<float*>(base + (size_t)Mp * ldb * 2);   // [2 panels][2][16 rows][16 columns]
   for (int m = 0; m < M; ++m)
@@ -128,6 +126,17 @@ void gemm_bf16_amx(const float* x, int ldx, const PackedBF16& w, float* y, int l
       }
     }
   }
+}
+
+constexpr int kRowChunk = 256;  // rows per pass: bounds the per-thread bf16 copy of x (256 x K x 2 bytes)
+
+void gemm_bf16_amx(const float* x, int ldx, const PackedBF16& w, float* y, int ldy, int M, int p_begin, int p_end,
+                   bool accumulate) {
+  if (M <= 0 || p_begin >= p_end) return;
+  if (w.K % kStepK) return avx512_bf16_kernels()->gemm_bf16(x, ldx, w, y, ldy, M, p_begin, p_end, accumulate);
+  for (int r = 0; r < M; r += kRowChunk)  // rows are independent: the chunking changes no bit
+    gemm_bf16_amx_rows(x + (size_t)r * ldx, ldx, w, y + (size_t)r * ldy, ldy, M - r < kRowChunk ? M - r : kRowChunk,
+                       p_begin, p_end, accumulate);
 }
 
 }  // namespace

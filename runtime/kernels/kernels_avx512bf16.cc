@@ -82,9 +82,8 @@ struct Scratch {
   ~Scratch() { std::free(p); }
 };
 
-void gemm_bf16_avx512(const float* x, int ldx, const PackedBF16& w, float* y, int ldy, int M, int p_begin,
-                      int p_end, bool accumulate) {
-  if (M <= 0 || p_begin >= p_end) return;
+void gemm_bf16_rows(const float* x, int ldx, const PackedBF16& w, float* y, int ldy, int M, int p_begin, int p_end,
+                    bool accumulate) {
   static constexpr MicroFn kOne[kMR + 1] = {nullptr,      micro<1, 1>,  micro<2, 1>,  micro<3, 1>, micro<4, 1>,
                                             micro<5, 1>,  micro<6, 1>,  micro<7, 1>,  micro<8, 1>, micro<9, 1>,
                                             micro<10, 1>, micro<11, 1>, micro<12, 1>};
@@ -93,7 +92,7 @@ void gemm_bf16_avx512(const float* x, int ldx, const PackedBF16& w, float* y, in
   const int K = w.K, n_kp = K / 2, ldb = (K + 31) / 32 * 32;
   thread_local Scratch scratch;
   uint16_t* xb = scratch.get((size_t)M * ldb);
-  if (xb == nullptr) return;  // out of memory: leave y (the caller's allocation would have failed first)
+  if (xb == nullptr) return reference_kernels().gemm_bf16(x, ldx, w, y, ldy, M, p_begin, p_end, accumulate);
   for (int m = 0; m < M; ++m) {  // x rounded to bf16, RNE
     const float* xr = x + (size_t)m * ldx;
     uint16_t* br = xb + (size_t)m * ldb;
@@ -130,6 +129,16 @@ void gemm_bf16_avx512(const float* x, int ldx, const PackedBF16& w, float* y, in
       }
     }
   }
+}
+
+constexpr int kRowChunk = 256;  // rows per pass: bounds the per-thread bf16 copy of x (256 x K x 2 bytes)
+
+void gemm_bf16_avx512(const float* x, int ldx, const PackedBF16& w, float* y, int ldy, int M, int p_begin,
+                      int p_end, bool accumulate) {
+  if (M <= 0 || p_begin >= p_end) return;
+  for (int r = 0; r < M; r += kRowChunk)  // rows are independent: the chunking changes no bit
+    gemm_bf16_rows(x + (size_t)r * ldx, ldx, w, y + (size_t)r * ldy, ldy, M - r < kRowChunk ? M - r : kRowChunk,
+                   p_begin, p_end, accumulate);
 }
 
 }  // namespace

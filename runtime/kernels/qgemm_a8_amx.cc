@@ -124,13 +124,22 @@ void qgemm_a8_amx_t(const QActs& x, const QPackedMatrix& w, float* y, int ldy, i
   }
 }
 
+constexpr int kRowChunk = 256;  // rows per pass: bounds the per-thread copies of A (2 x 256 x K bytes)
+
 void qgemm_a8_amx(const QActs& x, const QPackedMatrix& w, float* y, int ldy, int M, int p_begin, int p_end,
                   bool accumulate) {
   if (M <= 0 || p_begin >= p_end) return;
   if (M < kTileRows || w.group_size % kTileK || x.B != kActBlock)
     return avx512_vnni_qkernels()->qgemm_a8(x, w, y, ldy, M, p_begin, p_end, accumulate);
-  if (w.bits == 4) qgemm_a8_amx_t<4>(x, w, y, ldy, M, p_begin, p_end, accumulate);
-  else qgemm_a8_amx_t<8>(x, w, y, ldy, M, p_begin, p_end, accumulate);
+  for (int r = 0; r < M; r += kRowChunk) {  // rows are independent: the chunking changes no bit
+    QActs xc = x;
+    xc.q += (size_t)r * x.ldq;
+    xc.scale += (size_t)r * x.ldg;
+    xc.sum += (size_t)r * x.ldg;
+    const int rows = M - r < kRowChunk ? M - r : kRowChunk;
+    if (w.bits == 4) qgemm_a8_amx_t<4>(xc, w, y + (size_t)r * ldy, ldy, rows, p_begin, p_end, accumulate);
+    else qgemm_a8_amx_t<8>(xc, w, y + (size_t)r * ldy, ldy, rows, p_begin, p_end, accumulate);
+  }
 }
 
 }  // namespace

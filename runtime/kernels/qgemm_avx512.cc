@@ -375,7 +375,7 @@ void quantize_acts_avx512(const float* x, int ldx, int M, int K, int G, int8_t* 
       __m512 mx = _mm512_setzero_ps();
       for (int k = 0; k < G; k += 16) mx = _mm512_max_ps(mx, _mm512_andnot_ps(sign, _mm512_loadu_ps(xg + k)));
       const float amax = _mm512_reduce_max_ps(mx);
-      const __m512 inv = _mm512_set1_ps(amax > 0.f ? 127.f / amax : 0.f);
+      const __m512 inv = _mm512_set1_ps(amax > kActTinyAmax ? 127.f / amax : 0.f);
       int8_t* out = xq + (size_t)m * ldq + (size_t)g * G;
       __m512i isum = _mm512_setzero_si512();
       for (int k = 0; k < G; k += 16) {  // cvtps rounds half to even (MXCSR default), as nearbyint

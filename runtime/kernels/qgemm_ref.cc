@@ -30,7 +30,7 @@ void quantize_acts_ref(const float* x, int ldx, int M, int K, int G, int8_t* xq,
       const float* xg = x + (size_t)m * ldx + (size_t)g * G;
       float amax = 0.f;
       for (int k = 0; k < G; ++k) amax = std::fmax(amax, std::fabs(xg[k]));
-      const float inv = amax > 0.f ? 127.f / amax : 0.f;
+      const float inv = amax > kActTinyAmax ? 127.f / amax : 0.f;  // 127 / amax would overflow below it
       int32_t isum = 0;
       for (int k = 0; k < G; ++k) {
         const float v = std::nearbyint(xg[k] * inv);
@@ -72,12 +72,16 @@ const QKernelTable& reference_qkernels() { return kRef; }
 
 void qgemm_a8_via_fp32(QGemmFn fp, const QActs& x, const QPackedMatrix& w, float* y, int ldy, int M, int p_begin,
                        int p_end, bool accumulate) {
-  thread_local std::vector<float> xf;  // [M][K] the dequantized activations of this thread's call
-  xf.resize((size_t)M * x.K);
-  for (int m = 0; m < M; ++m)
-    for (int k = 0; k < x.K; ++k)
-      xf[(size_t)m * x.K + k] = (float)x.q[(size_t)m * x.ldq + k] * x.scale[(size_t)m * x.ldg + k / x.B];
-  fp(xf.data(), x.K, w, y, ldy, M, p_begin, p_end, accumulate);
+  constexpr int kRowChunk = 256;        // rows per pass: bounds the buffer below (256 x K floats)
+  thread_local std::vector<float> xf;  // [rows][K] the dequantized activations of this thread's pass
+  for (int r = 0; r < M; r += kRowChunk) {
+    const int rows = M - r < kRowChunk ? M - r : kRowChunk;
+    xf.resize((size_t)rows * x.K);
+    for (int m = 0; m < rows; ++m)
+      for (int k = 0; k < x.K; ++k)
+        xf[(size_t)m * x.K + k] = (float)x.q[(size_t)(r + m) * x.ldq + k] * x.scale[(size_t)(r + m) * x.ldg + k / x.B];
+    fp(xf.data(), x.K, w, y + (size_t)r * ldy, ldy, rows, p_begin, p_end, accumulate);
+  }
 }
 
 }  // namespace turbolm::kernels

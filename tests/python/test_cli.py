@@ -269,3 +269,9 @@ def test_bench_formats_one_column_each(tiny_model):
         row = next(ln for ln in lines if ln.startswith(label))
         assert all(float(v.replace(",", "")) > 0 for v in row[42:].split()), row
     assert_one_line_error(turbolm("bench", "--formats", "int4-a9"), "unknown format 'int4-a9'")
+
+
+def test_bench_formats_refuses_a_workspace(ws):
+    assert_one_line_error(turbolm("bench", ws, "--formats", "int4"), "is a workspace")
+    assert_one_line_error(turbolm("bench", ws, "--backends", "hf_bf16", "--formats", "int4"),
+                          "add turbolm to --backends")
