@@ -32,6 +32,7 @@ _LAYER = {"q": "attn_q.weight", "k": "attn_k.weight", "v": "attn_v.weight", "o":
 ARCHITECTURES: Dict[str, dict] = {
     "llama": {"qk_interleaved": True},  # also Mistral and SmolLM2, which llama.cpp writes as llama
     "qwen2": {"qk_interleaved": False},  # Qwen2 / Qwen2.5: q/k/v bias, rows in HF order
+    "qwen3": {"qk_interleaved": False},  # Qwen3: per-head q/k RMSNorm (attn_q_norm / attn_k_norm), no bias
 }
 # tokenizer.ggml.model -> writer of an HF tokenizer folder
 TOKENIZERS = {"gpt2": write_byte_level_bpe}
@@ -112,6 +113,7 @@ class GGUFSource(Source):
         s.tied = "output.weight" not in self.tensors
         s.qkv_bias = "blk.0.attn_q.bias" in self.tensors
         s.o_bias = "blk.0.attn_output.bias" in self.tensors
+        s.qk_norm = "blk.0.attn_q_norm.weight" in self.tensors
         self._check_tensors()
         if tokenizer_path is not None:
             copy_hf_tokenizer(tokenizer_path, None)  # dry run: refuse a missing tokenizer before any work

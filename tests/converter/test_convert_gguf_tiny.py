@@ -49,6 +49,8 @@ def write_gguf(path, sd, cfg, q8_names, rope_linear=None, rope_freqs=False, arch
                  "post_attention_layernorm.weight": "ffn_norm.weight"}
     if "model.layers.0.self_attn.q_proj.bias" in sd:  # Qwen2: q/k/v bias
         per_layer.update({f"self_attn.{p}_proj.bias": f"attn_{p}.bias" for p in "qkv"})
+    if "model.layers.0.self_attn.q_norm.weight" in sd:  # Qwen3: per-head q/k RMSNorm
+        per_layer.update({f"self_attn.{p}_norm.weight": f"attn_{p}_norm.weight" for p in "qk"})
     for i in range(cfg.num_hidden_layers):
         for k, v in per_layer.items():
             names[f"model.layers.{i}.{k}"] = f"blk.{i}.{v}"
@@ -118,20 +120,22 @@ def test_gguf_rope_scaling_linear_is_read_and_rope_freqs_refused(tiny_model, tmp
         convert("llama2", str(tmp_path / "l31.gguf"), tokenizer_path=model_dir, dst_path=str(tmp_path / "ws2"))
 
 
-def test_qwen2_gguf_gives_the_hf_routes_tokens(tiny_model, tmp_path):
-    """A Qwen2 GGUF (llama.cpp's qwen2 architecture: q/k/v bias, rows not permuted) converts and
-    generates the same 32 greedy tokens as the same model converted from its HF folder."""
+@pytest.mark.parametrize("arch,variant", [("qwen2", "bias"), ("qwen3", "qwen3")])
+def test_qwen_gguf_gives_the_hf_routes_tokens(tiny_model, tmp_path, arch, variant):
+    """A Qwen2 GGUF (llama.cpp's qwen2 architecture: q/k/v bias, rows not permuted) and a Qwen3 one
+    (qwen3: per-head q/k RMSNorm, no bias) convert and generate the same 32 greedy tokens as the
+    same model converted from its HF folder."""
     import torch
     from transformers import AutoModelForCausalLM
 
     from turbolm import turbomind as tm
 
-    model_dir = tiny_model("bias")
+    model_dir = tiny_model(variant)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     sd = {k: v.numpy() for k, v in model.state_dict().items()}
-    write_gguf(str(tmp_path / "qwen2.gguf"), sd, model.config, set(), arch="qwen2")
+    write_gguf(str(tmp_path / f"{arch}.gguf"), sd, model.config, set(), arch=arch)
     outs = []
-    for src, dst in ((str(tmp_path / "qwen2.gguf"), "ws_gguf"), (model_dir, "ws_hf")):
+    for src, dst in ((str(tmp_path / f"{arch}.gguf"), "ws_gguf"), (model_dir, "ws_hf")):
         convert("base", src, tokenizer_path=model_dir if src.endswith(".gguf") else None,
                 dst_path=str(tmp_path / dst))
         m = tm.TurboMind(os.path.join(str(tmp_path / dst), "triton_models", "weights"))
@@ -142,5 +146,12 @@ def test_qwen2_gguf_gives_the_hf_routes_tokens(tiny_model, tmp_path):
         outs.append(out[0])
     assert len(outs[0]) == 32 and outs[0] == outs[1]
     gguf_w, hf_w = load_workspace(str(tmp_path / "ws_gguf")), load_workspace(str(tmp_path / "ws_hf"))
-    for name in ("model.layers.0.self_attn.q_proj.weight", "model.layers.1.self_attn.k_proj.bias"):
+    names = ["model.layers.0.self_attn.q_proj.weight"] + (["model.layers.1.self_attn.k_proj.bias"] if arch == "qwen2" else [])
+    for name in names:
         np.testing.assert_array_equal(gguf_w[name], hf_w[name], err_msg=name)
+    if arch == "qwen3":  # the per-head norms, byte for byte
+        for f in ("layers.1.attention.q_norm.weight", "layers.1.attention.k_norm.weight"):
+            paths = [os.path.join(str(tmp_path / d), "triton_models", "weights", f) for d in ("ws_gguf", "ws_hf")]
+            assert open(paths[0], "rb").read() == open(paths[1], "rb").read(), f
+    cfg = read_config_ini(os.path.join(str(tmp_path / "ws_gguf"), "triton_models", "weights", "config.ini"))
+    assert cfg["qk_norm"] == (arch == "qwen3") and cfg["attn_bias"] == (arch == "qwen2")
