@@ -157,7 +157,7 @@ def _write_workspace(root: str, source: Source, model_name: str, target_name: st
     cfg = dict(model_name=model_name, tensor_para_size=tp, head_num=s.head_num, kv_head_num=s.kv_head_num,
                vocab_size=s.vocab, num_layer=s.num_layer, inter_size=s.inter, norm_eps=s.norm_eps,
                attn_bias=int(s.qkv_bias or s.o_bias), start_id=s.bos_id, end_id=s.eos_id,
-               session_len=session_len or s.max_position_embeddings, rotary_embedding=s.head_dim,
+               session_len=session_len or s.max_position_embeddings, rotary_embedding=s.rotary_dim or s.head_dim,
                rope_theta=s.rope_theta, size_per_head=s.head_dim, max_position_embeddings=s.max_position_embeddings,
                rope_scaling_factor=s.rope_scaling_factor, use_logn_attn=0, hidden_units=s.hidden,
                rope_type=s.rope_type, rope_low_freq_factor=s.rope_low_freq_factor,

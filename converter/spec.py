@@ -63,6 +63,7 @@ class ModelSpec:
     rope_original_max_position_embeddings: int = 8192  # llama3
     qkv_bias: bool = False
     qk_norm: bool = False              # Qwen3: q_norm / k_norm per head
+    rotary_dim: int = 0                # partial rotary (Phi-3.5 / Phi-4-mini): RoPE on the first dims of a head; 0 = all
     sliding_window: int = 0            # > 0: attention sees only the last `sliding_window` positions
     o_bias: bool = False
     tied: bool = False

@@ -8,10 +8,14 @@ in HF's convert_llama_weights_to_hf.py (and exactly what llama.cpp's converter a
 import numpy as np
 
 
-def rotate_half_to_interleaved(w: np.ndarray, n_heads: int, head_dim: int) -> np.ndarray:
-    """Rows of ``w`` ([n_heads*head_dim, ...]): per head [2, D/2] -> [D/2, 2]."""
+def rotate_half_to_interleaved(w: np.ndarray, n_heads: int, head_dim: int, rot: int = 0) -> np.ndarray:
+    """Rows of ``w`` ([n_heads*head_dim, ...]): per head, the first ``rot`` (default all) rows
+    [2, rot/2] -> [rot/2, 2]; rows past ``rot`` (partial rotary: not rotated) stay in place."""
+    rot = rot or head_dim
     rest = w.shape[1:]
-    return w.reshape(n_heads, 2, head_dim // 2, *rest).swapaxes(1, 2).reshape(w.shape)
+    h = w.reshape(n_heads, head_dim, *rest)
+    r = h[:, :rot].reshape(n_heads, 2, rot // 2, *rest).swapaxes(1, 2).reshape(n_heads, rot, *rest)
+    return np.concatenate([r, h[:, rot:]], axis=1).reshape(w.shape)
 
 
 def interleaved_to_rotate_half(w: np.ndarray, n_heads: int, head_dim: int) -> np.ndarray:

@@ -86,7 +86,14 @@ class AWQSource(HFSource):
         b = self._base(name)
         return {f"{b}.qweight": (n_in, out // per), f"{b}.qzeros": (n_in // G, out // per), f"{b}.scales": (n_in // G, out)}
 
+    def _refuse_fused(self) -> None:
+        if self.names.get("fused"):
+            raise UserError(f"{self.model_path}: a quantized checkpoint of an architecture with fused projections "
+                            f"({', '.join(self.names['fused'].values())}) is not supported yet; convert the fp16 "
+                            "checkpoint, with --weight_type int4|int8 to quantize")
+
     def _check_tensors(self) -> None:
+        self._refuse_fused()
         super()._check_tensors()
         name = self._base(self._name(0, "q"))
         for suffix, want in (("qweight", "I32"), ("qzeros", "I32"), ("scales", "F16")):

@@ -27,6 +27,10 @@ _LLAMA_LAYER = {
 _LLAMA_NAMES = {"layer_prefix": "model.layers.{i}.", "layer": _LLAMA_LAYER, "embed": "model.embed_tokens.weight",
                 "norm": "model.norm.weight", "output": "lm_head.weight"}
 
+# Phi-3 / Phi-3.5 / Phi-4-mini: q/k/v fused into one matrix (rows [q | k | v]), gate/up into one
+# (rows [gate | up]); "fused" names them, and the canonical tensors are row slices of them.
+_PHI3_NAMES = dict(_LLAMA_NAMES, fused={"qkv": "self_attn.qkv_proj.weight", "gate_up": "mlp.gate_up_proj.weight"})
+
 # architecture (config.json "architectures"[0]) -> tensor names. Biases are read when present:
 # Qwen2 has them on q/k/v, InternLM (and LLaMA with attention_bias) on q/k/v/o.
 ARCHITECTURES: Dict[str, dict] = {
@@ -35,9 +39,13 @@ ARCHITECTURES: Dict[str, dict] = {
     "Qwen2ForCausalLM": _LLAMA_NAMES,
     "Qwen3ForCausalLM": _LLAMA_NAMES,  # + q/k norm per head, no q/k/v bias
     "InternLMForCausalLM": _LLAMA_NAMES,
+    "Phi3ForCausalLM": _PHI3_NAMES,    # + partial_rotary_factor
 }
+_FUSED_OF = {"q": "qkv", "k": "qkv", "v": "qkv", "gate": "gate_up", "up": "gate_up"}
 
 _SUPPORTED_ROPE = {None: False, "default": False, "dynamic": True, "linear": True, "llama3": True}  # -> has a factor
+_UNSUPPORTED_ROPE_HINT = {"longrope": " (Phi-3 128k's per-frequency factors; the 4k-context checkpoints work)",
+                          "yarn": ""}
 
 
 def _first(x):
@@ -168,8 +176,15 @@ class HFSource(Source):
         scaling = rope or params
         rope_type = scaling.get("rope_type") or scaling.get("type")
         if rope_type not in _SUPPORTED_ROPE:
-            raise UserError(f"{self.model_path}/config.json: rope scaling type {rope_type} is not supported "
-                            f"(supported: {', '.join(t for t in _SUPPORTED_ROPE if t)})")
+            raise UserError(f"{self.model_path}/config.json: rope scaling type {rope_type} is not supported"
+                            f"{_UNSUPPORTED_ROPE_HINT.get(rope_type, '')} (supported: "
+                            f"{', '.join(t for t in _SUPPORTED_ROPE if t)})")
+        factor = float(cfg.get("partial_rotary_factor", 1.0) or 1.0)
+        rot = int(round(spec.head_dim * factor))
+        if rot % 2 or not 0 < rot <= spec.head_dim:
+            raise UserError(f"{self.model_path}/config.json: partial_rotary_factor {factor} gives {rot} rotary dims "
+                            f"of {spec.head_dim}; they must be even and positive")
+        spec.rotary_dim = rot if rot < spec.head_dim else 0
         if _SUPPORTED_ROPE[rope_type]:
             spec.rope_type = rope_type
             spec.rope_scaling_factor = float(scaling.get("factor", 0.0))
@@ -199,10 +214,26 @@ class HFSource(Source):
         return spec
 
     def _name(self, i: int, key: str) -> str:
-        return self.names["layer_prefix"].format(i=i) + self.names["layer"][key]
+        fused = self.names.get("fused", {}).get(_FUSED_OF.get(key, ""))
+        return self.names["layer_prefix"].format(i=i) + (fused or self.names["layer"][key])
+
+    def _unfuse(self, i: int, out: dict) -> None:
+        """q/k/v and gate/up as row slices of their fused matrices (architectures with "fused")."""
+        s = self.spec
+        if "qkv" in self.names.get("fused", {}):
+            qkv, hq, hk = out["q"], s.head_num * s.head_dim, s.kv_head_num * s.head_dim
+            out["q"], out["k"], out["v"] = qkv[:hq], qkv[hq:hq + hk], qkv[hq + hk:]
+        if "gate_up" in self.names.get("fused", {}):
+            gu = out["gate"]
+            out["gate"], out["up"] = gu[:s.inter], gu[s.inter:]
 
     def _expected(self, name: str, key: str, shape: tuple) -> dict:
         """The checkpoint tensors (name -> shape) that hold canonical tensor ``key``."""
+        fused = self.names.get("fused", {}).get(_FUSED_OF.get(key, ""))
+        if fused:  # the fused matrix, of which this tensor is rows
+            s = self.spec
+            rows = (s.head_num + 2 * s.kv_head_num) * s.head_dim if _FUSED_OF[key] == "qkv" else 2 * s.inter
+            return {name: (rows, s.hidden)}
         return {name: shape}
 
     def _check_tensors(self) -> None:
@@ -244,7 +275,15 @@ class HFSource(Source):
 
     def layer(self, i):
         keys = list(LAYER_KEYS) + [k for k in OPTIONAL_LAYER_KEYS if self._name(i, k) in self.tensors]
-        return {k: self._get(self._name(i, k)) for k in keys}
+        read: Dict[str, np.ndarray] = {}  # a fused matrix is read once
+        out = {}
+        for k in keys:
+            name = self._name(i, k)
+            if name not in read:
+                read[name] = self._get(name)
+            out[k] = read[name]
+        self._unfuse(i, out)
+        return out
 
     def write_tokenizer(self, dst_dir):
         copy_hf_tokenizer(self.tokenizer_path, dst_dir)

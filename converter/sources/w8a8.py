@@ -60,6 +60,7 @@ class W8A8Source(AWQSource):  # AWQ's claims() and layer(): seven QuantLinears f
         return {name: shape, f"{self._base(name)}.weight_scale": (shape[0], 1)}
 
     def _check_tensors(self) -> None:
+        self._refuse_fused()
         HFSource._check_tensors(self)
         name = self._name(0, "q")
         got = self.tensors[name].dtype_name(name)

@@ -40,13 +40,14 @@ class FpTarget(Target):
     def export_layer(self, i: int, t: Dict[str, np.ndarray]) -> None:
         s, tp = self.spec, self.tp
         H, KV, D = s.head_num, s.kv_head_num, s.head_dim
-        q = rotate_half_to_interleaved(t["q"], H, D)
-        k = rotate_half_to_interleaved(t["k"], KV, D)
+        R = s.rotary_dim or D  # partial rotary: only the first R of each head are permuted
+        q = rotate_half_to_interleaved(t["q"], H, D, R)
+        k = rotate_half_to_interleaved(t["k"], KV, D, R)
         has_bias = s.qkv_bias or s.o_bias
         if has_bias:  # attn_bias = 1 means a w_qkv bias file on every rank; zeros where the model has none
             zeros = lambda n: np.zeros(n * D, np.float32)  # noqa: E731
-            qb = rotate_half_to_interleaved(t["q_bias"], H, D) if "q_bias" in t else zeros(H)
-            kb = rotate_half_to_interleaved(t["k_bias"], KV, D) if "k_bias" in t else zeros(KV)
+            qb = rotate_half_to_interleaved(t["q_bias"], H, D, R) if "q_bias" in t else zeros(H)
+            kb = rotate_half_to_interleaved(t["k_bias"], KV, D, R) if "k_bias" in t else zeros(KV)
             vb = t["v_bias"] if "v_bias" in t else zeros(KV)
         p = f"layers.{i}."
         for r in range(tp):
@@ -62,7 +63,7 @@ class FpTarget(Target):
         self.save(f"{p}attention_norm.weight", t["attention_norm"])
         for key in ("q_norm", "k_norm"):  # Qwen3: per head, in the same interleaved order as q / k
             if key in t:
-                self.save(f"{p}attention.{key}.weight", rotate_half_to_interleaved(t[key], 1, D))
+                self.save(f"{p}attention.{key}.weight", rotate_half_to_interleaved(t[key], 1, D, R))
         self.save(f"{p}ffn_norm.weight", t["ffn_norm"])
 
 

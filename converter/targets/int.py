@@ -64,15 +64,16 @@ class IntTarget(Fp16Target):
     def export_layer(self, i: int, t: Dict[str, np.ndarray]) -> None:
         s, tp = self.spec, self.tp
         H, KV, D = s.head_num, s.kv_head_num, s.head_dim
+        R = s.rotary_dim or D  # partial rotary: only the first R of each head are permuted
         ql = {k: self._quant(f"layers.{i}.{k}", t[k]) for k in LINEARS}
-        q = ql["q"].map_rows(lambda a: rotate_half_to_interleaved(a, H, D))
-        k = ql["k"].map_rows(lambda a: rotate_half_to_interleaved(a, KV, D))
+        q = ql["q"].map_rows(lambda a: rotate_half_to_interleaved(a, H, D, R))
+        k = ql["k"].map_rows(lambda a: rotate_half_to_interleaved(a, KV, D, R))
         v = ql["v"]
         has_bias = s.qkv_bias or s.o_bias
         if has_bias:
             zeros = lambda n: np.zeros(n * D, np.float32)  # noqa: E731
-            qb = rotate_half_to_interleaved(t["q_bias"], H, D) if "q_bias" in t else zeros(H)
-            kb = rotate_half_to_interleaved(t["k_bias"], KV, D) if "k_bias" in t else zeros(KV)
+            qb = rotate_half_to_interleaved(t["q_bias"], H, D, R) if "q_bias" in t else zeros(H)
+            kb = rotate_half_to_interleaved(t["k_bias"], KV, D, R) if "k_bias" in t else zeros(KV)
             vb = t["v_bias"] if "v_bias" in t else zeros(KV)
         hq, hk = H // tp * D, KV // tp * D
         I, o_in = s.inter // tp, H * D // tp
@@ -94,7 +95,7 @@ class IntTarget(Fp16Target):
         self.save(f"{p}attention_norm.weight", t["attention_norm"])
         for key in ("q_norm", "k_norm"):  # Qwen3: per head, in the same interleaved order as q / k
             if key in t:
-                self.save(f"{p}attention.{key}.weight", rotate_half_to_interleaved(t[key], 1, D))
+                self.save(f"{p}attention.{key}.weight", rotate_half_to_interleaved(t[key], 1, D, R))
         self.save(f"{p}ffn_norm.weight", t["ffn_norm"])
 
 

@@ -132,3 +132,26 @@ def test_sliding_window_caps_the_session_and_refuses_more(tiny_model, tmp_path, 
     with pytest.raises(UserError, match="sliding window"):
         convert("base", src, dst_path=str(tmp_path / "ws2"), session_len=100)
     convert("base", src, dst_path=str(tmp_path / "ws3"), session_len=32)  # inside the window: fine
+
+
+def test_phi3_partial_rotary_and_refusals(tiny_model, tmp_path):
+    """Phi-3: rotary_embedding is the partial rotary dims; longrope (the 128k checkpoints) and a
+    partial_rotary_factor giving odd dims are refused with what to do."""
+    import shutil
+
+    from turbolm.errors import UserError
+
+    dst = tmp_path / "ws"
+    convert("base", tiny_model("phi3"), dst_path=str(dst))
+    cfg = read_config_ini(str(dst / "triton_models" / "weights" / "config.ini"))
+    assert (cfg["size_per_head"], cfg["rotary_embedding"]) == (64, 32)
+    for change, needle in (({"rope_scaling": {"type": "longrope", "short_factor": [1.0] * 16,
+                                              "long_factor": [1.0] * 16}}, "longrope"),
+                           ({"partial_rotary_factor": 0.3}, "partial_rotary_factor 0.3")):
+        src = tmp_path / f"src-{needle.split()[0]}"
+        shutil.copytree(tiny_model("phi3"), src)
+        c = json.loads((src / "config.json").read_text())
+        c.update(change)
+        (src / "config.json").write_text(json.dumps(c))
+        with pytest.raises(UserError, match=needle):
+            convert("base", str(src), dst_path=str(tmp_path / "bad"))

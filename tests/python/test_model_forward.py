@@ -24,7 +24,7 @@ from turbolm.converter.main import main as convert
 
 from engine_oracle import round_kv_attention
 
-VARIANTS = ["gqa", "mha", "bias", "obias", "hd128", "tied", "llama3rope", "linrope", "qwen3"]
+VARIANTS = ["gqa", "mha", "bias", "obias", "hd128", "tied", "llama3rope", "linrope", "qwen3", "phi3"]
 BLOCK = 16  # small blocks: every prompt spans several, so the block table is exercised
 N_BLOCKS = 64
 PROMPT_LEN = 100

@@ -27,7 +27,8 @@ from turbolm.converter.quant import quantize_lm_head, quantize_rtn
 
 BLOCK = 16
 N_BLOCKS = 64
-LINEAR_SUFFIXES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+LINEAR_SUFFIXES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
+                   "qkv_proj", "gate_up_proj")  # Phi-3's fused ones: rows of the split linears, same groups
 
 
 def set_keys(wdir, **kw):
@@ -111,7 +112,8 @@ def hf_greedy(model, tokens, steps):
 
 @pytest.mark.parametrize("variant,weight_type,group_size",
                          [("gqa", "int4", 64), ("gqa", "int4", 128), ("gqa", "int8", 64),
-                          ("tied", "int4", 64)])  # the int8 lm head of a tied model: embeddings stay fp16
+                          ("tied", "int4", 64),  # the int8 lm head of a tied model: embeddings stay fp16
+                          ("phi3", "int4", 64)])  # fused qkv / gate_up split, partial rotary
 def test_rtn_workspace_matches_hf_on_dequantized_weights(tiny_model, tmp_path, variant, weight_type, group_size):
     model_dir = tiny_model(variant)
     wdir = make_ws(model_dir, tmp_path / "ws", weight_type=weight_type, group_size=group_size)
