@@ -33,7 +33,11 @@ ARCHITECTURES: Dict[str, dict] = {
     "llama": {"qk_interleaved": True},  # also Mistral and SmolLM2, which llama.cpp writes as llama
     "qwen2": {"qk_interleaved": False},  # Qwen2 / Qwen2.5: q/k/v bias, rows in HF order
     "qwen3": {"qk_interleaved": False},  # Qwen3: per-head q/k RMSNorm (attn_q_norm / attn_k_norm), no bias
+    # Phi-3: q/k/v fused in attn_qkv (rows [q | k | v]), gate/up in ffn_up (rows [gate | up]);
+    # partial rotary from rope.dimension_count
+    "phi3": {"qk_interleaved": False, "fused": {"qkv": "attn_qkv.weight", "gate_up": "ffn_up.weight"}},
 }
+_FUSED_OF = {"q": "qkv", "k": "qkv", "v": "qkv", "gate": "gate_up", "up": "gate_up"}
 # tokenizer.ggml.model -> writer of an HF tokenizer folder
 TOKENIZERS = {"gpt2": write_byte_level_bpe}
 
@@ -107,6 +111,9 @@ class GGUFSource(Source):
             raise UserError(f"{path}: per-frequency RoPE factors (rope_freqs, Llama 3.1+) are not supported from "
                             f"GGUF yet; convert the HF checkpoint, whose llama3 rope_scaling is")
         s = self.spec
+        rot = a("rope.dimension_count")
+        if rot is not None and int(rot) < s.head_dim:
+            s.rotary_dim = int(rot)
         bos, eos = _field(r, "tokenizer.ggml.bos_token_id"), _field(r, "tokenizer.ggml.eos_token_id")
         s.bos_id = int(bos) if bos is not None else 1
         s.eos_id = int(eos) if eos is not None else 2
@@ -132,7 +139,12 @@ class GGUFSource(Source):
             for key, shape in list(LAYER_KEYS.items()) + list(OPTIONAL_LAYER_KEYS.items()):
                 if key in OPTIONAL_LAYER_KEYS and not optional_wanted(s, key):
                     continue
-                expected[f"blk.{i}.{_LAYER[key]}"] = shape(s)
+                fused = self.arch.get("fused", {}).get(_FUSED_OF.get(key, ""))
+                if fused:  # the fused matrix, of which this tensor is rows
+                    rows = (s.head_num + 2 * s.kv_head_num) * s.head_dim if _FUSED_OF[key] == "qkv" else 2 * s.inter
+                    expected[f"blk.{i}.{fused}"] = (rows, s.hidden)
+                else:
+                    expected[f"blk.{i}.{_LAYER[key]}"] = shape(s)
         for name, shape in expected.items():
             t = self.tensors.get(name)
             if t is None:
@@ -160,7 +172,14 @@ class GGUFSource(Source):
 
     def layer(self, i):
         s = self.spec
-        out = {k: self._get(f"blk.{i}.{_LAYER[k]}") for k in LAYER_KEYS}
+        fused = self.arch.get("fused", {})
+        out = {k: self._get(f"blk.{i}.{_LAYER[k]}") for k in LAYER_KEYS if _FUSED_OF.get(k) not in fused}
+        if "qkv" in fused:
+            qkv, hq, hk = self._get(f"blk.{i}.{fused['qkv']}"), s.head_num * s.head_dim, s.kv_head_num * s.head_dim
+            out["q"], out["k"], out["v"] = qkv[:hq], qkv[hq:hq + hk], qkv[hq + hk:]
+        if "gate_up" in fused:
+            gu = self._get(f"blk.{i}.{fused['gate_up']}")
+            out["gate"], out["up"] = gu[:s.inter], gu[s.inter:]
         for k in OPTIONAL_LAYER_KEYS:
             if f"blk.{i}.{_LAYER[k]}" in self.tensors:
                 out[k] = self._get(f"blk.{i}.{_LAYER[k]}")

@@ -51,6 +51,11 @@ def write_gguf(path, sd, cfg, q8_names, rope_linear=None, rope_freqs=False, arch
         per_layer.update({f"self_attn.{p}_proj.bias": f"attn_{p}.bias" for p in "qkv"})
     if "model.layers.0.self_attn.q_norm.weight" in sd:  # Qwen3: per-head q/k RMSNorm
         per_layer.update({f"self_attn.{p}_norm.weight": f"attn_{p}_norm.weight" for p in "qk"})
+    if arch == "phi3":  # llama.cpp keeps Phi-3's fused matrices: attn_qkv, and gate/up in ffn_up
+        for k in ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj"):
+            per_layer.pop(f"{'mlp' if k in ('gate_proj', 'up_proj') else 'self_attn'}.{k}.weight")
+        per_layer.update({"self_attn.qkv_proj.weight": "attn_qkv.weight", "mlp.gate_up_proj.weight": "ffn_up.weight"})
+        w.add_rope_dimension_count(int(cfg.hidden_size // H * getattr(cfg, "partial_rotary_factor", 1.0)))
     for i in range(cfg.num_hidden_layers):
         for k, v in per_layer.items():
             names[f"model.layers.{i}.{k}"] = f"blk.{i}.{v}"
@@ -120,11 +125,12 @@ def test_gguf_rope_scaling_linear_is_read_and_rope_freqs_refused(tiny_model, tmp
         convert("llama2", str(tmp_path / "l31.gguf"), tokenizer_path=model_dir, dst_path=str(tmp_path / "ws2"))
 
 
-@pytest.mark.parametrize("arch,variant", [("qwen2", "bias"), ("qwen3", "qwen3")])
+@pytest.mark.parametrize("arch,variant", [("qwen2", "bias"), ("qwen3", "qwen3"), ("phi3", "phi3")])
 def test_qwen_gguf_gives_the_hf_routes_tokens(tiny_model, tmp_path, arch, variant):
-    """A Qwen2 GGUF (llama.cpp's qwen2 architecture: q/k/v bias, rows not permuted) and a Qwen3 one
-    (qwen3: per-head q/k RMSNorm, no bias) convert and generate the same 32 greedy tokens as the
-    same model converted from its HF folder."""
+    """A Qwen2 GGUF (llama.cpp's qwen2 architecture: q/k/v bias, rows not permuted), a Qwen3 one
+    (qwen3: per-head q/k RMSNorm, no bias) and a Phi-3 one (phi3: fused attn_qkv and gate/up in
+    ffn_up, partial rotary from rope.dimension_count) convert and generate the same 32 greedy tokens
+    as the same model converted from its HF folder."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -155,3 +161,4 @@ def test_qwen_gguf_gives_the_hf_routes_tokens(tiny_model, tmp_path, arch, varian
             assert open(paths[0], "rb").read() == open(paths[1], "rb").read(), f
     cfg = read_config_ini(os.path.join(str(tmp_path / "ws_gguf"), "triton_models", "weights", "config.ini"))
     assert cfg["qk_norm"] == (arch == "qwen3") and cfg["attn_bias"] == (arch == "qwen2")
+    assert cfg["rotary_embedding"] == (32 if arch == "phi3" else 64)
