@@ -16,8 +16,9 @@ def llama_cpp_permute(w, n_head):  # convert_hf_to_gguf.py LlamaModel.permute
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def write_gguf(path, sd, cfg, q8_names, rope_linear=None, rope_freqs=False, arch="llama"):
-    """GGUF of HF state dict ``sd``; tensors in ``q8_names`` are stored Q8_0, the rest F16/F32.
+def write_gguf(path, sd, cfg, q8_names, rope_linear=None, rope_freqs=False, arch="llama", qtype="Q8_0"):
+    """GGUF of HF state dict ``sd``; tensors in ``q8_names`` are stored as ``qtype`` (Q8_0 by
+    default), the rest F16/F32.
     rope_linear: a linear RoPE scaling factor to declare; rope_freqs: add Llama 3.1's per-frequency
     factors tensor."""
     w = gguf.GGUFWriter(path, arch)
@@ -67,9 +68,10 @@ def write_gguf(path, sd, cfg, q8_names, rope_linear=None, rope_freqs=False, arch
         elif arch == "llama" and g_name.endswith("attn_k.weight"):
             x = llama_cpp_permute(x, KV)
         if hf_name in q8_names:
-            q = gguf.quants.quantize(x, gguf.GGMLQuantizationType.Q8_0)
-            w.add_tensor(g_name, q, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
-            stored[hf_name] = gguf.quants.dequantize(q, gguf.GGMLQuantizationType.Q8_0)
+            qt = getattr(gguf.GGMLQuantizationType, qtype)
+            q = gguf.quants.quantize(x, qt)
+            w.add_tensor(g_name, q, raw_dtype=qt)
+            stored[hf_name] = gguf.quants.dequantize(q, qt)
         elif x.ndim == 1:
             w.add_tensor(g_name, x.astype(np.float32))
         else:
@@ -81,7 +83,10 @@ def write_gguf(path, sd, cfg, q8_names, rope_linear=None, rope_freqs=False, arch
     return stored
 
 
-def test_tiny_gguf_round_trip(tiny_model, tmp_path):
+# The tensor types the gguf package can write (K-quants and IQ types it only reads; the bundled
+# SmolLM2 file covers Q4_1 end to end).
+@pytest.mark.parametrize("qtype", ["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "BF16"])
+def test_tiny_gguf_round_trip(tiny_model, tmp_path, qtype):
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -89,14 +94,14 @@ def test_tiny_gguf_round_trip(tiny_model, tmp_path):
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     sd = {k: v.numpy() for k, v in model.state_dict().items()}
     q8 = {"model.layers.0.mlp.down_proj.weight", "model.layers.1.self_attn.q_proj.weight"}
-    stored = write_gguf(str(tmp_path / "tiny.gguf"), sd, model.config, q8)
+    stored = write_gguf(str(tmp_path / "tiny.gguf"), sd, model.config, q8, qtype=qtype)
     dst = str(tmp_path / "ws")
     convert("llama2", str(tmp_path / "tiny.gguf"), tokenizer_path=model_dir, dst_path=dst, tp=2)
     cfg = read_config_ini(os.path.join(dst, "triton_models", "weights", "config.ini"))
     assert (cfg["head_num"], cfg["kv_head_num"], cfg["tensor_para_size"], cfg["vocab_size"]) == (8, 4, 2, 1001)
     got = load_workspace(dst)
     for name, ref in sd.items():
-        if name in stored:  # Q8_0: what gguf dequantizes, un-permuted by us, rounded to fp16
+        if name in stored:  # what gguf dequantizes, un-permuted by us, rounded to fp16
             ref = stored[name]
             if "q_proj" in name:
                 H, D = 8, 64
