@@ -217,7 +217,7 @@ class HFSource(Source):
         fused = self.names.get("fused", {}).get(_FUSED_OF.get(key, ""))
         return self.names["layer_prefix"].format(i=i) + (fused or self.names["layer"][key])
 
-    def _unfuse(self, i: int, out: dict) -> None:
+    def _unfuse(self, out: dict) -> None:
         """q/k/v and gate/up as row slices of their fused matrices (architectures with "fused")."""
         s = self.spec
         if "qkv" in self.names.get("fused", {}):
@@ -282,7 +282,7 @@ class HFSource(Source):
             if name not in read:
                 read[name] = self._get(name)
             out[k] = read[name]
-        self._unfuse(i, out)
+        self._unfuse(out)
         return out
 
     def write_tokenizer(self, dst_dir):

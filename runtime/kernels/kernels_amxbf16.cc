@@ -17,6 +17,7 @@
 
 #include "amx_tiles.h"
 #include "kernels.h"
+#include "scratch.h"
 #include "tables.h"
 
 namespace turbolm::kernels {
@@ -26,27 +27,13 @@ constexpr int kStepK = 32;  // k per tile op (A: 64 bytes of bf16 per row; B: 16
 
 inline __mmask16 tail_mask(int n) { return n >= 16 ? (__mmask16)0xffff : n <= 0 ? 0 : (__mmask16)((1u << n) - 1); }
 
-struct Scratch {  // per-thread, plain malloc (see qgemm_avx512.cc on library templates in ISA files)
-  void* p = nullptr;
-  size_t n = 0;
-  void* get(size_t need) {
-    if (n < need) {
-      std::free(p);
-      p = std::aligned_alloc(64, (need + 63) / 64 * 64);
-      n = p ? need : 0;
-    }
-    return p;
-  }
-  ~Scratch() { std::free(p); }
-};
-
 void gemm_bf16_amx_rows(const float* x, int ldx, const PackedBF16& w, float* y, int ldy, int M, int p_begin,
                         int p_end, bool accumulate) {
   const int K = w.K;
   configure_tiles();
   const int Mp = (M + kTileRows - 1) / kTileRows * kTileRows, ldb = K;  // ldb: bf16 per row
   thread_local Scratch scratch;
-  uint8_t* base = static_cast<uint8_t*>(scratch.get((size_t)Mp * ldb * 2 + 4 * kTileRows * 16 * sizeof(float)));
+  uint8_t* base = scratch.get<uint8_t>((size_t)Mp * ldb * 2 + 4 * kTileRows * 16 * sizeof(float));
   if (base == nullptr) return reference_kernels().gemm_bf16(x, ldx, w, y, ldy, M, p_begin, p_end, accumulate);
   uint16_t* xb = reinterpret_cast<uint16_t*>(base);                       // [Mp][K] bf16, rows >= M zero
   float* cbuf = reinterpret_cast<float*>(base + (size_t)Mp * ldb * 2);   // [2 panels][2][16 rows][16 columns]
@@ -128,15 +115,13 @@ void gemm_bf16_amx_rows(const float* x, int ldx, const PackedBF16& w, float* y, 
   }
 }
 
-constexpr int kRowChunk = 256;  // rows per pass: bounds the per-thread bf16 copy of x (256 x K x 2 bytes)
-
 void gemm_bf16_amx(const float* x, int ldx, const PackedBF16& w, float* y, int ldy, int M, int p_begin, int p_end,
                    bool accumulate) {
   if (M <= 0 || p_begin >= p_end) return;
   if (w.K % kStepK) return avx512_bf16_kernels()->gemm_bf16(x, ldx, w, y, ldy, M, p_begin, p_end, accumulate);
-  for (int r = 0; r < M; r += kRowChunk)  // rows are independent: the chunking changes no bit
-    gemm_bf16_amx_rows(x + (size_t)r * ldx, ldx, w, y + (size_t)r * ldy, ldy, M - r < kRowChunk ? M - r : kRowChunk,
-                       p_begin, p_end, accumulate);
+  for_row_passes(M, [&](int r, int rows) {  // bounds the per-thread bf16 copy of x
+    gemm_bf16_amx_rows(x + (size_t)r * ldx, ldx, w, y + (size_t)r * ldy, ldy, rows, p_begin, p_end, accumulate);
+  });
 }
 
 }  // namespace

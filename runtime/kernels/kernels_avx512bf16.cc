@@ -13,6 +13,7 @@
 #include <cstring>
 
 #include "kernels.h"
+#include "scratch.h"
 #include "tables.h"
 
 namespace turbolm::kernels {
@@ -67,21 +68,6 @@ void micro(const uint16_t* xb, int ldb, const uint16_t* w, size_t pstride, int n
 using MicroFn = void (*)(const uint16_t*, int, const uint16_t*, size_t, int, float*, int, __mmask16, __mmask16, bool);
 constexpr int kMR = 12, kSmallM = 4, kNC = 16, kKC = 128;  // rows, rows at once, panels, k-pairs per block
 
-// Per-thread scratch (plain malloc: see qgemm_avx512.cc on library templates in ISA files).
-struct Scratch {
-  uint16_t* p = nullptr;
-  size_t n = 0;
-  uint16_t* get(size_t need) {
-    if (n < need) {
-      std::free(p);
-      p = static_cast<uint16_t*>(std::malloc(need * sizeof(uint16_t)));
-      n = p ? need : 0;
-    }
-    return p;
-  }
-  ~Scratch() { std::free(p); }
-};
-
 void gemm_bf16_rows(const float* x, int ldx, const PackedBF16& w, float* y, int ldy, int M, int p_begin, int p_end,
                     bool accumulate) {
   static constexpr MicroFn kOne[kMR + 1] = {nullptr,      micro<1, 1>,  micro<2, 1>,  micro<3, 1>, micro<4, 1>,
@@ -91,7 +77,7 @@ void gemm_bf16_rows(const float* x, int ldx, const PackedBF16& w, float* y, int 
   static constexpr int kP[kSmallM + 1] = {0, 4, 2, 1, 1};
   const int K = w.K, n_kp = K / 2, ldb = (K + 31) / 32 * 32;
   thread_local Scratch scratch;
-  uint16_t* xb = scratch.get((size_t)M * ldb);
+  uint16_t* xb = scratch.get<uint16_t>((size_t)M * ldb);
   if (xb == nullptr) return reference_kernels().gemm_bf16(x, ldx, w, y, ldy, M, p_begin, p_end, accumulate);
   for (int m = 0; m < M; ++m) {  // x rounded to bf16, RNE
     const float* xr = x + (size_t)m * ldx;
@@ -131,14 +117,12 @@ void gemm_bf16_rows(const float* x, int ldx, const PackedBF16& w, float* y, int 
   }
 }
 
-constexpr int kRowChunk = 256;  // rows per pass: bounds the per-thread bf16 copy of x (256 x K x 2 bytes)
-
 void gemm_bf16_avx512(const float* x, int ldx, const PackedBF16& w, float* y, int ldy, int M, int p_begin,
                       int p_end, bool accumulate) {
   if (M <= 0 || p_begin >= p_end) return;
-  for (int r = 0; r < M; r += kRowChunk)  // rows are independent: the chunking changes no bit
-    gemm_bf16_rows(x + (size_t)r * ldx, ldx, w, y + (size_t)r * ldy, ldy, M - r < kRowChunk ? M - r : kRowChunk,
-                   p_begin, p_end, accumulate);
+  for_row_passes(M, [&](int r, int rows) {  // bounds the per-thread bf16 copy of x
+    gemm_bf16_rows(x + (size_t)r * ldx, ldx, w, y + (size_t)r * ldy, ldy, rows, p_begin, p_end, accumulate);
+  });
 }
 
 }  // namespace

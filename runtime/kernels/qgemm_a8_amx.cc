@@ -19,26 +19,12 @@
 
 #include "amx_tiles.h"
 #include "qgemm_a8_common.h"
+#include "scratch.h"
 
 namespace turbolm::kernels {
 namespace {
 
 constexpr int kTileK = 64;  // k per tile op: A's bytes per row, B's rows x 4
-
-// Per-thread scratch (plain malloc: see qgemm_avx512.cc on library templates in ISA files).
-struct Scratch {
-  uint8_t* p = nullptr;
-  size_t n = 0;
-  uint8_t* get(size_t need) {
-    if (n < need) {
-      std::free(p);
-      p = static_cast<uint8_t*>(std::aligned_alloc(64, (need + 63) / 64 * 64));
-      n = p ? need : 0;
-    }
-    return p;
-  }
-  ~Scratch() { std::free(p); }
-};
 
 // Panel p's K rows as B tiles: bq[0] = `lo` rows, bq[1] = `hi` rows, 64 B per k-quad.
 template <int BITS>
@@ -61,7 +47,7 @@ void qgemm_a8_amx_t(const QActs& x, const QPackedMatrix& w, float* y, int ldy, i
   const int G = w.group_size, n_groups = w.K / G, K = w.K;
   const int full_rows = M / kTileRows * kTileRows;
   thread_local Scratch scratch;
-  uint8_t* lo_rows = scratch.get((size_t)K * 32 + 4 * 16 * 16 * sizeof(int32_t) + (size_t)2 * full_rows * K);
+  uint8_t* lo_rows = scratch.get<uint8_t>((size_t)K * 32 + 4 * 16 * 16 * sizeof(int32_t) + (size_t)2 * full_rows * K);
   if (lo_rows == nullptr) return avx512_vnni_qkernels()->qgemm_a8(x, w, y, ldy, M, p_begin, p_end, accumulate);
   uint8_t* hi_rows = lo_rows + (size_t)K * 16;
   int32_t* cbuf = reinterpret_cast<int32_t*>(hi_rows + (size_t)K * 16);  // [4][16 rows][16 columns]
@@ -124,22 +110,19 @@ void qgemm_a8_amx_t(const QActs& x, const QPackedMatrix& w, float* y, int ldy, i
   }
 }
 
-constexpr int kRowChunk = 256;  // rows per pass: bounds the per-thread copies of A (2 x 256 x K bytes)
-
 void qgemm_a8_amx(const QActs& x, const QPackedMatrix& w, float* y, int ldy, int M, int p_begin, int p_end,
                   bool accumulate) {
   if (M <= 0 || p_begin >= p_end) return;
   if (M < kTileRows || w.group_size % kTileK || x.B != kActBlock)
     return avx512_vnni_qkernels()->qgemm_a8(x, w, y, ldy, M, p_begin, p_end, accumulate);
-  for (int r = 0; r < M; r += kRowChunk) {  // rows are independent: the chunking changes no bit
-    QActs xc = x;
-    xc.q += (size_t)r * x.ldq;
-    xc.scale += (size_t)r * x.ldg;
-    xc.sum += (size_t)r * x.ldg;
-    const int rows = M - r < kRowChunk ? M - r : kRowChunk;
-    if (w.bits == 4) qgemm_a8_amx_t<4>(xc, w, y + (size_t)r * ldy, ldy, rows, p_begin, p_end, accumulate);
-    else qgemm_a8_amx_t<8>(xc, w, y + (size_t)r * ldy, ldy, rows, p_begin, p_end, accumulate);
-  }
+  for_row_passes(M, [&](int r, int rows) {  // bounds the per-thread copies of A (2 x rows x K bytes)
+    QActs xr = x;
+    xr.q += (size_t)r * x.ldq;
+    xr.scale += (size_t)r * x.ldg;
+    xr.sum += (size_t)r * x.ldg;
+    if (w.bits == 4) qgemm_a8_amx_t<4>(xr, w, y + (size_t)r * ldy, ldy, rows, p_begin, p_end, accumulate);
+    else qgemm_a8_amx_t<8>(xr, w, y + (size_t)r * ldy, ldy, rows, p_begin, p_end, accumulate);
+  });
 }
 
 }  // namespace

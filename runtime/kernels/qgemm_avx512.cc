@@ -21,6 +21,7 @@
 #include <cstdlib>
 
 #include "qgemm.h"
+#include "scratch.h"
 
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #pragma GCC diagnostic ignored "-Wuninitialized"
@@ -63,23 +64,6 @@ inline void group_sums(const float* x, int ldx, int M, int g0, int ng, int G, fl
 inline __m512 fold(__m512 acc, __m512 c, __m512 s, __m512 zs, float xsum) {
   return _mm512_fnmadd_ps(zs, _mm512_set1_ps(xsum), _mm512_fmadd_ps(c, s, acc));
 }
-
-// Per-thread scratch, grown on demand. Plain malloc, not std::vector: this file is compiled for
-// AVX-512, and an inline library template instantiated here could be the copy the linker keeps for
-// every other file too (see the top of this file).
-struct ThreadBuffer {
-  float* p = nullptr;
-  size_t n = 0;
-  float* get(size_t need) {
-    if (n < need) {
-      std::free(p);
-      p = static_cast<float*>(std::malloc(need * sizeof(float)));
-      n = p ? need : 0;
-    }
-    return p;
-  }
-  ~ThreadBuffer() { std::free(p); }
-};
 
 // ---- small M: P panels per call ---------------------------------------------------------------
 // Groups [0, n_groups) of P adjacent full panels (or one masked panel when P == 1), starting at
@@ -281,9 +265,9 @@ void qgemm_dequant_once(const float* x, int ldx, const QPackedMatrix& w, float* 
   const int G = w.group_size, n_groups = w.K / G;
   const int kc_groups = G >= 256 ? 1 : 256 / G;
   const int n_blocks = (M + kMR - 1) / kMR;
-  thread_local ThreadBuffer tl, tl_xs;  // [kNCD][kc][kPanel] of this thread's current block; [M][kc_groups]
-  float* buf = tl.get((size_t)kNCD * kc_groups * G * kPanel);
-  float* xs = tl_xs.get((size_t)M * kc_groups);
+  thread_local Scratch tl, tl_xs;  // [kNCD][kc][kPanel] of this thread's current block; [M][kc_groups]
+  float* buf = tl.get<float>((size_t)kNCD * kc_groups * G * kPanel);
+  float* xs = tl_xs.get<float>((size_t)M * kc_groups);
   if (buf == nullptr || xs == nullptr) return qgemm_big<BITS>(x, ldx, w, y, ldy, M, p_begin, p_end, accumulate);
   for (int p0 = p_begin; p0 < p_end; p0 += kNCD) {
     const int p1 = p_end - p0 < kNCD ? p_end : p0 + kNCD;

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "qgemm.h"
+#include "scratch.h"
 
 namespace turbolm::kernels {
 namespace {
@@ -72,16 +73,14 @@ const QKernelTable& reference_qkernels() { return kRef; }
 
 void qgemm_a8_via_fp32(QGemmFn fp, const QActs& x, const QPackedMatrix& w, float* y, int ldy, int M, int p_begin,
                        int p_end, bool accumulate) {
-  constexpr int kRowChunk = 256;        // rows per pass: bounds the buffer below (256 x K floats)
   thread_local std::vector<float> xf;  // [rows][K] the dequantized activations of this thread's pass
-  for (int r = 0; r < M; r += kRowChunk) {
-    const int rows = M - r < kRowChunk ? M - r : kRowChunk;
+  for_row_passes(M, [&](int r, int rows) {
     xf.resize((size_t)rows * x.K);
     for (int m = 0; m < rows; ++m)
       for (int k = 0; k < x.K; ++k)
         xf[(size_t)m * x.K + k] = (float)x.q[(size_t)(r + m) * x.ldq + k] * x.scale[(size_t)(r + m) * x.ldg + k / x.B];
     fp(xf.data(), x.K, w, y + (size_t)r * ldy, ldy, rows, p_begin, p_end, accumulate);
-  }
+  });
 }
 
 }  // namespace turbolm::kernels

@@ -15,8 +15,9 @@ from test_act_int8 import first_tokens, rows_match
 from test_quant_runtime import (N_BLOCKS, all_logits, greedy, hf_greedy, hf_logits, hf_model, make_ws, prompt,
                                 rel_err)
 
-pytestmark = pytest.mark.skipif(not _turbomind.cpu_features().get("avx512_bf16"),
-                                reason="act_type bf16 needs AVX512-BF16 (the refusal is tested below)")
+# The SIMD kernels need AVX512-BF16; the refusal of int workspaces below runs everywhere.
+needs_bf16 = pytest.mark.skipif(not _turbomind.cpu_features().get("avx512_bf16"),
+                                reason="act_type bf16 needs AVX512-BF16 on this CPU")
 
 
 def load(wdir, act_type="bf16", tp=0, reference=False):
@@ -41,6 +42,7 @@ def bf16_oracle(model_dir):
     return model
 
 
+@needs_bf16
 @pytest.mark.parametrize("variant", ["gqa", "mha", "soft", "tied"])
 def test_bf16_matches_hf_with_bf16_operands(tiny_model, tmp_path, variant):
     model_dir = tiny_model(variant)
@@ -63,6 +65,7 @@ def test_bf16_matches_hf_with_bf16_operands(tiny_model, tmp_path, variant):
         assert got == hf_greedy(hf_model(model_dir, int8_lm_head=False), tokens, 24)
 
 
+@needs_bf16
 def test_bf16_prompt_close_to_hf_with_bf16_operands(tiny_model, tmp_path):
     """Over a 100-token prompt the roundings compound (k is rounded to fp16 after RoPE here, before
     it in the oracle): on the well-conditioned `soft` model the runtime stays within half of what
@@ -76,6 +79,7 @@ def test_bf16_prompt_close_to_hf_with_bf16_operands(tiny_model, tmp_path):
     assert (got.argmax(1) == ref.argmax(1)).mean() >= 0.97
 
 
+@needs_bf16
 def test_bf16_tp2_equals_tp1(tiny_model, tmp_path):
     wdir = make_ws(tiny_model("gqa"), tmp_path / "ws")
     tokens = prompt(40)  # first tokens: the all-reduce's order alone, no compounding over positions
