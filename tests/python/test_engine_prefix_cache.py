@@ -93,11 +93,13 @@ def test_eviction_under_a_tiny_pool(tiny_model, tmp_path):
     prompts = [shared + o for o in others]
     res = {}
 
-    def go(model, key, i):
-        res[key, i] = run(model, 100 + i, prompts[i], n=24)
+    def go(model, key, i, start):
+        start.wait()  # all 8 submit together: started one by one on a busy machine, the first ones
+        res[key, i] = run(model, 100 + i, prompts[i], n=24)  # could finish before the last arrive
 
     for model, key in ((cached, "c"), (plain, "p")):
-        threads = [threading.Thread(target=go, args=(model, key, i)) for i in range(len(prompts))]
+        start = threading.Barrier(len(prompts))
+        threads = [threading.Thread(target=go, args=(model, key, i, start)) for i in range(len(prompts))]
         for t in threads:
             t.start()
         for t in threads:
