@@ -59,7 +59,8 @@ SCHEMA: List[Key] = [
     Key("enable_prefix_caching", int, 1, "1: full KV blocks are reused across requests whose tokens start alike "
         "(automatic prefix caching); 0: only a session's own blocks", extra=True),
     Key("rope_type", str, "", "RoPE scaling: '' / default, dynamic (NTK past max_position_embeddings; an empty "
-        "rope_type with rope_scaling_factor > 0 is dynamic too), linear, llama3", extra=True),
+        "rope_type with rope_scaling_factor > 0 is dynamic too), linear, llama3, yarn, longrope (the last two "
+        "through rope_freq_factors)", extra=True),
     Key("rope_low_freq_factor", float, 1.0, "llama3 RoPE: low_freq_factor", extra=True),
     Key("rope_high_freq_factor", float, 4.0, "llama3 RoPE: high_freq_factor", extra=True),
     Key("rope_original_max_position_embeddings", int, 8192, "llama3 RoPE: the pre-training context", extra=True),
@@ -67,7 +68,42 @@ SCHEMA: List[Key] = [
         extra=True),
     Key("act_type", str, "float", "float (fp32 activations) | int8 (int4/int8 workspaces: activations quantized "
         "per token in blocks of 32, int8 dot products) | bf16 (fp16/bf16 workspaces: bf16 dot products)", extra=True),
+    # Architecture switches beyond LLaMA (Gemma 2/3, Mistral): plain keys, no per-model code paths.
+    Key("hidden_act", str, "silu", "FFN activation: silu (SwiGLU) | gelu_tanh (GeGLU, Gemma)", extra=True),
+    Key("norm_offset", float, 0.0, "every RMSNorm multiplies by (norm_offset + w); Gemma stores w and uses 1 + w",
+        extra=True),
+    Key("embedding_scale", float, 1.0, "embedding rows are multiplied by this (Gemma: sqrt(hidden))", extra=True),
+    Key("post_norm", int, 0, "1: RMSNorm of the attention and FFN outputs before the residual add "
+        "(layers.i.post_attention_norm / post_ffn_norm; Gemma 2/3)", extra=True),
+    Key("attn_scale", float, 0.0, "attention score scale; 0: 1/sqrt(size_per_head) (Gemma: query_pre_attn_scalar^-0.5)",
+        extra=True),
+    Key("attn_softcap", float, 0.0, "> 0: scores = cap * tanh(scores / cap) (Gemma 2)", extra=True),
+    Key("final_softcap", float, 0.0, "> 0: logits = cap * tanh(logits / cap) (Gemma 2)", extra=True),
+    Key("sliding_window", int, 0, "> 0: sliding layers attend to the last sliding_window positions only", extra=True),
+    Key("sliding_layers", str, "", "one 0/1 per layer, 1 = sliding ('' = every layer when sliding_window > 0)",
+        extra=True),
+    Key("rope_local_theta", float, 0.0, "> 0: sliding layers use this RoPE base, unscaled (Gemma 3)", extra=True),
+    Key("rope_freq_factors", str, "", "comma-separated divisor per rotary pair of the RoPE frequencies "
+        "(yarn, longrope's short factors, GGUF rope_freqs); '' = none", extra=True),
+    Key("rope_long_freq_factors", str, "", "longrope: the divisors once a sequence passes "
+        "rope_original_max_position_embeddings", extra=True),
+    Key("rope_attention_factor", float, 1.0, "cos/sin multiplied by this (yarn / longrope attention factor)",
+        extra=True),
 ]
+ROPE_TYPES = ("", "default", "dynamic", "linear", "llama3", "yarn", "longrope")
+HIDDEN_ACTS = ("silu", "gelu_tanh")
+
+
+def format_floats(values) -> str:
+    """A list of floats as config.ini writes it (rope_freq_factors)."""
+    return ",".join(repr(float(v)) for v in values)
+
+
+def parse_floats(text: str, key: str = "", path: str = "config.ini") -> List[float]:
+    try:
+        return [float(v) for v in text.split(",")] if text.strip() else []
+    except ValueError:
+        raise ConfigError(f"{path}: key '{key}' = '{text}' is not a comma-separated list of floats") from None
 
 KEYS: Dict[str, Key] = {k.name: k for k in SCHEMA}
 WEIGHT_TYPES = ("fp16", "bf16", "int4", "int8")
@@ -123,6 +159,20 @@ def validate(cfg: Dict[str, Any], path: str = "config.ini") -> Dict[str, Any]:
     if out["kv_head_num"] % out["tensor_para_size"]:
         raise ConfigError(f"{path}: kv_head_num {out['kv_head_num']} is not divisible by tensor_para_size "
                           f"{out['tensor_para_size']}")
+    if out["rope_type"] not in ROPE_TYPES:
+        raise ConfigError(f"{path}: rope_type '{out['rope_type']}' is not one of {', '.join(t for t in ROPE_TYPES if t)}")
+    if out["hidden_act"] not in HIDDEN_ACTS:
+        raise ConfigError(f"{path}: hidden_act '{out['hidden_act']}' is not one of {', '.join(HIDDEN_ACTS)}")
+    layers = out["sliding_layers"]
+    if layers and (set(layers) - {"0", "1"} or len(layers) != out["num_layer"]):
+        raise ConfigError(f"{path}: sliding_layers '{layers}' must be one 0 or 1 per layer ({out['num_layer']})")
+    for name in ("rope_freq_factors", "rope_long_freq_factors"):
+        n = len(parse_floats(out[name], name, path))
+        if n and n != out["rotary_embedding"] // 2:
+            raise ConfigError(f"{path}: {name} has {n} entries; rotary_embedding {out['rotary_embedding']} needs "
+                              f"{out['rotary_embedding'] // 2}")
+    if out["rope_type"] == "longrope" and not (out["rope_freq_factors"] and out["rope_long_freq_factors"]):
+        raise ConfigError(f"{path}: rope_type longrope needs rope_freq_factors (short) and rope_long_freq_factors")
     if out["hidden_units"] == 0:
         out["hidden_units"] = out["head_num"] * out["size_per_head"]
     return out

@@ -62,6 +62,25 @@ std::string fmt_float(float f) {
   return os.str();
 }
 
+// A comma-separated list of floats ("" = empty).
+std::vector<float> parse_floats(const std::string& path, const std::string& key, const std::string& v) {
+  std::vector<float> out;
+  size_t b = 0;
+  while (b < v.size()) {
+    size_t e = v.find(',', b);
+    if (e == std::string::npos) e = v.size();
+    out.push_back(parse_float(path, key, trim(v.substr(b, e - b))));
+    b = e + 1;
+  }
+  return out;
+}
+
+std::string fmt_floats(const std::vector<float>& v) {
+  std::string s;
+  for (size_t i = 0; i < v.size(); ++i) s += (i ? "," : "") + fmt_float(v[i]);
+  return s;
+}
+
 #define INT_FIELD(n, req) \
   Field{#n, req, [](ModelConfig& c, const std::string& p, const std::string& v) { c.n = parse_int(p, #n, v); }, \
         [](const ModelConfig& c) { return std::to_string(c.n); }}
@@ -113,8 +132,9 @@ const std::vector<Field>& fields() {
       INT_FIELD(enable_prefix_caching, false),
       Field{"rope_type", false,
             [](ModelConfig& c, const std::string& p, const std::string& v) {
-              if (v != "" && v != "default" && v != "dynamic" && v != "linear" && v != "llama3")
-                fail(p, ": rope_type '", v, "' is not one of default, dynamic, linear, llama3");
+              if (v != "" && v != "default" && v != "dynamic" && v != "linear" && v != "llama3" && v != "yarn" &&
+                  v != "longrope")
+                fail(p, ": rope_type '", v, "' is not one of default, dynamic, linear, llama3, yarn, longrope");
               c.rope_type = v;
             },
             [](const ModelConfig& c) { return c.rope_type; }},
@@ -129,6 +149,38 @@ const std::vector<Field>& fields() {
               c.act_type = v;
             },
             [](const ModelConfig& c) { return c.act_type; }},
+      Field{"hidden_act", false,
+            [](ModelConfig& c, const std::string& p, const std::string& v) {
+              if (v != "silu" && v != "gelu_tanh") fail(p, ": hidden_act '", v, "' is not one of silu, gelu_tanh");
+              c.hidden_act = v;
+            },
+            [](const ModelConfig& c) { return c.hidden_act; }},
+      FLOAT_FIELD(norm_offset, false),
+      FLOAT_FIELD(embedding_scale, false),
+      INT_FIELD(post_norm, false),
+      FLOAT_FIELD(attn_scale, false),
+      FLOAT_FIELD(attn_softcap, false),
+      FLOAT_FIELD(final_softcap, false),
+      INT_FIELD(sliding_window, false),
+      Field{"sliding_layers", false,
+            [](ModelConfig& c, const std::string& p, const std::string& v) {
+              if (v.find_first_not_of("01") != std::string::npos)
+                fail(p, ": sliding_layers '", v, "' must be one 0 or 1 per layer");
+              c.sliding_layers = v;
+            },
+            [](const ModelConfig& c) { return c.sliding_layers; }},
+      FLOAT_FIELD(rope_local_theta, false),
+      Field{"rope_freq_factors", false,
+            [](ModelConfig& c, const std::string& p, const std::string& v) {
+              c.rope_freq_factors = parse_floats(p, "rope_freq_factors", v);
+            },
+            [](const ModelConfig& c) { return fmt_floats(c.rope_freq_factors); }},
+      Field{"rope_long_freq_factors", false,
+            [](ModelConfig& c, const std::string& p, const std::string& v) {
+              c.rope_long_freq_factors = parse_floats(p, "rope_long_freq_factors", v);
+            },
+            [](const ModelConfig& c) { return fmt_floats(c.rope_long_freq_factors); }},
+      FLOAT_FIELD(rope_attention_factor, false),
   };
   return f;
 }
@@ -189,6 +241,17 @@ ModelConfig load_config(const std::string& path) {
   if (c.kv_head_num % c.tensor_para_size)
     fail(path, ": kv_head_num ", c.kv_head_num, " is not divisible by tensor_para_size ", c.tensor_para_size);
   if (c.hidden_units == 0) c.hidden_units = c.head_num * c.size_per_head;
+  if (!c.sliding_layers.empty() && (int)c.sliding_layers.size() != c.num_layer)
+    fail(path, ": sliding_layers has ", c.sliding_layers.size(), " entries for ", c.num_layer, " layers");
+  const int pairs = c.rotary_embedding / 2;
+  for (const auto* f : {&c.rope_freq_factors, &c.rope_long_freq_factors})
+    if (!f->empty() && (int)f->size() != pairs)
+      fail(path, ": rope_freq_factors / rope_long_freq_factors have ", f->size(), " entries; rotary_embedding ",
+           c.rotary_embedding, " needs ", pairs);
+  if (c.rope_type == "longrope" && (c.rope_freq_factors.empty() || c.rope_long_freq_factors.empty()))
+    fail(path, ": rope_type longrope needs rope_freq_factors (short) and rope_long_freq_factors");
+  if (c.sliding_window < 0) fail(path, ": key 'sliding_window' must be >= 0, got ", c.sliding_window);
+  if (c.attn_softcap < 0 || c.final_softcap < 0) fail(path, ": attn_softcap and final_softcap must be >= 0");
   const bool int_weights = c.weight_type == WeightType::kINT4 || c.weight_type == WeightType::kINT8;
   if (c.act_type == "int8" && !int_weights)
     fail(path, ": act_type int8 needs weight_type int4 or int8, not ", to_string(c.weight_type));

@@ -4,6 +4,7 @@
 #pragma once
 #include <map>
 #include <string>
+#include <vector>
 
 namespace turbolm {
 
@@ -55,6 +56,25 @@ struct ModelConfig {
   // are quantized per (token, block of 32) to int8 and multiplied on int8 dot products (kernels/qgemm.h);
   // "bf16" (fp16/bf16 workspaces): activations and weights rounded to bf16, bf16 dot products.
   std::string act_type = "float";
+  // Architecture keys beyond LLaMA (Gemma 2/3, Mistral), each a plain switch of the forward pass:
+  std::string hidden_act = "silu";  // silu (SwiGLU) | gelu_tanh (GeGLU)
+  float norm_offset = 0.f;          // RMSNorm multiplies by (norm_offset + w) (Gemma: 1)
+  float embedding_scale = 1.f;      // embedding rows multiplied by this (Gemma: sqrt(hidden))
+  int post_norm = 0;                // 1: RMSNorm of attention and FFN outputs before the residual add
+  float attn_scale = 0.f;           // score scale; 0: 1/sqrt(size_per_head)
+  float attn_softcap = 0.f;         // > 0: scores = cap * tanh(scores / cap)
+  float final_softcap = 0.f;        // > 0: logits = cap * tanh(logits / cap)
+  int sliding_window = 0;           // > 0: sliding layers attend to the last sliding_window positions
+  std::string sliding_layers;       // one 0/1 per layer ("" = every layer slides when sliding_window > 0)
+  float rope_local_theta = 0.f;     // > 0: sliding layers use this RoPE base, unscaled (Gemma 3)
+  // Per-frequency RoPE divisors, one per rotary pair (yarn, longrope, GGUF rope_freqs): inv_freq[i]
+  // is divided by rope_freq_factors[i]; with rope_type longrope, rope_long_freq_factors replace
+  // them once a sequence is longer than rope_original_max_position_embeddings.
+  std::vector<float> rope_freq_factors, rope_long_freq_factors;
+  float rope_attention_factor = 1.f;  // cos/sin multiplied by this (yarn / longrope mscale)
+  bool layer_slides(int l) const {
+    return sliding_window > 0 && (sliding_layers.empty() || sliding_layers[l] == '1');
+  }
 
   // Every key as text, in the file's spelling; used by the schema-agreement test.
   std::map<std::string, std::string> to_map() const;

@@ -76,14 +76,25 @@ inline float softmax_inplace(float* s, int len) {
   return 1.f / _mm512_reduce_add_ps(sum);
 }
 
-// Walks one kv head's rows in position order (from 0), block by block: no division per key.
-// A block's address is looked up only when its first row is wanted, never past the end.
+// Scores s[0, n) -> cap · tanh(s / cap) (Gemma 2's attention soft-capping), in place.
+inline void softcap_inplace(float* s, int n, float cap) {
+  const __m512 c = _mm512_set1_ps(cap), ic = _mm512_set1_ps(1.f / cap);
+  for (int t = 0; t < n; t += 16) {
+    const __mmask16 m = tail_mask(n - t);
+    _mm512_mask_storeu_ps(s + t, m, _mm512_mul_ps(c, tanh512(_mm512_mul_ps(_mm512_maskz_loadu_ps(m, s + t), ic))));
+  }
+}
+
+// Walks one kv head's rows in position order from position `start`, block by block: no division
+// per key. A block's address is looked up only when its first row is wanted, never past the end.
 class RowCursor {
  public:
-  RowCursor(const void* base, const PagedKV& kv, int kh, int head_dim, size_t es)
+  RowCursor(const void* base, const PagedKV& kv, int kh, int head_dim, size_t es, int start = 0)
       : base_((const char*)base + (int64_t)kh * kv.head_stride * (int64_t)es), table_(kv.block_table),
         block_bytes_(kv.block_stride * (int64_t)es), row_bytes_((int64_t)head_dim * (int64_t)es),
-        block_len_(kv.block_len) {}
+        block_len_(kv.block_len), block_(start / kv.block_len), slot_(start % kv.block_len) {
+    if (slot_) row_ = base_ + table_[block_] * block_bytes_ + slot_ * row_bytes_;
+  }
   const char* next() {  // the current position's row; then advance
     if (slot_ == 0) row_ = base_ + table_[block_] * block_bytes_;
     const char* r = row_;
@@ -96,7 +107,7 @@ class RowCursor {
   const char* base_;
   const int32_t* table_;
   int64_t block_bytes_, row_bytes_;
-  int block_len_, block_ = 0, slot_ = 0;
+  int block_len_, block_, slot_;
   const char* row_ = nullptr;
 };
 
@@ -115,18 +126,19 @@ inline __m512 hsum16(const __m512 a[16]) {
   return _mm512_permutexvar_ps(_mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15), e);
 }
 
-// One query row of one head over positions [0, len) (decode). NC = head_dim / 16 rounded up,
-// with the q / output chunks held in registers (NC <= 8, head_dim <= 128). Scores 16 keys at a
-// time; P·V with two accumulator sets (even / odd keys) so the FMA chains overlap.
+// One query row of one head over positions [lo, lo + len) (decode). NC = head_dim / 16 rounded
+// up, with the q / output chunks held in registers (NC <= 8, head_dim <= 128). Scores 16 keys at
+// a time into scores[0, len); P·V with two accumulator sets (even / odd keys) so the FMA chains overlap.
 template <KVType KT, int NC>
-void attend_row(const float* qi, int len, int kh, int head_dim, const PagedKV& kv, float scale, float* oi,
-                float* scores) {
+void attend_row(const float* qi, int lo, int len, int kh, int head_dim, const PagedKV& kv, const AttnParams& ap,
+                float* oi, float* scores) {
+  const float scale = ap.scale;
   const size_t es = kv_elem_size(KT);
   const __mmask16 ml = tail_mask(head_dim - (NC - 1) * 16);
   __m512 q[NC];
   for (int c = 0; c < NC; ++c)
     q[c] = _mm512_mul_ps(_mm512_maskz_loadu_ps(c == NC - 1 ? ml : 0xffff, qi + c * 16), _mm512_set1_ps(scale));
-  RowCursor kc(kv.k_base, kv, kh, head_dim, es);
+  RowCursor kc(kv.k_base, kv, kh, head_dim, es, lo);
   for (int t = 0; t < len; t += 16) {
     const int kn = len - t < 16 ? len - t : 16;
     __m512 a[16];
@@ -139,10 +151,11 @@ void attend_row(const float* qi, int len, int kh, int head_dim, const PagedKV& k
     }
     _mm512_mask_storeu_ps(scores + t, tail_mask(kn), hsum16(a));
   }
+  if (ap.softcap > 0) softcap_inplace(scores, len, ap.softcap);
   const float inv = softmax_inplace(scores, len);
   __m512 o[2][NC];
   for (int c = 0; c < NC; ++c) o[0][c] = o[1][c] = _mm512_setzero_ps();
-  RowCursor vc(kv.v_base, kv, kh, head_dim, es);
+  RowCursor vc(kv.v_base, kv, kh, head_dim, es, lo);
   for (int t = 0; t < len; t += 2) {
     for (int u = 0; u < 2 && t + u < len; ++u) {
       const char* row = vc.next();
@@ -158,11 +171,12 @@ void attend_row(const float* qi, int len, int kh, int head_dim, const PagedKV& k
 
 // Any head_dim: chunks in a loop, output accumulated in place in oi.
 template <KVType KT>
-void attend_row_any(const float* qi, int len, int kh, int head_dim, const PagedKV& kv, float scale, float* oi,
-                    float* scores) {
+void attend_row_any(const float* qi, int lo, int len, int kh, int head_dim, const PagedKV& kv, const AttnParams& ap,
+                    float* oi, float* scores) {
   const size_t es = kv_elem_size(KT);
+  const float scale = ap.scale;
   for (int t = 0; t < len; ++t) {
-    const char* row = (const char*)kv.k_base + kv_row_offset(kv, t, kh, head_dim) * es;
+    const char* row = (const char*)kv.k_base + kv_row_offset(kv, lo + t, kh, head_dim) * es;
     __m512 s = _mm512_setzero_ps();
     for (int d = 0; d < head_dim; d += 16) {
       const __mmask16 m = tail_mask(head_dim - d);
@@ -170,10 +184,11 @@ void attend_row_any(const float* qi, int len, int kh, int head_dim, const PagedK
     }
     scores[t] = _mm512_reduce_add_ps(s) * scale;
   }
+  if (ap.softcap > 0) softcap_inplace(scores, len, ap.softcap);
   const float inv = softmax_inplace(scores, len);
   for (int d = 0; d < head_dim; d += 16) _mm512_mask_storeu_ps(oi + d, tail_mask(head_dim - d), _mm512_setzero_ps());
   for (int t = 0; t < len; ++t) {
-    const char* row = (const char*)kv.v_base + kv_row_offset(kv, t, kh, head_dim) * es;
+    const char* row = (const char*)kv.v_base + kv_row_offset(kv, lo + t, kh, head_dim) * es;
     const __m512 p = _mm512_set1_ps(scores[t]);
     for (int d = 0; d < head_dim; d += 16) {
       const __mmask16 m = tail_mask(head_dim - d);
@@ -214,8 +229,9 @@ inline void load_tile(RowCursor& cur, int kn, int head_dim, float scale, float z
 
 // Query rows [0, nr) (nr <= kQB) at positions pos0 .. pos0+nr-1 of head h (kv head kh).
 template <KVType KT>
-void attend_block(const float* q, int ldq, int nr, int pos0, int kh, int head_dim, const PagedKV& kv, float scale,
-                  float* out, int ldo) {
+void attend_block(const float* q, int ldq, int nr, int pos0, int kh, int head_dim, const PagedKV& kv,
+                  const AttnParams& ap, float* out, int ldo) {
+  const float scale = ap.scale;
   alignas(64) float qT[kMaxBlockD][kQB];
   alignas(64) float oT[kMaxBlockD][kQB];
   alignas(64) float tile[kKB * kMaxBlockD];
@@ -227,9 +243,11 @@ void attend_block(const float* q, int ldq, int nr, int pos0, int kh, int head_di
     _mm512_store_ps(oT[d], _mm512_setzero_ps());
   }
   __m512 m = _mm512_set1_ps(-INFINITY), l = _mm512_setzero_ps();
-  const int end = pos0 + nr;  // keys [0, end): the last row's causal limit
-  RowCursor kc(kv.k_base, kv, kh, D, kv_elem_size(KT)), vc(kv.v_base, kv, kh, D, kv_elem_size(KT));
-  for (int t0 = 0; t0 < end; t0 += kKB) {
+  const int end = pos0 + nr;  // keys [lo, end): the last row's causal limit, the first row's window
+  const int lo = ap.window > 0 && pos0 + 1 > ap.window ? pos0 + 1 - ap.window : 0;
+  const __m512 vcap = _mm512_set1_ps(ap.softcap), vicap = _mm512_set1_ps(ap.softcap > 0 ? 1.f / ap.softcap : 0.f);
+  RowCursor kc(kv.k_base, kv, kh, D, kv_elem_size(KT), lo), vc(kv.v_base, kv, kh, D, kv_elem_size(KT), lo);
+  for (int t0 = lo; t0 < end; t0 += kKB) {
     const int kn = end - t0 < kKB ? end - t0 : kKB;
     // S^T = K_tile · Q^T: s[j] lanes are the rows' scores for key t0 + j.
     load_tile<KT>(kc, kn, D, kv.k_scale, kv.k_zp, tile, ld);
@@ -239,20 +257,28 @@ void attend_block(const float* q, int ldq, int nr, int pos0, int kh, int head_di
       const __m512 qd = _mm512_load_ps(qT[d]);
       for (int j = 0; j < kKB; ++j) s[j] = _mm512_fmadd_ps(_mm512_set1_ps(tile[j * ld + d]), qd, s[j]);
     }
-    // Causal mask per key: row r sees key t iff pos0 + r >= t. Key 0 is visible to every row,
-    // so m is finite after the first tile.
+    if (ap.softcap > 0)
+      for (int j = 0; j < kKB; ++j) s[j] = _mm512_mul_ps(vcap, tanh512(_mm512_mul_ps(s[j], vicap)));
+    // Mask per key: row r sees key t iff pos0 + r >= t (causal) and, with a window,
+    // t > pos0 + r - window. A row may see no key of a tile (a window narrower than the tile):
+    // its m stays -inf and its alpha is taken as 0, not exp(-inf + inf).
     __mmask16 vis[kKB];
     __m512 mt = m;
     for (int j = 0; j < kKB; ++j) {
       const int shift = t0 + j - pos0;
       vis[j] = shift <= 0 ? (__mmask16)0xffff : shift >= 16 ? (__mmask16)0 : (__mmask16)(0xffffu << shift);
+      if (ap.window > 0) {
+        const int below = shift + ap.window;  // rows r < below are within the window
+        vis[j] &= below >= 16 ? (__mmask16)0xffff : below <= 0 ? (__mmask16)0 : (__mmask16)((1u << below) - 1);
+      }
       mt = _mm512_mask_max_ps(mt, vis[j], mt, s[j]);
     }
-    const __m512 alpha = t0 == 0 ? _mm512_setzero_ps() : exp512(_mm512_sub_ps(m, mt));
+    const __mmask16 seen = _mm512_cmp_ps_mask(m, _mm512_set1_ps(-INFINITY), _CMP_NEQ_OQ);
+    const __m512 alpha = _mm512_maskz_mov_ps(seen, exp512(_mm512_sub_ps(m, mt)));
     m = mt;
     __m512 sum = _mm512_setzero_ps();
     for (int j = 0; j < kKB; ++j) {
-      const __m512 p = _mm512_maskz_mov_ps(vis[j], exp512(_mm512_sub_ps(s[j], m)));
+      const __m512 p = _mm512_maskz_mov_ps(vis[j], exp512(_mm512_sub_ps(s[j], m)));  // m finite where vis
       sum = _mm512_add_ps(sum, p);
       _mm512_store_ps(pb[j], p);
     }
@@ -285,8 +311,9 @@ void attend_block(const float* q, int ldq, int nr, int pos0, int kh, int head_di
 
 template <KVType KT>
 void attention_t(const float* q, int ldq, int n, int start_pos, int heads, int kv_heads, int head_dim,
-                 const PagedKV& kv, float scale, float* out, int ldo, int h_begin, int h_end, float* scratch) {
-  using RowFn = void (*)(const float*, int, int, int, const PagedKV&, float, float*, float*);
+                 const PagedKV& kv, const AttnParams& ap, float* out, int ldo, int h_begin, int h_end,
+                 float* scratch) {
+  using RowFn = void (*)(const float*, int, int, int, int, const PagedKV&, const AttnParams&, float*, float*);
   static constexpr RowFn kRow[9] = {attend_row_any<KT>, attend_row<KT, 1>, attend_row<KT, 2>,
                                     attend_row<KT, 3>,  attend_row<KT, 4>, attend_row<KT, 5>,
                                     attend_row<KT, 6>,  attend_row<KT, 7>, attend_row<KT, 8>};
@@ -298,10 +325,12 @@ void attention_t(const float* q, int ldq, int n, int start_pos, int heads, int k
     if (n >= kMinBlockRows && head_dim <= kMaxBlockD)  // prefill: blocks of query rows
       for (; i < n; i += kQB)
         attend_block<KT>(q + (size_t)i * ldq + h * head_dim, ldq, n - i < kQB ? n - i : kQB, start_pos + i, h / group,
-                         head_dim, kv, scale, out + (size_t)i * ldo + h * head_dim, ldo);
-    for (; i < n; ++i)  // decode (n = 1) and short runs: one row at a time
-      row_fn(q + (size_t)i * ldq + h * head_dim, start_pos + i + 1, h / group, head_dim, kv, scale,
+                         head_dim, kv, ap, out + (size_t)i * ldo + h * head_dim, ldo);
+    for (; i < n; ++i) {  // decode (n = 1) and short runs: one row at a time
+      const int len = start_pos + i + 1, lo = ap.window > 0 && len > ap.window ? len - ap.window : 0;
+      row_fn(q + (size_t)i * ldq + h * head_dim, lo, len - lo, h / group, head_dim, kv, ap,
              out + (size_t)i * ldo + h * head_dim, scratch);
+    }
   }
 }
 
@@ -318,14 +347,14 @@ void kv_store(const float* k, const float* v, int ld, int n, int start_pos, int 
 }
 
 void attention(const float* q, int ldq, int n, int start_pos, int heads, int kv_heads, int head_dim,
-               const PagedKV& kv, float scale, float* out, int ldo, int h_begin, int h_end, float* scratch) {
+               const PagedKV& kv, const AttnParams& ap, float* out, int ldo, int h_begin, int h_end, float* scratch) {
   switch (kv.type) {
     case KVType::kF16:
-      return attention_t<KVType::kF16>(q, ldq, n, start_pos, heads, kv_heads, head_dim, kv, scale, out, ldo, h_begin, h_end, scratch);
+      return attention_t<KVType::kF16>(q, ldq, n, start_pos, heads, kv_heads, head_dim, kv, ap, out, ldo, h_begin, h_end, scratch);
     case KVType::kF32:
-      return attention_t<KVType::kF32>(q, ldq, n, start_pos, heads, kv_heads, head_dim, kv, scale, out, ldo, h_begin, h_end, scratch);
+      return attention_t<KVType::kF32>(q, ldq, n, start_pos, heads, kv_heads, head_dim, kv, ap, out, ldo, h_begin, h_end, scratch);
     case KVType::kI8:
-      return attention_t<KVType::kI8>(q, ldq, n, start_pos, heads, kv_heads, head_dim, kv, scale, out, ldo, h_begin, h_end, scratch);
+      return attention_t<KVType::kI8>(q, ldq, n, start_pos, heads, kv_heads, head_dim, kv, ap, out, ldo, h_begin, h_end, scratch);
   }
 }
 }  // namespace avx512

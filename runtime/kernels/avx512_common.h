@@ -14,7 +14,7 @@ namespace avx512 {
 void kv_store(const float* k, const float* v, int ld, int n, int start_pos, int kv_heads, int head_dim,
               const PagedKV& kv);
 void attention(const float* q, int ldq, int n, int start_pos, int heads, int kv_heads, int head_dim,
-               const PagedKV& kv, float scale, float* out, int ldo, int h_begin, int h_end, float* scratch);
+               const PagedKV& kv, const AttnParams& ap, float* out, int ldo, int h_begin, int h_end, float* scratch);
 }  // namespace avx512
 
 namespace {
@@ -48,6 +48,15 @@ inline __m512 exp512(__m512 x) {
   p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201E-1f));
   p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.f)));
   return _mm512_scalef_ps(p, n);
+}
+
+// tanh(x) = 1 - 2 / (exp(2x) + 1), x clamped to ±40 (tanh is ±1 in fp32 there; exp512 is exact
+// only above about -87). Absolute error ~1e-7 (relative error grows near 0: used where an
+// absolute error is what matters, softcapped scores and gelu).
+inline __m512 tanh512(__m512 x) {
+  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-40.f)), _mm512_set1_ps(40.f));
+  const __m512 e = exp512(_mm512_add_ps(x, x));
+  return _mm512_sub_ps(_mm512_set1_ps(1.f), _mm512_div_ps(_mm512_set1_ps(2.f), _mm512_add_ps(e, _mm512_set1_ps(1.f))));
 }
 
 }  // namespace

@@ -80,13 +80,22 @@ struct PagedKV {
 using KVStoreFn = void (*)(const float* k, const float* v, int ld, int n, int start_pos, int kv_heads,
                            int head_dim, const PagedKV& kv);
 
+// How a layer's scores are formed: s = q·k · scale, then (softcap > 0) s = softcap · tanh(s / softcap)
+// (Gemma 2); window > 0: query position p sees keys (p - window, p] only (sliding-window layers of
+// Mistral / Gemma), otherwise [0, p].
+struct AttnParams {
+  float scale = 1.f;
+  int window = 0;
+  float softcap = 0.f;
+};
+
 // Causal attention of one sequence's n new query tokens (positions start_pos .. start_pos+n-1)
 // over its cache, which already holds K/V for positions [0, start_pos + n). Query heads
 // [h_begin, h_end) only; head h reads kv head h / (heads / kv_heads).
 // q: [n, heads, head_dim] row stride ldq; out: same shape, row stride ldo.
 // scratch: at least (start_pos + n) floats, private to the calling thread.
 using AttentionFn = void (*)(const float* q, int ldq, int n, int start_pos, int heads, int kv_heads,
-                             int head_dim, const PagedKV& kv, float scale, float* out, int ldo,
+                             int head_dim, const PagedKV& kv, const AttnParams& ap, float* out, int ldo,
                              int h_begin, int h_end, float* scratch);
 
 // ---- small elementwise kernels --------------------------------------------------------------
@@ -97,7 +106,8 @@ using RMSNormFn = void (*)(const float* x, int ldx, const float* w, float eps, i
 // x: [T, heads, head_dim] row stride ldx, modified in place.
 using RopeFn = void (*)(float* x, int ldx, int T, int heads, int head_dim, int rot_dim, const int32_t* pos,
                         const float* inv_freq);
-// out[i] = silu(gate[i]) * up[i]
+// out[i] = act(gate[i]) * up[i]: silu (SwiGLU, silu_mul) or the tanh-approximated gelu
+// 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))) (GeGLU of Gemma, gelu_mul).
 using SiluMulFn = void (*)(const float* gate, const float* up, float* out, int n);
 // Converts n fp16 / bf16 values to fp32 (embedding rows).
 using ToF32Fn = void (*)(const uint16_t* src, WDType dtype, float* dst, int n);
@@ -114,6 +124,7 @@ struct KernelTable {
   RMSNormFn rmsnorm;
   RopeFn rope;
   SiluMulFn silu_mul;
+  SiluMulFn gelu_mul;
   ToF32Fn to_f32;
   RowMaxFn row_max;
   ExpSumFn exp_sum;

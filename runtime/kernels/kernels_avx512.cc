@@ -238,6 +238,17 @@ void silu_mul_avx512(const float* gate, const float* up, float* out, int n) {
   }
 }
 
+void gelu_mul_avx512(const float* gate, const float* up, float* out, int n) {
+  const __m512 c = _mm512_set1_ps(0.7978845608028654f), c3 = _mm512_set1_ps(0.044715f), half = _mm512_set1_ps(0.5f);
+  for (int i = 0; i < n; i += 16) {
+    const __mmask16 m = tail_mask(n - i);
+    const __m512 x = _mm512_maskz_loadu_ps(m, gate + i);
+    const __m512 inner = _mm512_mul_ps(c, _mm512_fmadd_ps(_mm512_mul_ps(c3, x), _mm512_mul_ps(x, x), x));
+    const __m512 g = _mm512_mul_ps(_mm512_mul_ps(half, x), _mm512_add_ps(_mm512_set1_ps(1.f), tanh512(inner)));
+    _mm512_mask_storeu_ps(out + i, m, _mm512_mul_ps(g, _mm512_maskz_loadu_ps(m, up + i)));
+  }
+}
+
 void to_f32_avx512(const uint16_t* src, WDType dtype, float* dst, int n) {
   for (int i = 0; i < n; i += 16) {
     const __mmask16 m = tail_mask(n - i);
@@ -274,7 +285,7 @@ float exp_sum_avx512(const float* x, int n, float shift, float* out) {
 
 const KernelTable* avx512_kernels() {
   static const KernelTable t{"avx512", gemm_avx512, avx512::kv_store, avx512::attention, rmsnorm_avx512,
-                             rope_avx512, silu_mul_avx512, to_f32_avx512, row_max_avx512, exp_sum_avx512};
+                             rope_avx512, silu_mul_avx512, gelu_mul_avx512, to_f32_avx512, row_max_avx512, exp_sum_avx512};
   return &t;
 }
 

@@ -90,29 +90,33 @@ void kv_store_ref(const float* k, const float* v, int ld, int n, int start_pos, 
 }
 
 void attention_ref(const float* q, int ldq, int n, int start_pos, int heads, int kv_heads, int head_dim,
-                   const PagedKV& kv, float scale, float* out, int ldo, int h_begin, int h_end, float* scratch) {
+                   const PagedKV& kv, const AttnParams& ap, float* out, int ldo, int h_begin, int h_end,
+                   float* scratch) {
   const int group = heads / kv_heads;
   for (int h = h_begin; h < h_end; ++h) {
     const int kh = h / group;
     for (int i = 0; i < n; ++i) {
       const float* qi = q + (size_t)i * ldq + h * head_dim;
       float* oi = out + (size_t)i * ldo + h * head_dim;
-      const int len = start_pos + i + 1;  // causal: positions [0, start_pos + i]
+      const int len = start_pos + i + 1;  // causal: positions [lo, start_pos + i]
+      const int lo = ap.window > 0 && len > ap.window ? len - ap.window : 0;
       float mx = -INFINITY;
-      for (int t = 0; t < len; ++t) {
+      for (int t = lo; t < len; ++t) {
         float s = 0.f;
         for (int d = 0; d < head_dim; ++d) s += qi[d] * kv_read(kv, false, t, kh, head_dim, d);
-        scratch[t] = s * scale;
+        s *= ap.scale;
+        if (ap.softcap > 0) s = ap.softcap * std::tanh(s / ap.softcap);
+        scratch[t] = s;
         mx = scratch[t] > mx ? scratch[t] : mx;
       }
       float sum = 0.f;
-      for (int t = 0; t < len; ++t) {
+      for (int t = lo; t < len; ++t) {
         scratch[t] = std::exp(scratch[t] - mx);
         sum += scratch[t];
       }
       const float inv = 1.f / sum;
       for (int d = 0; d < head_dim; ++d) oi[d] = 0.f;
-      for (int t = 0; t < len; ++t) {
+      for (int t = lo; t < len; ++t) {
         const float p = scratch[t] * inv;
         for (int d = 0; d < head_dim; ++d) oi[d] += p * kv_read(kv, true, t, kh, head_dim, d);
       }
@@ -150,6 +154,13 @@ void silu_mul_ref(const float* gate, const float* up, float* out, int n) {
   for (int i = 0; i < n; ++i) out[i] = gate[i] / (1.f + std::exp(-gate[i])) * up[i];
 }
 
+void gelu_mul_ref(const float* gate, const float* up, float* out, int n) {
+  for (int i = 0; i < n; ++i) {
+    const float x = gate[i];
+    out[i] = 0.5f * x * (1.f + std::tanh(0.7978845608028654f * (x + 0.044715f * x * x * x))) * up[i];
+  }
+}
+
 void to_f32_ref(const uint16_t* src, WDType dtype, float* dst, int n) {
   for (int i = 0; i < n; ++i) dst[i] = wload(src + i, dtype);
 }
@@ -170,7 +181,7 @@ float exp_sum_ref(const float* x, int n, float shift, float* out) {
 
 const KernelTable& reference_kernels() {
   static const KernelTable t{"ref", gemm_ref, kv_store_ref, attention_ref, rmsnorm_ref,
-                             rope_ref, silu_mul_ref, to_f32_ref, row_max_ref, exp_sum_ref, gemm_bf16_ref};
+                             rope_ref, silu_mul_ref, gelu_mul_ref, to_f32_ref, row_max_ref, exp_sum_ref, gemm_bf16_ref};
   return t;
 }
 

@@ -58,6 +58,7 @@ struct StepPlan {
   std::vector<int32_t> item_of;   // [T] which item a token belongs to
   std::vector<int> offset;        // [B + 1] first token of each item
   std::vector<float> inv_freq;    // [B][rot_dim / 2] RoPE frequencies of each item
+  std::vector<float> inv_freq_local;  // [B][rot_dim / 2] those of sliding layers (rope_local_theta > 0)
   std::vector<float> q_scale;     // [T] logN factor (1 when unused)
   std::vector<int32_t> out_rows;  // [R] token rows whose logits are wanted, in output order
   std::vector<AttnUnit> units;    // attention work units
@@ -252,6 +253,7 @@ void LlamaModel::Impl::plan_step(const std::vector<ForwardItem>& batch) {
   p.item_of.clear();
   p.offset.assign(1, 0);
   p.inv_freq.resize(batch.size() * (rot / 2));
+  p.inv_freq_local.resize(cfg.rope_local_theta > 0 ? batch.size() * (rot / 2) : 0);
   p.q_scale.clear();
   p.out_rows.clear();
   p.units.clear();
@@ -279,6 +281,7 @@ void LlamaModel::Impl::plan_step(const std::vector<ForwardItem>& batch) {
     p.offset.push_back((int)p.tokens.size());
     p.max_len = std::max(p.max_len, len);
     rope_inv_freq(cfg, len, &p.inv_freq[b * (rot / 2)]);
+    if (cfg.rope_local_theta > 0) rope_inv_freq(cfg, len, &p.inv_freq_local[b * (rot / 2)], true);
     if (it.logits == LogitsMode::kLast) p.out_rows.push_back(base + it.n_tokens - 1);
     else if (it.logits == LogitsMode::kAll)
       for (int i = 0; i < it.n_tokens; ++i) p.out_rows.push_back(base + i);
@@ -353,15 +356,22 @@ void LlamaModel::Impl::run_rank(Rank& r) {
   RunState& s = r.s;
   ThreadPool& pool = *r.pool;
   const int T = p.T, half = rot / 2;
-  const float eps = cfg.norm_eps, scale = 1.f / std::sqrt((float)D);
+  const float eps = cfg.norm_eps;
   const int bl = cfg.cache_block_seq_len;
   const bool logn = cfg.use_logn_attn != 0;
+  const kernels::SiluMulFn act_mul = cfg.hidden_act == "gelu_tanh" ? k->gelu_mul : k->silu_mul;
+  const float rope_q = cfg.rope_attention_factor;  // yarn / longrope: cos and sin times this
+  const bool local_rope = cfg.rope_local_theta > 0;
+  const float emb_scale = cfg.embedding_scale;
 
-  // Embedding rows.
+  // Embedding rows (Gemma: scaled by sqrt(hidden)).
   par_for(pool, T, [&](int b, int e) {
-    for (int t = b; t < e; ++t)
-      k->to_f32(weights.shared.tok_embeddings.data() + (size_t)p.tokens[t] * hidden, weights.shared.dtype,
-                s.x.data() + (size_t)t * hidden, hidden);
+    for (int t = b; t < e; ++t) {
+      float* xr = s.x.data() + (size_t)t * hidden;
+      k->to_f32(weights.shared.tok_embeddings.data() + (size_t)p.tokens[t] * hidden, weights.shared.dtype, xr, hidden);
+      if (emb_scale != 1.f)
+        for (int i = 0; i < hidden; ++i) xr[i] *= emb_scale;
+    }
   });
 
   auto rmsnorm = [&](const std::vector<float>& w) {
@@ -370,10 +380,14 @@ void LlamaModel::Impl::run_rank(Rank& r) {
                  s.xn.data() + (size_t)b * hidden, hidden);
     });
   };
-  // x += sum over ranks of y (+ bias, added once since every rank holds the same sum).
-  auto reduce_residual = [&](const std::vector<float>& bias) {
+  // x += sum over ranks of y (+ bias, added once since every rank holds the same sum); with
+  // post_norm (Gemma) the sum is RMS-normed by `post` first.
+  auto reduce_residual = [&](const std::vector<float>& bias, const std::vector<float>& post) {
     comm->allreduce_sum(r.index, s.y.data(), (size_t)T * hidden);
     par_for(pool, T, [&](int b, int e) {
+      if (!post.empty())
+        k->rmsnorm(s.y.data() + (size_t)b * hidden, hidden, post.data(), eps, e - b, hidden,
+                   s.y.data() + (size_t)b * hidden, hidden);
       for (int t = b; t < e; ++t) {
         float* xr = s.x.data() + (size_t)t * hidden;
         const float* yr = s.y.data() + (size_t)t * hidden;
@@ -396,6 +410,14 @@ void LlamaModel::Impl::run_rank(Rank& r) {
     kv.k_zp = lw.kv_qparams[1];
     kv.v_scale = lw.kv_qparams[2];
     kv.v_zp = lw.kv_qparams[3];
+    const bool slides = cfg.layer_slides(l);
+    kernels::AttnParams ap;
+    ap.scale = cfg.attn_scale > 0 ? cfg.attn_scale : 1.f / std::sqrt((float)D);
+    ap.window = slides ? cfg.sliding_window : 0;
+    ap.softcap = cfg.attn_softcap;
+    const bool local = slides && local_rope;  // Gemma 3's sliding layers: their own unscaled RoPE
+    const std::vector<float>& freqs = local ? p.inv_freq_local : p.inv_freq;
+    const float qmul = local ? 1.f : rope_q;
 
     // ---- attention ----
     rmsnorm(lw.attn_norm);
@@ -407,7 +429,7 @@ void LlamaModel::Impl::run_rank(Rank& r) {
         const int run_end = std::min(e, p.offset[item + 1]);
         const int n = run_end - b;
         float* q = s.qkv.data() + (size_t)b * qkv_n;
-        const float* f = &p.inv_freq[(size_t)item * half];
+        const float* f = &freqs[(size_t)item * half];
         if (!lw.q_norm.empty())  // Qwen3: each q and k head normalized before RoPE (in place)
           for (int t = 0; t < n; ++t) {
             float* qt = q + (size_t)t * qkv_n;
@@ -420,6 +442,10 @@ void LlamaModel::Impl::run_rank(Rank& r) {
           for (int t = 0; t < n; ++t)
             if (p.q_scale[b + t] != 1.f)
               for (int i = 0; i < Hr * D; ++i) q[(size_t)t * qkv_n + i] *= p.q_scale[b + t];
+        if (qmul != 1.f)  // HF scales cos and sin: the rotary dims of q and k (before k is cached)
+          for (int t = 0; t < n; ++t)
+            for (int h = 0; h < Hr + KVr; ++h)
+              for (int i = 0; i < rot; ++i) q[(size_t)t * qkv_n + h * D + i] *= qmul;
         kernels::PagedKV ikv = kv;
         ikv.block_table = p.items[item].block_table;
         k->kv_store(q + Hr * D, q + (Hr + KVr) * D, qkv_n, n, p.pos[b], KVr, D, ikv);
@@ -438,11 +464,11 @@ void LlamaModel::Impl::run_rank(Rank& r) {
         kernels::PagedKV ikv = kv;
         ikv.block_table = it.block_table;
         k->attention(s.qkv.data() + (size_t)t0 * qkv_n, qkv_n, a.q1 - a.q0, it.start_pos + a.q0, Hr, KVr, D, ikv,
-                     scale, s.attn.data() + (size_t)t0 * Hr * D, Hr * D, a.head, a.head + 1, scratch);
+                     ap, s.attn.data() + (size_t)t0 * Hr * D, Hr * D, a.head, a.head + 1, scratch);
       }
     });
     gemm(r, s.attn.data(), Hr * D, lw.wo, nullptr, s.y.data(), hidden, T);  // its bias: after the sum
-    reduce_residual(lw.wo.bias);
+    reduce_residual(lw.wo.bias, lw.post_attn_norm);
 
     // ---- feed-forward ----
     rmsnorm(lw.ffn_norm);
@@ -456,11 +482,11 @@ void LlamaModel::Impl::run_rank(Rank& r) {
       });
     }
     par_for(pool, T, [&](int b, int e) {
-      k->silu_mul(s.gate.data() + (size_t)b * Ir, s.up.data() + (size_t)b * Ir, s.gate.data() + (size_t)b * Ir,
-                  (e - b) * Ir);
+      act_mul(s.gate.data() + (size_t)b * Ir, s.up.data() + (size_t)b * Ir, s.gate.data() + (size_t)b * Ir,
+              (e - b) * Ir);
     });
     gemm(r, s.gate.data(), Ir, lw.w2, nullptr, s.y.data(), hidden, T);
-    reduce_residual({});
+    reduce_residual({}, lw.post_ffn_norm);
   }
 
   // Final norm of the rows whose logits are wanted, then the vocab panels split over all ranks.
@@ -476,8 +502,17 @@ void LlamaModel::Impl::run_rank(Rank& r) {
   const int np = out.n_panels();
   const int P0 = (int)((int64_t)np * r.index / tp), P1 = (int)((int64_t)np * (r.index + 1) / tp);
   const kernels::QActs* a = quantize_input(r, s.xn.data(), hidden, R, out);
+  const float cap = cfg.final_softcap;
   par_for(pool, P1 - P0, [&](int b, int e) {
     linear_panels(s.xn.data(), hidden, a, out, logits, cfg.vocab_size, R, P0 + b, P0 + e);
+    if (cap > 0) {  // Gemma 2: logits = cap · tanh(logits / cap)
+      const int n0 = (P0 + b) * kernels::kPanel, n1 = std::min(cfg.vocab_size, (P0 + e) * kernels::kPanel);
+      for (int m = 0; m < R; ++m)
+        for (int n = n0; n < n1; ++n) {
+          float& v = logits[(size_t)m * cfg.vocab_size + n];
+          v = cap * std::tanh(v / cap);
+        }
+    }
   });
 }
 

@@ -4,8 +4,12 @@
 
 namespace turbolm {
 
-void rope_inv_freq(const ModelConfig& cfg, int seq_len, float* inv_freq) {
+void rope_inv_freq(const ModelConfig& cfg, int seq_len, float* inv_freq, bool local) {
   const int rot = cfg.rotary_embedding;
+  if (local && cfg.rope_local_theta > 0) {
+    for (int i = 0; i < rot / 2; ++i) inv_freq[i] = 1.f / std::pow(cfg.rope_local_theta, (float)(2 * i) / (float)rot);
+    return;
+  }
   double base = cfg.rope_theta;
   const double max_pos = cfg.max_position_embeddings;
   const std::string& type = cfg.rope_type;
@@ -19,7 +23,12 @@ void rope_inv_freq(const ModelConfig& cfg, int seq_len, float* inv_freq) {
   for (int i = 0; i < rot / 2; ++i)
     inv_freq[i] = 1.f / std::pow((float)base, (float)(2 * i) / (float)rot);
   const float factor = cfg.rope_scaling_factor;
-  if (type == "linear" && factor > 0) {
+  const bool use_long = type == "longrope" && seq_len > cfg.rope_original_max_position_embeddings;
+  const std::vector<float>& ff = use_long ? cfg.rope_long_freq_factors : cfg.rope_freq_factors;
+  if (!ff.empty()) {  // HF computes 1 / (factor * base^(2i/rot)) in fp32
+    for (int i = 0; i < rot / 2; ++i)
+      inv_freq[i] = 1.f / (ff[i] * std::pow((float)base, (float)(2 * i) / (float)rot));
+  } else if (type == "linear" && factor > 0) {
     for (int i = 0; i < rot / 2; ++i) inv_freq[i] /= factor;  // HF: positions / factor
   } else if (type == "llama3" && factor > 0) {
     // HF's _compute_llama3_parameters, in fp32 as there: wavelengths beyond the original

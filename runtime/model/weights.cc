@@ -135,6 +135,15 @@ struct Loader {
     return v;
   }
 
+  // An RMSNorm weight as the runtime multiplies by: norm_offset + w, in fp32 (Gemma stores w
+  // and multiplies by 1 + w).
+  std::vector<float> load_norm(const std::string& name, int n) const {
+    std::vector<float> v = load_vector(name, n);
+    if (cfg.norm_offset != 0.f)
+      for (float& x : v) x += cfg.norm_offset;
+    return v;
+  }
+
   // Packs the column runs `cols` of rows [row0, row0 + K) of a [*, ld] source into one matrix.
   void pack(const uint16_t* src, int ld, int row0, int K, const std::vector<Cols>& cols, Linear& out) const {
     int N = 0;
@@ -358,7 +367,7 @@ LlamaWeights load_weights(const std::string& weights_dir, const ModelConfig& cfg
     S.tok_embeddings = AlignedArray<uint16_t>((size_t)cfg.vocab_size * hidden);
     std::memcpy(S.tok_embeddings.data(), f.u16(), sizeof(uint16_t) * cfg.vocab_size * hidden);
   }
-  S.norm = L.load_vector("norm.weight", hidden);
+  S.norm = L.load_norm("norm.weight", hidden);
   if (quantized && lm_head_group_size(hidden) > 0) {
     // The runtime keeps the lm head in int8 for quantized workspaces (weights.h kLMHeadBits).
     L.load_lm_head_int8(cfg.vocab_size, hidden, lm_head_group_size(hidden), S.output);
@@ -381,11 +390,15 @@ LlamaWeights load_weights(const std::string& weights_dir, const ModelConfig& cfg
       LayerWeights& lw = R.layers[i];
       const std::string p = "layers." + std::to_string(i) + ".";
       if (cfg.quant_policy == kQuantPolicyKVInt8) load_kv_qparams(L, p, r, lw);
-      lw.attn_norm = L.load_vector(p + "attention_norm.weight", hidden);
-      lw.ffn_norm = L.load_vector(p + "ffn_norm.weight", hidden);
+      lw.attn_norm = L.load_norm(p + "attention_norm.weight", hidden);
+      lw.ffn_norm = L.load_norm(p + "ffn_norm.weight", hidden);
       if (cfg.qk_norm) {
-        lw.q_norm = L.load_vector(p + "attention.q_norm.weight", D);
-        lw.k_norm = L.load_vector(p + "attention.k_norm.weight", D);
+        lw.q_norm = L.load_norm(p + "attention.q_norm.weight", D);
+        lw.k_norm = L.load_norm(p + "attention.k_norm.weight", D);
+      }
+      if (cfg.post_norm) {
+        lw.post_attn_norm = L.load_norm(p + "post_attention_norm.weight", hidden);
+        lw.post_ffn_norm = L.load_norm(p + "post_ffn_norm.weight", hidden);
       }
       L.load_col_split(p + "attention.w_qkv", hidden, {H * D, KV * D, KV * D}, r, bias, lw.w_qkv);
       L.load_row_split(p + "attention.wo", H * D / tp, hidden, r, lw.wo);

@@ -61,6 +61,7 @@ struct LayerWeights {
   std::vector<float> attn_norm;  // [hidden]
   std::vector<float> ffn_norm;   // [hidden]
   std::vector<float> q_norm, k_norm;  // [D] each, with qk_norm (Qwen3); empty otherwise
+  std::vector<float> post_attn_norm, post_ffn_norm;  // [hidden] each, with post_norm (Gemma); empty otherwise
   Linear w_qkv;                  // [hidden, (Hr + 2·KVr)·D], columns [q_r | k_r | v_r]; bias [(Hr+2·KVr)·D]
   Linear wo;                     // [Hr·D, hidden]; bias [hidden] is whole: added once, after the sum over ranks
   Linear w1;                     // gate [hidden, Ir]

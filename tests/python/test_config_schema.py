@@ -12,6 +12,9 @@ MINIMAL = dict(model_name="base", head_num=4, kv_head_num=2, vocab_size=100, num
 
 
 def _values_equal(key, py_value, cpp_text):
+    if key.name.endswith("freq_factors"):  # float lists: the same numbers, either spelling
+        return [float(v) for v in cpp_text.split(",") if v] == pytest.approx(
+            [float(v) for v in py_value.split(",") if v], rel=1e-6)
     if key.type is float:
         return float(cpp_text) == pytest.approx(py_value, rel=1e-6)
     if key.type is int:
@@ -22,7 +25,11 @@ def _values_equal(key, py_value, cpp_text):
 def test_every_key_round_trips_through_the_cpp_loader(tmp_path):
     path = str(tmp_path / "config.ini")
     cfg = dict(MINIMAL, norm_eps=1e-5, rope_theta=100000.0, session_len=4096, weight_type="bf16", attn_bias=1,
-               tensor_para_size=2, cache_max_entry_count=0.25, rope_scaling_factor=2.0, use_logn_attn=1)
+               tensor_para_size=2, cache_max_entry_count=0.25, rope_scaling_factor=2.0, use_logn_attn=1,
+               hidden_act="gelu_tanh", norm_offset=1.0, embedding_scale=8.5, post_norm=1, attn_scale=0.0625,
+               attn_softcap=50.0, final_softcap=30.0, sliding_window=64, sliding_layers="10", rope_local_theta=1e4,
+               rope_type="longrope", rope_freq_factors="1.0,1.5,2.0,2.5,3.0,3.5,4.0,4.5",
+               rope_long_freq_factors="1.25,2.0,3.0,4.0,5.0,6.0,7.0,8.0", rope_attention_factor=1.19)
     write_config_ini(path, cfg)
     py = read_config_ini(path)
     cpp = _turbomind.read_config(path)
@@ -49,6 +56,11 @@ def test_defaults_agree(tmp_path):
     ("act_type = int8\n", "act_type int8 needs weight_type int4 or int8, not fp16"),
     ("tensor_para_size = 4\n", "not divisible"),
     ("num_layer = 0\n", "'num_layer' must be positive"),
+    ("hidden_act = relu\n", "hidden_act 'relu' is not one of silu, gelu_tanh"),
+    ("sliding_layers = 101\n", "sliding_layers"),
+    ("rope_type = su\n", "rope_type 'su' is not one of"),
+    ("rope_freq_factors = 1,2,3\n", "rope_freq_factors"),
+    ("rope_type = longrope\n", "longrope needs rope_freq_factors"),
 ])
 def test_both_sides_reject_the_same_bad_values(tmp_path, extra, needle):
     path = tmp_path / "config.ini"

@@ -220,8 +220,8 @@ static Cache make_cache(KVType type, int block_len, int kv_heads, int head_dim, 
 }
 
 static void attention_case(const KernelTable& kt, KVType type, int start_pos, int n, int block_len, int heads,
-                           int kv_heads, int head_dim) {
-  Rng rng(start_pos * 31 + n * 17 + block_len + heads * 5 + head_dim * 3 + (int)type);
+                           int kv_heads, int head_dim, int window = 0, float softcap = 0.f) {
+  Rng rng(start_pos * 31 + n * 17 + block_len + heads * 5 + head_dim * 3 + (int)type + window);
   const int total = start_pos + n;
   Cache ref = make_cache(type, block_len, kv_heads, head_dim, total);
   const int ldkv = kv_heads * head_dim + 4;
@@ -243,20 +243,24 @@ static void attention_case(const KernelTable& kt, KVType type, int start_pos, in
   const int ldq = heads * head_dim + 3;
   std::vector<float> q((size_t)n * ldq);
   for (auto& f : q) f = rng.uniform(-2.f, 2.f);
-  const float scale = 1.f / std::sqrt((float)head_dim);
+  AttnParams ap;
+  ap.scale = 1.f / std::sqrt((float)head_dim);
+  ap.window = window;
+  ap.softcap = softcap;
   std::vector<float> o_ref((size_t)n * ldq, 7.f), o_tst((size_t)n * ldq, 7.f), scratch(total + 16);
   // Heads [1, heads) in the test (head 0 must stay untouched), all heads in the reference.
-  reference_kernels().attention(q.data(), ldq, n, start_pos, heads, kv_heads, head_dim, ref.kv, scale, o_ref.data(),
+  reference_kernels().attention(q.data(), ldq, n, start_pos, heads, kv_heads, head_dim, ref.kv, ap, o_ref.data(),
                                 ldq, 0, heads, scratch.data());
-  kt.attention(q.data(), ldq, n, start_pos, heads, kv_heads, head_dim, ref.kv, scale, o_tst.data(), ldq, 1, heads,
+  kt.attention(q.data(), ldq, n, start_pos, heads, kv_heads, head_dim, ref.kv, ap, o_tst.data(), ldq, 1, heads,
                scratch.data());
   int bad = 0;
   for (int i = 0; i < n; ++i) for (int c = 0; c < ldq; ++c) {
     const size_t idx = (size_t)i * ldq + c;
     if (c < head_dim || c >= heads * head_dim) { bad += o_tst[idx] != 7.f; continue; }
     if (!(std::fabs(o_tst[idx] - o_ref[idx]) <= 2e-5 + 1e-5 * std::fabs(o_ref[idx]))) {
-      if (bad < 3) std::printf("  %s attention type=%d sp=%d n=%d bl=%d h=%d/%d hd=%d [%d,%d]: %g vs %g\n", kt.name,
-                               (int)type, start_pos, n, block_len, heads, kv_heads, head_dim, i, c, o_tst[idx], o_ref[idx]);
+      if (bad < 3) std::printf("  %s attention type=%d sp=%d n=%d bl=%d h=%d/%d hd=%d w=%d cap=%g [%d,%d]: %g vs %g\n",
+                               kt.name, (int)type, start_pos, n, block_len, heads, kv_heads, head_dim, window, softcap,
+                               i, c, o_tst[idx], o_ref[idx]);
       ++bad;
     }
   }
@@ -272,6 +276,19 @@ TEST(attention_all_tables) {
             for (auto hk : {std::pair<int, int>{9, 3}, {4, 4}})
               for (int head_dim : {64, 128, 80, 144, 20})
                 attention_case(*kt, type, start_pos, n, block_len, hk.first, hk.second, head_dim);
+}
+
+// Sliding windows (narrower and wider than a 16-key tile, crossing KV blocks) and Gemma 2's
+// score soft-capping, each against the reference; the windowed reference itself is checked
+// against full attention over only the window's keys in test_model_forward.
+TEST(attention_window_softcap_all_tables) {
+  for (const KernelTable* kt : simd_tables())
+    for (KVType type : {KVType::kF16, KVType::kI8})
+      for (int start_pos : {0, 5, 130})
+        for (int n : {1, 3, 16, 40})
+          for (int window : {1, 3, 16, 37, 200})
+            for (float cap : {0.f, 2.f})
+              attention_case(*kt, type, start_pos, n, 16, 4, 2, 64, window, cap);
 }
 
 // ---- elementwise ------------------------------------------------------------------------------
@@ -319,6 +336,21 @@ TEST(silu_mul_all_tables) {
       kt->silu_mul(g.data(), u.data(), t.data(), n);
       int bad = 0;
       for (int i = 0; i < n; ++i) bad += !(std::fabs(t[i] - r[i]) <= 1e-6 * std::fabs(u[i]) + 2e-6 * std::fabs(r[i]));
+      CHECK_EQ(bad, 0);
+    }
+}
+
+TEST(gelu_mul_all_tables) {
+  for (const KernelTable* kt : simd_tables())
+    for (int n : {1, 15, 16, 17, 1536, 1537}) {
+      Rng rng(n + 3);
+      std::vector<float> g(n), u(n), r(n), t(n);
+      for (int i = 0; i < n; ++i) { g[i] = rng.uniform(-8.f, 8.f) * (i % 7 == 0 ? 6.f : 1.f); u[i] = rng.uniform(-2.f, 2.f); }
+      reference_kernels().gelu_mul(g.data(), u.data(), r.data(), n);
+      kt->gelu_mul(g.data(), u.data(), t.data(), n);
+      int bad = 0;
+      for (int i = 0; i < n; ++i)
+        bad += !(std::fabs(t[i] - r[i]) <= 2e-6 * std::fabs(u[i]) * (1 + std::fabs(g[i])) + 2e-6 * std::fabs(r[i]));
       CHECK_EQ(bad, 0);
     }
 }

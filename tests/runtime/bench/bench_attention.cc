@@ -63,7 +63,8 @@ int main(int argc, char** argv) {
   for (size_t i = 0; i < k.size(); ++i) { k[i] = std::cos(0.11f * i); v[i] = std::sin(0.23f * i); }
   kt.kv_store(k.data(), v.data(), kv_heads * D, max_len, 0, kv_heads, D, kv);
   std::vector<float> scratch(max_len + 64);
-  const float scale = 1.f / std::sqrt((float)D);
+  AttnParams scale;
+  scale.scale = 1.f / std::sqrt((float)D);
   std::printf("kernel table: %s, head_dim %d, kv %s; thread CPU time, min of repeats\n", kt.name, D, kvs);
 
   const int P = 512;
