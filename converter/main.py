@@ -136,16 +136,6 @@ def _write_workspace(root: str, source: Source, model_name: str, target_name: st
     from tqdm import tqdm
 
     s = source.spec
-    if s.sliding_window and s.sliding_window < (session_len or s.max_position_embeddings):
-        # The runtime has no windowed attention yet; within the window full attention is the same
-        # computation, so the session is capped there rather than silently attending further.
-        if session_len:
-            raise UserError(f"--session_len {session_len} exceeds the model's sliding window of {s.sliding_window} "
-                            f"tokens, which the runtime does not implement yet; use --session_len "
-                            f"{s.sliding_window} or less")
-        print(f"turbolm convert: session_len capped to the model's sliding window of {s.sliding_window} tokens "
-              f"(windowed attention is not implemented yet; up to the window it is exact)", file=sys.stderr)
-        session_len = s.sliding_window
     weights = os.path.join(root, "triton_models", "weights")
     os.makedirs(weights)
     target = TARGETS[target_name](weights, s, tp, group_size)
@@ -163,7 +153,7 @@ def _write_workspace(root: str, source: Source, model_name: str, target_name: st
                rope_type=s.rope_type, rope_low_freq_factor=s.rope_low_freq_factor,
                rope_high_freq_factor=s.rope_high_freq_factor,
                rope_original_max_position_embeddings=s.rope_original_max_position_embeddings,
-               qk_norm=int(s.qk_norm), act_type=act_type)
+               qk_norm=int(s.qk_norm), act_type=act_type, **s.arch_config())
     cfg.update(target.config_keys())
     write_config_ini(os.path.join(weights, "config.ini"), cfg)
     source.write_tokenizer(os.path.join(root, "triton_models", "tokenizer"))

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from turbolm.config import format_floats
+
 # name -> shape as a function of the spec; optional keys may be absent from a layer dict
 LAYER_KEYS = {
     "q": lambda s: (s.head_num * s.head_dim, s.hidden),
@@ -29,8 +31,10 @@ OPTIONAL_LAYER_KEYS = {
     "k_bias": lambda s: (s.kv_head_num * s.head_dim,),
     "v_bias": lambda s: (s.kv_head_num * s.head_dim,),
     "o_bias": lambda s: (s.hidden,),
-    "q_norm": lambda s: (s.head_dim,),  # Qwen3: RMSNorm of each q / k head before RoPE
+    "q_norm": lambda s: (s.head_dim,),  # Qwen3 / Gemma 3: RMSNorm of each q / k head before RoPE
     "k_norm": lambda s: (s.head_dim,),
+    "post_attention_norm": lambda s: (s.hidden,),  # Gemma 2/3: RMSNorm of the attention output
+    "post_ffn_norm": lambda s: (s.hidden,),        # ... and of the FFN output, before the residual add
 }
 
 
@@ -40,6 +44,8 @@ def optional_wanted(s, key: str) -> bool:
         return s.o_bias
     if key in ("q_norm", "k_norm"):
         return s.qk_norm
+    if key in ("post_attention_norm", "post_ffn_norm"):
+        return s.post_norm
     return s.qkv_bias
 
 
@@ -73,3 +79,26 @@ class ModelSpec:
     quant_group_size: int = 0          # a quantized source (AWQ): its group size; its linears are quant.QuantLinear
                                        # PER_CHANNEL (quant.py): one scale per output row, any group size fits
     act_type: str = "float"            # the activations the source was quantized for (W8A8: int8)
+    # Architecture switches (config.ini keys of the same names; LLaMA's values by default):
+    hidden_act: str = "silu"           # silu | gelu_tanh
+    norm_offset: float = 0.0           # RMSNorm by (norm_offset + w): Gemma 1
+    embedding_scale: float = 1.0       # Gemma: sqrt(hidden)
+    post_norm: bool = False            # Gemma 2/3: post_attention_norm / post_ffn_norm
+    attn_scale: float = 0.0            # 0: 1/sqrt(head_dim)
+    attn_softcap: float = 0.0
+    final_softcap: float = 0.0
+    sliding_layers: str = ""           # one 0/1 per layer ("" = all, when sliding_window > 0)
+    rope_local_theta: float = 0.0      # Gemma 3's sliding layers
+    rope_freq_factors: tuple = ()      # per rotary pair divisors (yarn, longrope short, GGUF rope_freqs)
+    rope_long_freq_factors: tuple = ()  # longrope past rope_original_max_position_embeddings
+    rope_attention_factor: float = 1.0
+
+    def arch_config(self) -> dict:
+        """The config.ini keys of the architecture switches."""
+        return dict(hidden_act=self.hidden_act, norm_offset=self.norm_offset, embedding_scale=self.embedding_scale,
+                    post_norm=int(self.post_norm), attn_scale=self.attn_scale, attn_softcap=self.attn_softcap,
+                    final_softcap=self.final_softcap, sliding_window=self.sliding_window,
+                    sliding_layers=self.sliding_layers, rope_local_theta=self.rope_local_theta,
+                    rope_freq_factors=format_floats(self.rope_freq_factors),
+                    rope_long_freq_factors=format_floats(self.rope_long_freq_factors),
+                    rope_attention_factor=self.rope_attention_factor)

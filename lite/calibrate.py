@@ -73,9 +73,14 @@ class CalibStats:
                 self.outputs[name].observe(out)
             return hook
 
+        k_norm = getattr(layer.self_attn, "k_norm", None)  # Qwen3 / Gemma 3: RMSNorm of each k head first
+
         def key_hook(_mod, _inp, out):
             b, s = out.shape[:2]
-            k = out.view(b, s, kv_heads, head_dim).transpose(1, 2)        # [b, kv, s, d]
+            k = out.view(b, s, kv_heads, head_dim)
+            if k_norm is not None:
+                k = k_norm(k)
+            k = k.transpose(1, 2)                                           # [b, kv, s, d]
             _, k_rot = rotate(k, k, *cos_sin)
             self.key[index].observe(k_rot.transpose(1, 2))                # [b, s, kv, d]
 

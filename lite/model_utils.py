@@ -22,6 +22,8 @@ ATTN_LINEARS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "sel
 MLP_LINEARS = ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
 LINEARS = ATTN_LINEARS + MLP_LINEARS
 NORMS = ("input_layernorm", "post_attention_layernorm")
+# Architectures whose decoder layers have exactly these modules with LLaMA's semantics.
+LITE_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM")
 
 _SMALL_MODEL_BYTES = 4 << 30      # below this (as fp32) the whole model is held in fp32
 _ACT_FP32_BYTES = 2 << 30         # activation buffers above this are held in the model's 16-bit dtype
@@ -53,6 +55,11 @@ def load_config(model_path: str):
         cfg = AutoConfig.from_pretrained(model_path)
     except Exception as e:
         raise UserError(f"model {model_path}: cannot read config.json ({e})".replace("\n", " ")) from None
+    arch = (getattr(cfg, "architectures", None) or ["(none)"])[0]
+    if arch not in LITE_ARCHITECTURES:
+        raise UserError(f"model {model_path}: lite (calibrate, auto_awq, smooth_quant, kv_qparams) supports "
+                        f"{', '.join(LITE_ARCHITECTURES)}, not {arch} (Gemma's (1 + w) norms and Phi-3's fused "
+                        f"linears need their own smoothing); convert it with --weight-type int4 for RTN weights")
     for attr in ("num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size"):
         if not hasattr(cfg, attr):
             raise UserError(f"model {model_path}: model_type '{cfg.model_type}' is not a LLaMA-family decoder "

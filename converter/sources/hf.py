@@ -11,6 +11,7 @@ import numpy as np
 from turbolm.errors import UserError
 
 from ..safetensors_io import SafetensorsFile
+from ..rope_scaling import apply_rope_scaling
 from ..spec import LAYER_KEYS, OPTIONAL_LAYER_KEYS, ModelSpec, optional_wanted
 from ..tokenizer import copy_hf_tokenizer
 from . import Source, register_source
@@ -31,21 +32,59 @@ _LLAMA_NAMES = {"layer_prefix": "model.layers.{i}.", "layer": _LLAMA_LAYER, "emb
 # (rows [gate | up]); "fused" names them, and the canonical tensors are row slices of them.
 _PHI3_NAMES = dict(_LLAMA_NAMES, fused={"qkv": "self_attn.qkv_proj.weight", "gate_up": "mlp.gate_up_proj.weight"})
 
-# architecture (config.json "architectures"[0]) -> tensor names. Biases are read when present:
-# Qwen2 has them on q/k/v, InternLM (and LLaMA with attention_bias) on q/k/v/o.
+# InternLM2: its own names, and wqkv packed per kv head: rows [q heads of group g | k_g | v_g] for
+# g < kv heads (split_qkv_grouped).
+_INTERNLM2_NAMES = {
+    "layer_prefix": "model.layers.{i}.", "embed": "model.tok_embeddings.weight", "norm": "model.norm.weight",
+    "output": "output.weight", "qkv_layout": "grouped",
+    "layer": {"o": "attention.wo.weight", "gate": "feed_forward.w1.weight", "up": "feed_forward.w3.weight",
+              "down": "feed_forward.w2.weight", "attention_norm": "attention_norm.weight",
+              "ffn_norm": "ffn_norm.weight", "o_bias": "attention.wo.bias"},
+    "fused": {"qkv": "attention.wqkv.weight"},
+}
+
+# Gemma 2/3: four norms a layer (input, post-attention, pre- and post-feedforward), stored as w for
+# a scale of (1 + w); GeGLU; scaled embeddings; sliding-window layers (gemma_config).
+_GEMMA_NAMES = dict(_LLAMA_NAMES, layer=dict(
+    _LLAMA_LAYER, ffn_norm="pre_feedforward_layernorm.weight", post_attention_norm="post_attention_layernorm.weight",
+    post_ffn_norm="post_feedforward_layernorm.weight"))
+
+
+def gemma_config(spec: ModelSpec, cfg: dict) -> None:
+    spec.norm_offset = 1.0
+    spec.embedding_scale = float(np.float32(spec.hidden ** 0.5))  # HF: a tensor of the activations' dtype
+    spec.post_norm = True
+    spec.attn_scale = float(cfg.get("query_pre_attn_scalar") or spec.head_dim) ** -0.5
+    spec.attn_softcap = float(cfg.get("attn_logit_softcapping") or 0.0)
+    spec.final_softcap = float(cfg.get("final_logit_softcapping") or 0.0)
+
+
+# architecture (config.json "architectures"[0]) -> tensor names, plus:
+#   "config": fn(spec, cfg) for keys beyond LLaMA's; "sliding_every": the default layer pattern
+#   (layer i slides unless (i + 1) % n == 0) when config.json has no layer_types.
+# Biases are read when present: Qwen2 has them on q/k/v, InternLM (and LLaMA with attention_bias) on q/k/v/o.
 ARCHITECTURES: Dict[str, dict] = {
     "LlamaForCausalLM": _LLAMA_NAMES,
     "MistralForCausalLM": _LLAMA_NAMES,
     "Qwen2ForCausalLM": _LLAMA_NAMES,
     "Qwen3ForCausalLM": _LLAMA_NAMES,  # + q/k norm per head, no q/k/v bias
     "InternLMForCausalLM": _LLAMA_NAMES,
+    "InternLM2ForCausalLM": _INTERNLM2_NAMES,
     "Phi3ForCausalLM": _PHI3_NAMES,    # + partial_rotary_factor
+    "Gemma2ForCausalLM": dict(_GEMMA_NAMES, config=gemma_config, sliding_every=2),
+    "Gemma3ForCausalLM": dict(_GEMMA_NAMES, config=gemma_config, sliding_every=6),  # + q/k norm, local RoPE
 }
 _FUSED_OF = {"q": "qkv", "k": "qkv", "v": "qkv", "gate": "gate_up", "up": "gate_up"}
+# HF hidden_act / hidden_activation -> config.ini hidden_act
+_ACTIVATIONS = {"silu": "silu", "swish": "silu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_tanh": "gelu_tanh"}
 
-_SUPPORTED_ROPE = {None: False, "default": False, "dynamic": True, "linear": True, "llama3": True}  # -> has a factor
-_UNSUPPORTED_ROPE_HINT = {"longrope": " (Phi-3 128k's per-frequency factors; the 4k-context checkpoints work)",
-                          "yarn": ""}
+
+def split_qkv_grouped(m: np.ndarray, heads: int, kv_heads: int, head_dim: int):
+    """InternLM2's wqkv rows [kv_heads][heads / kv_heads + 2][head_dim] -> q, k, v (rows in head order)."""
+    g = heads // kv_heads
+    x = m.reshape(kv_heads, g + 2, head_dim, *m.shape[1:])
+    q = x[:, :g].reshape(heads * head_dim, *m.shape[1:])
+    return q, x[:, g].reshape(kv_heads * head_dim, *m.shape[1:]), x[:, g + 1].reshape(kv_heads * head_dim, *m.shape[1:])
 
 
 def _first(x):
@@ -143,10 +182,11 @@ class HFSource(Source):
             raise UserError(f"{cfg_path}: architecture {arch} is not supported; supported: "
                             f"{', '.join(sorted(ARCHITECTURES))}")
         self._check_quantization(cfg, cfg_path)
-        if cfg.get("mlp_bias"):
-            raise UserError(f"{cfg_path}: mlp_bias is not supported by the workspace format")
-        if cfg.get("hidden_act", "silu") != "silu":
-            raise UserError(f"{cfg_path}: hidden_act {cfg.get('hidden_act')} is not supported (only silu)")
+        if cfg.get("mlp_bias") or (arch == "InternLM2ForCausalLM" and cfg.get("bias")):
+            raise UserError(f"{cfg_path}: MLP / packed wqkv biases are not supported by the workspace format")
+        act = cfg.get("hidden_activation") or cfg.get("hidden_act") or "silu"
+        if act not in _ACTIVATIONS:
+            raise UserError(f"{cfg_path}: hidden_act {act} is not supported (supported: {', '.join(_ACTIVATIONS)})")
         self.names = ARCHITECTURES[arch]
         self.tensors, self._files = _open_weight_files(model_path)
         self.spec = self._make_spec(arch, cfg)
@@ -170,34 +210,17 @@ class HFSource(Source):
                 rope_theta=1.0, max_position_embeddings=int(cfg.get("max_position_embeddings", 2048)))
         except (KeyError, TypeError, ValueError) as e:
             raise UserError(f"{self.model_path}/config.json: missing or bad key {e}") from None
-        rope = cfg.get("rope_scaling") or {}
-        params = cfg.get("rope_parameters") or {}
-        spec.rope_theta = float(cfg.get("rope_theta") or params.get("rope_theta") or 10000.0)
-        scaling = rope or params
-        rope_type = scaling.get("rope_type") or scaling.get("type")
-        if rope_type not in _SUPPORTED_ROPE:
-            raise UserError(f"{self.model_path}/config.json: rope scaling type {rope_type} is not supported"
-                            f"{_UNSUPPORTED_ROPE_HINT.get(rope_type, '')} (supported: "
-                            f"{', '.join(t for t in _SUPPORTED_ROPE if t)})")
+        spec.hidden_act = _ACTIVATIONS[cfg.get("hidden_activation") or cfg.get("hidden_act") or "silu"]
         factor = float(cfg.get("partial_rotary_factor", 1.0) or 1.0)
         rot = int(round(spec.head_dim * factor))
         if rot % 2 or not 0 < rot <= spec.head_dim:
             raise UserError(f"{self.model_path}/config.json: partial_rotary_factor {factor} gives {rot} rotary dims "
                             f"of {spec.head_dim}; they must be even and positive")
         spec.rotary_dim = rot if rot < spec.head_dim else 0
-        if _SUPPORTED_ROPE[rope_type]:
-            spec.rope_type = rope_type
-            spec.rope_scaling_factor = float(scaling.get("factor", 0.0))
-        if rope_type == "llama3":
-            try:
-                spec.rope_low_freq_factor = float(scaling["low_freq_factor"])
-                spec.rope_high_freq_factor = float(scaling["high_freq_factor"])
-                spec.rope_original_max_position_embeddings = int(scaling["original_max_position_embeddings"])
-            except (KeyError, TypeError, ValueError) as e:
-                raise UserError(f"{self.model_path}/config.json: llama3 rope_scaling needs {e}") from None
-        window = cfg.get("sliding_window")
-        if window and cfg.get("use_sliding_window", True):  # Qwen2 sets a window it does not use
-            spec.sliding_window = int(window)
+        self._rope(spec, cfg, rot)
+        self._sliding(spec, cfg)
+        if "config" in self.names:
+            self.names["config"](spec, cfg)
         gen = {}
         gen_path = os.path.join(self.model_path, "generation_config.json")
         if os.path.isfile(gen_path):
@@ -213,16 +236,61 @@ class HFSource(Source):
         spec.tied = bool(cfg.get("tie_word_embeddings", False)) or self.names["output"] not in self.tensors
         return spec
 
-    def _name(self, i: int, key: str) -> str:
+    def _rope(self, spec: ModelSpec, cfg: dict, rot: int) -> None:
+        """RoPE base and scaling. transformers 5 writes rope_parameters (per layer type for Gemma 3:
+        full_attention / sliding_attention); older configs rope_theta + rope_scaling (+ Gemma 3's
+        rope_local_base_freq)."""
+        params = cfg.get("rope_parameters") or {}
+        local = {}
+        if "full_attention" in params:
+            params, local = params["full_attention"] or {}, params.get("sliding_attention") or {}
+        spec.rope_theta = float(cfg.get("rope_theta") or params.get("rope_theta") or 10000.0)
+        scaling = dict(cfg.get("rope_scaling") or params)
+        if "original_max_position_embeddings" in cfg:  # Phi-3 keeps it at the top level
+            scaling.setdefault("original_max_position_embeddings", cfg["original_max_position_embeddings"])
+        apply_rope_scaling(spec, scaling, rot, f"{self.model_path}/config.json")
+        local_theta = local.get("rope_theta") or cfg.get("rope_local_base_freq")
+        if local_theta:
+            if (local.get("rope_type") or "default") != "default":
+                raise UserError(f"{self.model_path}/config.json: scaled RoPE on sliding layers is not supported")
+            spec.rope_local_theta = float(local_theta)
+
+    def _sliding(self, spec: ModelSpec, cfg: dict) -> None:
+        """Which layers attend through a sliding window: config.json's layer_types, else the
+        architecture's pattern, else (Mistral) all of them."""
+        window = cfg.get("sliding_window")
+        if not window or not cfg.get("use_sliding_window", True):  # Qwen2 sets a window it does not use
+            return
+        types = cfg.get("layer_types")
+        every = self.names.get("sliding_every")
+        if types:
+            if len(types) != spec.num_layer:
+                raise UserError(f"{self.model_path}/config.json: layer_types has {len(types)} entries for "
+                                f"{spec.num_layer} layers")
+            flags = [t == "sliding_attention" for t in types]
+        elif every:
+            flags = [bool((i + 1) % every) for i in range(spec.num_layer)]
+        else:
+            flags = [True] * spec.num_layer
+        if not any(flags):
+            return
+        spec.sliding_window = int(window)
+        spec.sliding_layers = "" if all(flags) else "".join("1" if f else "0" for f in flags)
+
+    def _name(self, i: int, key: str) -> Optional[str]:
         fused = self.names.get("fused", {}).get(_FUSED_OF.get(key, ""))
-        return self.names["layer_prefix"].format(i=i) + (fused or self.names["layer"][key])
+        name = fused or self.names["layer"].get(key)
+        return self.names["layer_prefix"].format(i=i) + name if name else None
 
     def _unfuse(self, out: dict) -> None:
         """q/k/v and gate/up as row slices of their fused matrices (architectures with "fused")."""
         s = self.spec
         if "qkv" in self.names.get("fused", {}):
             qkv, hq, hk = out["q"], s.head_num * s.head_dim, s.kv_head_num * s.head_dim
-            out["q"], out["k"], out["v"] = qkv[:hq], qkv[hq:hq + hk], qkv[hq + hk:]
+            if self.names.get("qkv_layout") == "grouped":
+                out["q"], out["k"], out["v"] = split_qkv_grouped(qkv, s.head_num, s.kv_head_num, s.head_dim)
+            else:
+                out["q"], out["k"], out["v"] = qkv[:hq], qkv[hq:hq + hk], qkv[hq + hk:]
         if "gate_up" in self.names.get("fused", {}):
             gu = out["gate"]
             out["gate"], out["up"] = gu[:s.inter], gu[s.inter:]
@@ -241,6 +309,7 @@ class HFSource(Source):
         s.qkv_bias = self._name(0, "q_bias") in self.tensors
         s.o_bias = self._name(0, "o_bias") in self.tensors
         s.qk_norm = self._name(0, "q_norm") in self.tensors
+        s.post_norm = self._name(0, "post_attention_norm") in self.tensors
         expected = {self.names["embed"]: (s.vocab, s.hidden), self.names["norm"]: (s.hidden,)}
         if not s.tied:
             expected[self.names["output"]] = (s.vocab, s.hidden)
@@ -274,7 +343,8 @@ class HFSource(Source):
         return self._get(self.names["norm"])
 
     def layer(self, i):
-        keys = list(LAYER_KEYS) + [k for k in OPTIONAL_LAYER_KEYS if self._name(i, k) in self.tensors]
+        keys = list(LAYER_KEYS) + [k for k in OPTIONAL_LAYER_KEYS if optional_wanted(self.spec, k)
+                                   and self._name(i, k) in self.tensors]
         read: Dict[str, np.ndarray] = {}  # a fused matrix is read once
         out = {}
         for k in keys:

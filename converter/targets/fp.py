@@ -65,6 +65,9 @@ class FpTarget(Target):
             if key in t:
                 self.save(f"{p}attention.{key}.weight", rotate_half_to_interleaved(t[key], 1, D, R))
         self.save(f"{p}ffn_norm.weight", t["ffn_norm"])
+        for key in ("post_attention_norm", "post_ffn_norm"):  # Gemma 2/3
+            if key in t:
+                self.save(f"{p}{key}.weight", t[key])
 
 
 @register_target("fp16")

@@ -97,6 +97,9 @@ class IntTarget(Fp16Target):
             if key in t:
                 self.save(f"{p}attention.{key}.weight", rotate_half_to_interleaved(t[key], 1, D, R))
         self.save(f"{p}ffn_norm.weight", t["ffn_norm"])
+        for key in ("post_attention_norm", "post_ffn_norm"):  # Gemma 2/3
+            if key in t:
+                self.save(f"{p}{key}.weight", t[key])
 
 
 @register_target("int4")

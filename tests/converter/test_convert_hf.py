@@ -1,5 +1,6 @@
 """`turbolm convert` of HF checkpoints: exact files, exact numbers, config.ini, tokenizer."""
 import json
+import shutil
 import os
 
 import numpy as np
@@ -119,24 +120,50 @@ def test_force_replaces_an_existing_workspace(tiny_model, tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["ws"]  # no temp dirs left beside it
 
 
-def test_sliding_window_caps_the_session_and_refuses_more(tiny_model, tmp_path, capsys):
-    """No windowed attention in the runtime yet: a Mistral with a 48-token window becomes a
-    48-token session (exact: full attention within the window), never a silent longer one."""
-    from turbolm.errors import UserError
+@pytest.mark.parametrize("variant,expect", [
+    ("mistral_swa", dict(sliding_window=12, sliding_layers="", session_len=1024, hidden_act="silu", post_norm=0)),
+    ("gemma2", dict(sliding_window=12, sliding_layers="10", hidden_act="gelu_tanh", norm_offset=1.0, post_norm=1,
+                    embedding_scale=16.0, attn_scale=48 ** -0.5, attn_softcap=20.0, final_softcap=400.0,
+                    rope_local_theta=0.0)),
+    ("gemma3", dict(sliding_window=12, sliding_layers="110", qk_norm=1, rope_theta=1e6, rope_type="linear",
+                    rope_scaling_factor=2.0, rope_local_theta=1e4, attn_softcap=0.0, final_softcap=0.0)),
+    ("yarn", dict(rope_type="yarn", rope_scaling_factor=4.0, rope_original_max_position_embeddings=64)),
+    ("longrope", dict(rope_type="longrope", rope_original_max_position_embeddings=64, rotary_embedding=32)),
+])
+def test_architecture_keys(tiny_model, tmp_path, variant, expect):
+    """The architecture switches config.ini carries for each family (the forward pass has no
+    per-model branches): windows and their layers, Gemma's norms / activation / soft-capping,
+    per-layer-type RoPE; the session is not capped by a sliding window."""
+    dst = tmp_path / "ws"
+    convert("base", tiny_model(variant), dst_path=str(dst))
+    cfg = read_config_ini(str(dst / "triton_models" / "weights" / "config.ini"))
+    for key, value in expect.items():
+        assert cfg[key] == pytest.approx(value), key
 
-    src = tiny_model("mistral_swa")
-    dst = str(tmp_path / "ws")
-    convert("base", src, dst_path=dst)
-    assert read_config_ini(os.path.join(dst, "triton_models", "weights", "config.ini"))["session_len"] == 48
-    assert "sliding window of 48" in capsys.readouterr().err
-    with pytest.raises(UserError, match="sliding window"):
-        convert("base", src, dst_path=str(tmp_path / "ws2"), session_len=100)
-    convert("base", src, dst_path=str(tmp_path / "ws3"), session_len=32)  # inside the window: fine
+
+def test_yarn_and_longrope_factors_follow_transformers(tiny_model, tmp_path):
+    """rope_freq_factors / rope_attention_factor give transformers' own inv_freq and attention
+    scaling (its ROPE_INIT_FUNCTIONS on the same config)."""
+    from transformers import AutoConfig
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    for variant, seq_len in (("yarn", None), ("longrope", 10), ("longrope", 1000)):
+        dst = tmp_path / f"ws-{variant}-{seq_len}"
+        convert("base", tiny_model(variant), dst_path=str(dst))
+        cfg = read_config_ini(str(dst / "triton_models" / "weights" / "config.ini"))
+        hf_cfg = AutoConfig.from_pretrained(tiny_model(variant))
+        inv, att = ROPE_INIT_FUNCTIONS[cfg["rope_type"]](hf_cfg, "cpu", seq_len=seq_len)
+        key = "rope_long_freq_factors" if seq_len == 1000 else "rope_freq_factors"
+        factors = np.array([float(x) for x in cfg[key].split(",")])
+        rot = cfg["rotary_embedding"]
+        ours = 1.0 / (factors * cfg["rope_theta"] ** (np.arange(0, rot, 2) / rot))
+        np.testing.assert_allclose(ours, inv.numpy(), rtol=2e-6)
+        assert cfg["rope_attention_factor"] == pytest.approx(att)
 
 
 def test_phi3_partial_rotary_and_refusals(tiny_model, tmp_path):
-    """Phi-3: rotary_embedding is the partial rotary dims; longrope (the 128k checkpoints) and a
-    partial_rotary_factor giving odd dims are refused with what to do."""
+    """Phi-3: rotary_embedding is the partial rotary dims; longrope factors of the wrong length and
+    a partial_rotary_factor giving odd dims are refused with what to do."""
     import shutil
 
     from turbolm.errors import UserError
@@ -145,8 +172,8 @@ def test_phi3_partial_rotary_and_refusals(tiny_model, tmp_path):
     convert("base", tiny_model("phi3"), dst_path=str(dst))
     cfg = read_config_ini(str(dst / "triton_models" / "weights" / "config.ini"))
     assert (cfg["size_per_head"], cfg["rotary_embedding"]) == (64, 32)
-    for change, needle in (({"rope_scaling": {"type": "longrope", "short_factor": [1.0] * 16,
-                                              "long_factor": [1.0] * 16}}, "longrope"),
+    for change, needle in (({"rope_scaling": {"type": "longrope", "short_factor": [1.0] * 15,
+                                              "long_factor": [1.0] * 16}}, "longrope factors have 15 / 16"),
                            ({"partial_rotary_factor": 0.3}, "partial_rotary_factor 0.3")):
         src = tmp_path / f"src-{needle.split()[0]}"
         shutil.copytree(tiny_model("phi3"), src)
@@ -155,3 +182,51 @@ def test_phi3_partial_rotary_and_refusals(tiny_model, tmp_path):
         (src / "config.json").write_text(json.dumps(c))
         with pytest.raises(UserError, match=needle):
             convert("base", str(src), dst_path=str(tmp_path / "bad"))
+
+
+def _pack_internlm2_wqkv(q, k, v, heads, kv_heads, head_dim):
+    """InternLM2's packing as its modeling code unpacks it (rearrange 'b q (h gs d)', gs = groups + 2):
+    per kv head h, the q rows of its group, then k_h, then v_h. Written independently of the converter."""
+    g = heads // kv_heads
+    rows = []
+    for h in range(kv_heads):
+        for j in range(g):
+            rows.append(q[(h * g + j) * head_dim:(h * g + j + 1) * head_dim])
+        rows.append(k[h * head_dim:(h + 1) * head_dim])
+        rows.append(v[h * head_dim:(h + 1) * head_dim])
+    return np.concatenate(rows)
+
+
+@pytest.mark.parametrize("tp", [1, 2])
+def test_internlm2_packed_wqkv(tiny_model, tmp_path, tp):
+    """InternLM2 (remote code in transformers, so no HF oracle): the GQA tiny model rewritten under
+    InternLM2's names with wqkv packed per kv group converts to exactly the workspace of the original."""
+    from safetensors.numpy import load_file, save_file
+
+    src = tiny_model("gqa")
+    cfg = json.loads(open(os.path.join(src, "config.json")).read())
+    H, KV, D = cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["head_dim"]
+    sd = load_file(os.path.join(src, "model.safetensors"))
+    out = {"model.tok_embeddings.weight": sd["model.embed_tokens.weight"], "model.norm.weight": sd["model.norm.weight"],
+           "output.weight": sd["lm_head.weight"]}
+    for i in range(cfg["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        out[p + "attention.wqkv.weight"] = _pack_internlm2_wqkv(
+            sd[p + "self_attn.q_proj.weight"], sd[p + "self_attn.k_proj.weight"], sd[p + "self_attn.v_proj.weight"], H, KV, D)
+        for ours, theirs in (("attention.wo", "self_attn.o_proj"), ("feed_forward.w1", "mlp.gate_proj"),
+                             ("feed_forward.w3", "mlp.up_proj"), ("feed_forward.w2", "mlp.down_proj"),
+                             ("attention_norm", "input_layernorm"), ("ffn_norm", "post_attention_layernorm")):
+            out[p + ours + ".weight"] = sd[p + theirs + ".weight"]
+    dst = tmp_path / "internlm2"
+    dst.mkdir()
+    save_file(out, str(dst / "model.safetensors"))
+    for f in os.listdir(src):
+        if f.startswith("tokenizer") or f == "generation_config.json":
+            shutil.copy(os.path.join(src, f), dst / f)
+    cfg.update(architectures=["InternLM2ForCausalLM"], model_type="internlm2", bias=False)
+    (dst / "config.json").write_text(json.dumps(cfg))
+    got = load_workspace(convert_to(tmp_path / "a", str(dst), tp))
+    ref = load_workspace(convert_to(tmp_path / "b", src, tp))
+    assert sorted(got) == sorted(ref)
+    for name in ref:
+        np.testing.assert_array_equal(got[name], ref[name], err_msg=name)

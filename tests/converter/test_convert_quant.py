@@ -140,9 +140,13 @@ def make_awq_checkpoint(model_dir, out_dir, bits, G, version="gemm"):
     return out_dir
 
 
-@pytest.mark.parametrize("bits,tp", [(4, 1), (4, 2), (8, 1)])
-def test_awq_checkpoint_converts_to_the_same_files_as_rtn(tiny_model, tmp_path, bits, tp):
-    model_dir = tiny_model("gqa")
+@pytest.mark.parametrize("variant,bits,tp", [("gqa", 4, 1), ("gqa", 4, 2), ("gqa", 8, 1), ("bias", 4, 2),
+                                             ("qwen3", 4, 2), ("mistral_swa", 4, 1), ("gemma2", 4, 2),
+                                             ("gemma3", 4, 1)])
+def test_awq_checkpoint_converts_to_the_same_files_as_rtn(tiny_model, tmp_path, variant, bits, tp):
+    """AutoAWQ GEMM checkpoints of each family (Qwen2 biases, Qwen3 / Gemma 3 q/k norms, Gemma's four
+    norms) read into exactly the files RTN writes from the same integers."""
+    model_dir = tiny_model(variant)
     awq = make_awq_checkpoint(model_dir, str(tmp_path / "awq"), bits, 64)
     ws_awq, ws_rtn = str(tmp_path / "ws_awq"), str(tmp_path / "ws_rtn")
     convert("llama2", awq, dst_path=ws_awq, tp=tp)  # format guessed: awq

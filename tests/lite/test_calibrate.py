@@ -83,3 +83,14 @@ def test_post_rope_key_and_value_stats_match_hf_cache(calibrated):
 def test_bad_model_dir(tmp_path):
     with pytest.raises(UserError, match="config.json"):
         calibrate(str(tmp_path), "x.txt", 1, 8, str(tmp_path / "w"), "cpu")
+
+
+@pytest.mark.parametrize("variant", ["gemma2", "phi3"])
+def test_architectures_lite_cannot_smooth_are_refused_by_name(tiny_model, variant):
+    """Gemma's (1 + w) norms and Phi-3's fused linears need their own smoothing: refused up front,
+    naming what lite supports, before any work."""
+    from turbolm.errors import UserError
+    from turbolm.lite.model_utils import LITE_ARCHITECTURES, load_config
+
+    with pytest.raises(UserError, match="supports " + ", ".join(LITE_ARCHITECTURES)):
+        load_config(tiny_model(variant))

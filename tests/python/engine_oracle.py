@@ -38,7 +38,7 @@ def round_kv_attention():
     import importlib
 
     mods = []
-    for name in ("llama", "qwen2", "qwen3", "phi3"):
+    for name in ("llama", "qwen2", "qwen3", "phi3", "mistral", "gemma2", "gemma3"):
         mod = importlib.import_module(f"transformers.models.{name}.modeling_{name}")
         if not hasattr(mod, "eager_attention_forward"):
             return None

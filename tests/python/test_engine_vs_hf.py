@@ -12,7 +12,8 @@ from turbolm import turbomind as tm
 from engine_oracle import hf_greedy, hf_logprobs, hf_ppl, text_prompts, workspace
 
 N_NEW = 64
-VARIANTS = ["gqa", "mha", "bias", "hd128", "tied", "llama3rope", "qwen3", "phi3"]
+VARIANTS = ["gqa", "mha", "bias", "hd128", "tied", "llama3rope", "qwen3", "phi3", "mistral_swa", "gemma2", "gemma3",
+            "yarn", "longrope"]
 
 
 def run(model, prompt, n=N_NEW, session_id=1, **kw):

@@ -24,7 +24,8 @@ from turbolm.converter.main import main as convert
 
 from engine_oracle import round_kv_attention
 
-VARIANTS = ["gqa", "mha", "bias", "obias", "hd128", "tied", "llama3rope", "linrope", "qwen3", "phi3"]
+VARIANTS = ["gqa", "mha", "bias", "obias", "hd128", "tied", "llama3rope", "linrope", "qwen3", "phi3",
+            "mistral_swa", "gemma2", "gemma3", "yarn", "longrope"]
 BLOCK = 16  # small blocks: every prompt spans several, so the block table is exercised
 N_BLOCKS = 64
 PROMPT_LEN = 100
@@ -122,7 +123,7 @@ def assert_same(got, want, reference_kernels):
 
 
 @pytest.mark.parametrize("reference_kernels", [True, False], ids=["ref", "best"])
-@pytest.mark.parametrize("variant", ["gqa", "bias"])
+@pytest.mark.parametrize("variant", ["gqa", "bias", "gemma3"])  # gemma3: sliding windows across chunks
 def test_chunked_prefill_and_decode_equal_one_pass(workspace, variant, reference_kernels):
     m = load(workspace(variant), reference_kernels=reference_kernels)
     tokens = prompt()
