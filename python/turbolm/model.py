@@ -16,8 +16,10 @@ A template turns a user's text into the exact prompt the model was trained on. T
 ``stop_words`` are the end-of-turn strings the engine must stop on (besides EOS).
 
 Names registered here are the names `turbolm convert` accepts. `HFChatTemplate` wraps a tokenizer's
-own Jinja ``chat_template``; `get_chat_template` uses it for a name that is not registered, or on
-request (``prefer_tokenizer=True``, e.g. for a model converted on the fly from an HF folder).
+own Jinja ``chat_template`` (rendered by transformers' sandboxed Jinja2 environment);
+`get_chat_template` picks it whenever the model ships one, unless a registered name is asked for
+explicitly (``--model-name`` / ``model_name=``); the workspace's model_name is the template of
+checkpoints without their own.
 """
 from __future__ import annotations
 
@@ -247,9 +249,14 @@ class HFChatTemplate(BaseModel):
             raise ValueError("the tokenizer has no chat_template")
         self.hf = hf
         words = stop_words
-        if words is None:
-            eos = getattr(hf, "eos_token", None)
-            words = [eos] if eos else []
+        if words is None:  # every end-of-turn token (generation_config.json's eos list, GGUF eos / eot)
+            from turbolm.tokenizer import Tokenizer
+
+            if isinstance(tokenizer, Tokenizer):
+                ids = tokenizer.eos_token_ids
+            else:
+                ids = [] if getattr(hf, "eos_token_id", None) is None else [hf.eos_token_id]
+            words = [hf.convert_ids_to_tokens(int(i)) for i in ids]
         super().__init__(stop_words=words, **kwargs)
 
     def _render(self, messages: List[dict], add_generation_prompt: bool) -> str:
@@ -275,9 +282,10 @@ class HFChatTemplate(BaseModel):
         return self._render(msgs, msgs[-1]["role"] != "assistant")
 
 
-def get_chat_template(name: Optional[str], tokenizer=None, prefer_tokenizer: bool = False, **kwargs) -> BaseModel:
-    """The template for `name`: the registered one, unless `prefer_tokenizer` (or the name is not
-    registered) and the tokenizer has its own chat_template; else the plain `base` template."""
+def get_chat_template(name: Optional[str], tokenizer=None, prefer_tokenizer: bool = True, **kwargs) -> BaseModel:
+    """The model's own Jinja chat_template when its tokenizer ships one (the default: hand-written
+    templates drift from the ones models are trained with); the registered template `name` when
+    the tokenizer has none or `prefer_tokenizer` is False (a name given explicitly); else `base`."""
     has_own = tokenizer is not None and bool(getattr(_hf_tokenizer(tokenizer), "chat_template", None))
     if name in MODELS and not (prefer_tokenizer and has_own):
         return MODELS[name](**kwargs)

@@ -13,6 +13,7 @@ needs beyond encode/decode:
 from __future__ import annotations
 
 import functools
+import json
 import os
 import re
 from typing import FrozenSet, List, Optional, Sequence
@@ -78,6 +79,23 @@ class Tokenizer:
     @property
     def eos_token_id(self) -> Optional[int]:
         return self.model.eos_token_id
+
+    @functools.cached_property
+    def eos_token_ids(self) -> List[int]:
+        """Every end-of-turn id: the tokenizer's EOS plus generation_config.json's eos_token_id
+        (a list for Llama 3 / Qwen / Gemma chat models; the converter writes one for GGUF's eos/eot)."""
+        ids = [] if self.eos_token_id is None else [int(self.eos_token_id)]
+        path = os.path.join(self.model_dir, "generation_config.json")
+        if os.path.isfile(path):
+            try:
+                with open(path) as f:
+                    eos = json.load(f).get("eos_token_id")
+            except (ValueError, AttributeError):
+                eos = None
+            for i in eos if isinstance(eos, list) else [] if eos is None else [eos]:
+                if isinstance(i, int) and 0 <= i < len(self.model) and i not in ids:
+                    ids.append(i)
+        return ids
 
     @property
     def chat_template(self) -> Optional[str]:

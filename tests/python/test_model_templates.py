@@ -1,5 +1,7 @@
 """Chat templates (turbolm.model): rendered prompts against hand-written strings, the incremental
 rounds against the whole-history rendering, and SmolLM2 against transformers' apply_chat_template."""
+import os
+
 import pytest
 
 from turbolm import model as templates
@@ -141,6 +143,37 @@ def test_tokenizer_own_template_rounds_and_fallbacks(smollm2_tokenizer):
     assert own.get_prompt("Hi", True) == smol.get_prompt("Hi", True)
     assert own.get_prompt("2+2?", False) == smol.get_prompt("2+2?", False)
     assert own.stop_words == ["<|im_end|>"]
-    assert isinstance(get_chat_template("smollm2", smollm2_tokenizer, prefer_tokenizer=True), HFChatTemplate)
-    assert type(get_chat_template("smollm2", smollm2_tokenizer)) is MODELS["smollm2"]
+    # the model's own template by default; a registered name asked for explicitly wins
+    assert isinstance(get_chat_template("smollm2", smollm2_tokenizer), HFChatTemplate)
+    assert type(get_chat_template("smollm2", smollm2_tokenizer, prefer_tokenizer=False)) is MODELS["smollm2"]
     assert type(get_chat_template("not-registered", None)) is MODELS["base"]
+
+
+def test_end_of_turn_ids_from_generation_config(tiny_model, tmp_path):
+    """A chat model listing several eos ids in generation_config.json (Llama 3, Qwen, Gemma do) stops
+    on every one of them, through its own template (the default when it ships one)."""
+    import json
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from turbolm.tokenizer import Tokenizer
+
+    src = tiny_model("gqa")
+    dst = tmp_path / "tok"
+    dst.mkdir()
+    for f in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json"):
+        if os.path.isfile(os.path.join(src, f)):
+            shutil.copy(os.path.join(src, f), dst / f)
+    cfg = json.loads((dst / "tokenizer_config.json").read_text())
+    cfg["chat_template"] = "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"
+    (dst / "tokenizer_config.json").write_text(json.dumps(cfg))
+    (dst / "generation_config.json").write_text(json.dumps({"eos_token_id": [2, 7, 9]}))
+    tok = Tokenizer(str(dst))
+    assert tok.eos_token_ids == [2, 7, 9]
+    template = get_chat_template("llama2", tok)  # the model's own template wins over the name
+    assert isinstance(template, HFChatTemplate)
+    hf = AutoTokenizer.from_pretrained(str(dst))
+    assert template.stop_words == [hf.convert_ids_to_tokens(i) for i in (2, 7, 9)]
+    assert tok.stop_words_to_ids(template.stop_words)  # every stop maps to ids the engine matches
+    assert type(get_chat_template("llama2", tok, prefer_tokenizer=False)) is MODELS["llama2"]

@@ -38,7 +38,7 @@ def serve():
               help="seconds after which an idle interactive session expires and frees its KV blocks (0: never)")
 @click.option("--log_level", type=click.Choice(["trace", "debug", "info", "warning", "error", "critical"],
                                                case_sensitive=False), default="info")
-@click.option("--model_name", default=None, help="chat template  [default: the workspace's model_name]")
+@click.option("--model_name", default=None, help="a registered chat template  [default: the model's own chat_template, else the workspace's model_name]")
 @click.option("--session_len", type=POSITIVE, default=None, help="max tokens of a session  [default: the workspace's]")
 @click.option("--cache_max_entry_count", type=float, default=None,
               help="KV pool: < 1 a fraction of memory, >= 1 a block count  [default: the workspace's]")

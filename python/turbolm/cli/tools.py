@@ -42,7 +42,7 @@ def convert(model_name, model_path, **kwargs):
 
 @click.command(cls=Command)
 @click.argument("model_path")
-@click.option("--model_name", default=None, help="chat template  [default: the workspace's model_name]")
+@click.option("--model_name", default=None, help="a registered chat template  [default: the model's own chat_template, else the workspace's model_name]")
 @click.option("--tp", type=int, default=1, help="tensor-parallel ranks")
 @click.option("--session_id", type=int, default=1, help="engine session id of the conversation")
 @click.option("--max_new_tokens", type=int, default=512, help="tokens per answer at most")

@@ -91,7 +91,8 @@ class TurboMind:
 
         self.tokenizer = Tokenizer(self.tokenizer_dir)
         self.model_name = model_name or self.config["model_name"]
-        self.model = self._chat_template(self.model_name, chat_template_from_tokenizer)
+        # The checkpoint's own chat template unless a model_name was asked for (then that one).
+        self.model = self._chat_template(self.model_name, chat_template_from_tokenizer or model_name is None)
 
     def _chat_template(self, name: str, from_tokenizer: bool):
         from turbolm import model as templates
