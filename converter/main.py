@@ -18,7 +18,7 @@ from turbolm.config import write_config_ini
 from turbolm.errors import UserError
 from turbolm.model import known_model_names
 
-from .quant import GROUP_ALIGN, PER_CHANNEL, rank_in_sizes, valid_group_sizes
+from .quant import GROUP_ALIGN, PER_CHANNEL, mixed_recipe, rank_in_sizes, valid_group_sizes
 from .sources import SOURCES, Source
 from .targets import TARGETS
 
@@ -132,13 +132,15 @@ def _copy_template(root: str) -> None:
 
 
 def _write_workspace(root: str, source: Source, model_name: str, target_name: str, tp: int, group_size: int,
-                     session_len: Optional[int], act_type: str = "float") -> None:
+                     session_len: Optional[int], act_type: str = "float", int8_linears=()) -> None:
     from tqdm import tqdm
 
     s = source.spec
     weights = os.path.join(root, "triton_models", "weights")
     os.makedirs(weights)
     target = TARGETS[target_name](weights, s, tp, group_size)
+    if int8_linears:
+        target.int8_linears = set(int8_linears)
     emb = source.tok_embeddings()
     target.export_misc(emb, source.norm(), emb if s.tied else source.output())
     for i in tqdm(range(s.num_layer), desc=f"convert {model_name} -> {target_name} tp={tp}", unit="layer",
@@ -175,7 +177,7 @@ def _int_arg(name: str, value, minimum: int) -> int:
 def main(model_name: str, model_path: str, model_format: Optional[str] = None, tokenizer_path: Optional[str] = None,
          dst_path: str = "./workspace", tp: int = 1, group_size: int = 0, dtype: Optional[str] = None,
          weight_type: Optional[str] = None, force: bool = False, session_len: Optional[int] = None,
-         act_type: Optional[str] = None) -> None:
+         act_type: Optional[str] = None, mixed: Optional[str] = None) -> None:
     """Convert ``model_path`` into a workspace at ``dst_path`` (returns nothing, so `fire` prints nothing)."""
     t0 = time.time()
     model_name, model_path = str(model_name), str(model_path)
@@ -201,6 +203,10 @@ def main(model_name: str, model_path: str, model_format: Optional[str] = None, t
         act_type = _pick_act_type(target_name, act_type or (s.act_type if s.act_type != "float" else None))
         group_size = _pick_group_size(s, target_name, group_size, tp)
         TARGETS[target_name].validate(s, tp, group_size)
+        int8_linears = mixed_recipe(mixed, s.num_layer) if mixed else []
+        if int8_linears and (target_name != "int4" or s.src_dtype in QUANTIZED_SRC):
+            raise UserError(f"--mixed keeps some linears at int8 in an int4 workspace quantized here: it needs "
+                            f"--weight-type int4 and an fp16/bf16/fp32 source (this is {s.src_dtype} -> {target_name})")
 
         parent = os.path.dirname(dst)
         created = []
@@ -212,7 +218,8 @@ def main(model_name: str, model_path: str, model_format: Optional[str] = None, t
         tmp = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(dst)}.tmp-")
         ok = False
         try:
-            _write_workspace(tmp, source, model_name, target_name, tp, group_size, session_len, act_type)
+            _write_workspace(tmp, source, model_name, target_name, tp, group_size, session_len, act_type,
+                             int8_linears)
             os.chmod(tmp, 0o755)
             if os.path.isdir(dst):  # empty, or --force: swap it out only now that the new one is complete
                 old = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(dst)}.old-")

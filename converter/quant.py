@@ -149,3 +149,33 @@ def unpack_int4_columns(packed: np.ndarray, out: int) -> np.ndarray:
     q = np.empty((p.shape[0], p.shape[1] * 2), np.uint8)
     q[:, 0::2], q[:, 1::2] = p & 0xF, p >> 4
     return q[:, :out]
+
+
+# Mixed precision: which linears of an int4 workspace stay int8 (config.ini int8_linears, names of
+# the workspace's linears: w_qkv holds v, w2 is down). llama.cpp's Q4_K_M gives attn_v and ffn_down
+# more bits in the layers its use_more_bits() picks: the first and last eighth, and every third
+# layer between; here the whole w_qkv (q, k, v are one matrix) and w2 of those layers go to int8.
+def _use_more_bits(i: int, n: int) -> bool:
+    return i < n // 8 or i >= 7 * n // 8 or (i - n // 8) % 3 == 2
+
+
+MIXED_RECIPES = {
+    "q4_k_m": lambda n: [f"{i}.{w}" for i in range(n) if _use_more_bits(i, n) for w in ("w_qkv", "w2")],
+    "edges": lambda n: [f"{i}.{w}" for i in sorted({0, n - 1}) for w in ("w_qkv", "w2")],
+}
+WORKSPACE_LINEARS = ("w_qkv", "wo", "w1", "w3", "w2")
+
+
+def mixed_recipe(recipe: str, num_layer: int) -> List[str]:
+    """A recipe name (``MIXED_RECIPES``) or an explicit list ``"0.w_qkv,0.w2,29.w2"`` -> entries."""
+    recipe = str(recipe).strip()
+    if recipe in MIXED_RECIPES:
+        return MIXED_RECIPES[recipe](num_layer)
+    out = []
+    for item in (x.strip() for x in recipe.split(",") if x.strip()):
+        layer, _, name = item.partition(".")
+        if not layer.isdigit() or int(layer) >= num_layer or name not in WORKSPACE_LINEARS:
+            raise UserError(f"--mixed {recipe!r}: '{item}' is not a recipe ({', '.join(MIXED_RECIPES)}) or "
+                            f"LAYER.NAME with LAYER < {num_layer} and NAME one of {', '.join(WORKSPACE_LINEARS)}")
+        out.append(f"{int(layer)}.{name}")
+    return out

@@ -88,10 +88,20 @@ def calib_settings(work_dir: str, calib_dataset: Optional[str], calib_samples: O
     return calib_dataset, int(calib_samples), int(calib_seqlen)
 
 
+def gptq_round_layer(layer, hidden, layer_kwargs, bits: int, group: int, damp: float = 0.01) -> dict:
+    """GPTQ of each Linear of an (already smoothed) layer, in q/k/v, o, gate/up, down order: its
+    weight replaced by the dequantized result; returns ``{name: (q, zeros, scales)}`` to pack."""
+    from .gptq import SEQUENTIAL, gptq_layer
+
+    device = layer.self_attn.q_proj.weight.device
+    done = gptq_layer(layer, hidden, layer_kwargs, device, SEQUENTIAL, bits, group, damp, False, False)
+    return {n: (q.to(torch.int32), z.to(torch.int32), s) for n, (q, s, z, _) in done.items()}
+
+
 def auto_awq(model: str, w_bits: int = 4, w_group_size: int = 128, work_dir: str = "./work_dir",
              calib_dataset: Optional[str] = None, calib_samples: Optional[int] = None,
              calib_seqlen: Optional[int] = None, device: str = "cpu", search_clip=True,
-             search_tokens: int = 2048) -> None:
+             search_tokens: int = 2048, gptq=False) -> None:
     """Quantize ``model`` (HF dir) and save an AWQ checkpoint plus calibration stats in ``work_dir``.
     ``calib_dataset`` None: the set `lite calibrate` recorded in ``work_dir`` (``calib_settings``)."""
     # Every check that needs no weights comes before any work.
@@ -100,6 +110,7 @@ def auto_awq(model: str, w_bits: int = 4, w_group_size: int = 128, work_dir: str
     bits = check_bits(w_bits)
     device = check_device(device)
     clip = parse_bool(search_clip, "search_clip")
+    use_gptq = parse_bool(gptq, "gptq")
     config = load_config(model)
     group = check_group_size(w_group_size, bits, config)
     if int(calib_samples) <= 0 or int(calib_seqlen) <= 0:
@@ -124,9 +135,11 @@ def auto_awq(model: str, w_bits: int = 4, w_group_size: int = 128, work_dir: str
         absmean = {n: stats.inputs[prefix + n].stats()["absmean"] for n in LINEARS}
         summaries.append(smooth_and_clip_layer(layer, inputs, absmean, layer_kwargs, cfg, info.num_heads,
                                                info.num_kv_heads, info.head_dim))
+        # GPTQ rounding of the smoothed weights (asymmetric), Hessians over all samples; else RTN
+        rounded = gptq_round_layer(layer, hidden, layer_kwargs, bits, group) if use_gptq else {}
         for n in LINEARS:
             fc = layer.get_submodule(n)
-            q, zeros, scales = quantize(fc.weight.data, bits, group)
+            q, zeros, scales = rounded[n] if n in rounded else quantize(fc.weight.data, bits, group)
             qweight, qzeros, sc = pack_awq(q.cpu().numpy(), zeros.cpu().numpy(), scales.cpu().numpy(), bits)
             packed[prefix + n + ".qweight"] = torch.from_numpy(qweight)
             packed[prefix + n + ".qzeros"] = torch.from_numpy(qzeros)

@@ -32,6 +32,13 @@ def quantization_config(bits: int, group_size: int) -> dict:
 def save_awq(out_dir: str, model, tensors: Dict[str, torch.Tensor], bits: int, group_size: int,
              source_dir: str, tokenizer=None) -> None:
     """``tensors``: the packed tensors of the quantized Linears; the rest comes from ``model.state_dict()``."""
+    save_quantized(out_dir, model, tensors, quantization_config(bits, group_size), source_dir, tokenizer)
+
+
+def save_quantized(out_dir: str, model, tensors: Dict[str, torch.Tensor], qconfig: dict, source_dir: str,
+                   tokenizer=None) -> None:
+    """A quantized HF checkpoint (AWQ, GPTQ): ``tensors`` replace the ``.weight`` of the Linears
+    that have a ``.qweight`` among them; ``qconfig`` becomes config.json's quantization_config."""
     from safetensors.torch import save_file
 
     os.makedirs(out_dir, exist_ok=True)
@@ -55,7 +62,7 @@ def save_awq(out_dir: str, model, tensors: Dict[str, torch.Tensor], bits: int, g
         cur[name] = state[name]
         size += nbytes
     shards.append(cur)
-    meta = {"format": "pt", "quant_method": "awq"}
+    meta = {"format": "pt", "quant_method": str(qconfig["quant_method"])}
     if len(shards) == 1:
         save_file(shards[0], os.path.join(out_dir, "model.safetensors"), metadata=meta)
     else:
@@ -69,7 +76,7 @@ def save_awq(out_dir: str, model, tensors: Dict[str, torch.Tensor], bits: int, g
             json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
 
     cfg = model.config.to_dict()
-    cfg["quantization_config"] = quantization_config(bits, group_size)
+    cfg["quantization_config"] = qconfig
     cfg["torch_dtype"] = "float16"
     if "dtype" in cfg:
         cfg["dtype"] = "float16"

@@ -58,7 +58,7 @@ class Source:
 
 
 def _load_builtin():
-    from . import awq, gguf, hf, w8a8  # noqa: F401  (registration side effect)
+    from . import awq, gguf, gptq, hf, w8a8  # noqa: F401  (registration side effect)
 
 
 _load_builtin()

@@ -38,6 +38,8 @@ def _quant_config(model_path: str) -> Optional[dict]:
 class AWQSource(HFSource):
     claim_priority = 1
     quant_method = "awq"  # config.json quantization_config.quant_method of the folders this claims
+    packing = "AWQ gemm"
+    dtypes = (("qweight", "I32"), ("qzeros", "I32"), ("scales", "F16"))  # stored dtype of each tensor
 
     @classmethod
     def claims(cls, model_path: str) -> bool:
@@ -96,12 +98,12 @@ class AWQSource(HFSource):
         self._refuse_fused()
         super()._check_tensors()
         name = self._base(self._name(0, "q"))
-        for suffix, want in (("qweight", "I32"), ("qzeros", "I32"), ("scales", "F16")):
+        for suffix, want in self.dtypes:
             f = self.tensors[f"{name}.{suffix}"]
             entry = getattr(f, "entries", {}).get(f"{name}.{suffix}")
             got = entry["dtype"] if isinstance(entry, dict) else want  # pytorch .bin: checked when unpacked
             if got != want:
-                raise UserError(f"{self.model_path}: {name}.{suffix} is {got}, the AWQ gemm packing stores {want}")
+                raise UserError(f"{self.model_path}: {name}.{suffix} is {got}, the {self.packing} packing stores {want}")
         self.spec.src_dtype = f"int{self.bits}"
         self.spec.quant_group_size = self.group_size
 

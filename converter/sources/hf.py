@@ -197,7 +197,7 @@ class HFSource(Source):
         if cfg.get("quantization_config"):
             method = cfg["quantization_config"].get("quant_method", "?")
             raise UserError(f"{cfg_path}: a {method}-quantized checkpoint cannot be read as --model-format hf; "
-                            f"use the fp16/bf16 model (or --model-format awq for AWQ checkpoints)")
+                            f"use the fp16/bf16 model (or --model-format awq / gptq / w8a8 for those checkpoints)")
 
     def _make_spec(self, arch: str, cfg: dict) -> ModelSpec:
         try:

@@ -39,12 +39,19 @@ class IntTarget(Fp16Target):
     def __init__(self, out_dir, spec, tp, group_size=0):
         super().__init__(out_dir, spec, tp, group_size)
         self.bits = BITS[self.weight_type]
+        self.int8_linears = set()  # mixed precision: "i.w_qkv", ... kept at int8 (converter/quant.py recipes)
         self.validate(spec, tp, group_size)
 
     def config_keys(self) -> dict:
-        return {"weight_type": self.weight_type, "group_size": self.group_size, "format_version": FORMAT_VERSION}
+        def order(e):
+            i, name = e.split(".")
+            return int(i), name
+        return {"weight_type": self.weight_type, "group_size": self.group_size, "format_version": FORMAT_VERSION,
+                "int8_linears": ",".join(sorted(self.int8_linears, key=order))}
 
-    def _quant(self, name: str, w) -> QuantLinear:
+    def _quant(self, name: str, w, bits: int = 0) -> QuantLinear:
+        if bits and bits != self.bits and not isinstance(w, QuantLinear):
+            return quantize_rtn(w, bits, self.group_size)
         if isinstance(w, QuantLinear):
             if w.bits == self.bits and w.group_size != self.group_size and w.group_size % self.group_size == 0:
                 w = w.regroup(self.group_size)  # per-channel sources: one group per row, split to the workspace's
@@ -57,7 +64,7 @@ class IntTarget(Fp16Target):
     def save_q(self, name: str, ql: QuantLinear) -> None:
         """``ql`` is the rank's slice in canonical [out, in] form; written as [in, out] files."""
         qt = np.ascontiguousarray(ql.q.T)
-        (pack_int4_columns(qt) if self.bits == 4 else qt).tofile(os.path.join(self.out_dir, f"{name}.qweight"))
+        (pack_int4_columns(qt) if ql.bits == 4 else qt).tofile(os.path.join(self.out_dir, f"{name}.qweight"))
         for suffix, a in (("scales", ql.scales), ("zeros", ql.zeros)):
             self.save(f"{name}.{suffix}", np.ascontiguousarray(a.T))
 
@@ -65,7 +72,9 @@ class IntTarget(Fp16Target):
         s, tp = self.spec, self.tp
         H, KV, D = s.head_num, s.kv_head_num, s.head_dim
         R = s.rotary_dim or D  # partial rotary: only the first R of each head are permuted
-        ql = {k: self._quant(f"layers.{i}.{k}", t[k]) for k in LINEARS}
+        home = {"q": "w_qkv", "k": "w_qkv", "v": "w_qkv", "o": "wo", "gate": "w1", "up": "w3", "down": "w2"}
+        bits = {k: 8 if f"{i}.{home[k]}" in self.int8_linears else self.bits for k in LINEARS}
+        ql = {k: self._quant(f"layers.{i}.{k}", t[k], bits[k]) for k in LINEARS}
         q = ql["q"].map_rows(lambda a: rotate_half_to_interleaved(a, H, D, R))
         k = ql["k"].map_rows(lambda a: rotate_half_to_interleaved(a, KV, D, R))
         v = ql["v"]

@@ -89,6 +89,8 @@ SCHEMA: List[Key] = [
         "rope_original_max_position_embeddings", extra=True),
     Key("rope_attention_factor", float, 1.0, "cos/sin multiplied by this (yarn / longrope attention factor)",
         extra=True),
+    Key("int8_linears", str, "", "mixed precision in an int4 workspace: the linears stored as int8, "
+        "'LAYER.NAME' comma-separated (NAME: w_qkv, wo, w1, w3, w2); convert --mixed writes it", extra=True),
 ]
 ROPE_TYPES = ("", "default", "dynamic", "linear", "llama3", "yarn", "longrope")
 HIDDEN_ACTS = ("silu", "gelu_tanh")
@@ -173,6 +175,15 @@ def validate(cfg: Dict[str, Any], path: str = "config.ini") -> Dict[str, Any]:
                               f"{out['rotary_embedding'] // 2}")
     if out["rope_type"] == "longrope" and not (out["rope_freq_factors"] and out["rope_long_freq_factors"]):
         raise ConfigError(f"{path}: rope_type longrope needs rope_freq_factors (short) and rope_long_freq_factors")
+    if out["int8_linears"]:
+        if out["weight_type"] != "int4":
+            raise ConfigError(f"{path}: int8_linears needs weight_type int4 (the other linears), not "
+                              f"{out['weight_type']}")
+        for item in out["int8_linears"].split(","):
+            layer, _, name = item.strip().partition(".")
+            if not layer.isdigit() or int(layer) >= out["num_layer"] or name not in ("w_qkv", "wo", "w1", "w3", "w2"):
+                raise ConfigError(f"{path}: int8_linears entry '{item}' is not LAYER.NAME with LAYER < num_layer and "
+                                  f"NAME one of w_qkv, wo, w1, w3, w2")
     if out["hidden_units"] == 0:
         out["hidden_units"] = out["head_num"] * out["size_per_head"]
     return out

@@ -41,7 +41,7 @@ def _default_data_dir() -> str:
 
 DATA_DIR = _default_data_dir()
 MODES = ("fp16", "fp16+bf16", "fp16+kv8", "rtn-int4", "rtn-int4+a8", "awq-int4", "awq-int4+a8", "awq-int4+kv8",
-         "rtn-int8", "rtn-int8+a8", "w8a8")
+         "gptq-int4", "gptq-int4+a8", "rtn-int4-q4km", "rtn-int8", "rtn-int8+a8", "w8a8")
 # A mode's suffix: its base mode's workspace, run with another act_type.
 ACT_SUFFIXES = {"+a8": "int8", "+bf16": "bf16"}
 
@@ -87,6 +87,51 @@ def eval_windows(tokenizer_dir: str, path: str, chars: int, seqlen: int) -> List
         text = f.read(chars)
     ids = tok(text, add_special_tokens=False)["input_ids"]
     return [ids[i:i + seqlen] for i in range(0, len(ids) - seqlen + 1, seqlen)]
+
+
+def bits_per_weight(weights_dir: str) -> Dict[str, float]:
+    """Average stored bits per weight of a workspace, scales and zero points counted:
+    ``linears`` over the decoder linears, ``model`` over every weight file (embeddings, norms,
+    biases, the lm head; a tied lm head, a byte copy of the embeddings, counted once). A quantized
+    linear's weight count is its scales' count times the group size."""
+    cfg = read_config_ini(os.path.join(weights_dir, "config.ini"))
+    G = cfg["group_size"]
+    lin_bytes = lin_n = all_bytes = all_n = 0
+    files = sorted(os.listdir(weights_dir))
+    size = lambda f: os.path.getsize(os.path.join(weights_dir, f))  # noqa: E731
+    tied = "output.weight" in files and size("output.weight") == size("tok_embeddings.weight") and \
+        open(os.path.join(weights_dir, "output.weight"), "rb").read() == \
+        open(os.path.join(weights_dir, "tok_embeddings.weight"), "rb").read()
+    for f in files:
+        if f == "config.ini" or "past_kv_scale" in f or (tied and f == "output.weight"):
+            continue
+        b, n = size(f), 0
+        linear = ".attention.w" in f or ".feed_forward.w" in f
+        if f.endswith(".scales"):
+            n = b // 2 * G
+        elif f.endswith(".weight"):
+            n = b // 2
+        if linear and not f.endswith(".bias"):
+            lin_bytes, lin_n = lin_bytes + b, lin_n + n
+        all_bytes, all_n = all_bytes + b, all_n + n
+    return {"linears": 8 * lin_bytes / max(1, lin_n), "model": 8 * all_bytes / max(1, all_n)}
+
+
+def decode_tok_s(weights_dir: str, threads: int, act_type: Optional[str] = None, n: int = 64) -> float:
+    """Batch-1 greedy decode speed (tokens after the first, per second) on a 16-token prompt."""
+    from turbolm.turbomind import TurboMind
+
+    tm = TurboMind(weights_dir, num_threads=threads, act_type=act_type)
+    inst = tm.create_instance()
+    t_first, count = None, 0
+    for outs in inst.stream_infer(1, [list(range(100, 116))], request_output_len=n, top_k=1, ignore_eos=True,
+                                  sequence_start=True, sequence_end=True):
+        count = len(outs[0][0])
+        if t_first is None and count:
+            t_first, c0 = time.perf_counter(), count
+    rate = (count - c0) / max(1e-9, time.perf_counter() - t_first)
+    del inst, tm
+    return rate
 
 
 def runtime_ppl(weights_dir: str, windows: List[List[int]], threads: int, act_type: Optional[str] = None) -> float:
@@ -143,6 +188,21 @@ def build(model: str, work: str, group_size: int, calib: str, calib_samples: int
         if not done("w8a8"):
             convert("base", w8a8, dst_path=ws("w8a8"), force=True)
         out["w8a8"] = wd("w8a8")
+    if "gptq-int4" in need:
+        from turbolm.lite.gptq import gptq
+
+        gq = os.path.join(work, "gptq")
+        if not os.path.isfile(os.path.join(gq, "config.json")):
+            # asymmetric with act-order: the best GPTQ setting on SmolLM2 (symmetric: +44% ppl, plain: +33%)
+            gptq(model, 4, group_size, gq, calib, calib_samples, calib_seqlen, act_order=True, sym=False)
+        if not done("gptq-int4"):
+            convert("base", gq, dst_path=ws("gptq-int4"), force=True)
+        out["gptq-int4"] = wd("gptq-int4")
+    if "rtn-int4-q4km" in need:  # mixed: llama.cpp Q4_K_M's choice of layers keeps w_qkv and w2 at int8
+        if not done("rtn-int4-q4km"):
+            convert("base", model, dst_path=ws("rtn-int4-q4km"), weight_type="int4", group_size=group_size,
+                    mixed="q4_k_m", force=True)
+        out["rtn-int4-q4km"] = wd("rtn-int4-q4km")
     if "rtn-int4" in need:
         if not done("rtn-int4"):
             convert("base", model, dst_path=ws("rtn-int4"), weight_type="int4", group_size=group_size, force=True)
@@ -176,18 +236,24 @@ def report(model: Optional[str] = None, work_dir: str = "./quant_report", group_
     model = model or smollm2_hf(os.path.join(work_dir, "smollm2-hf"))
     wdirs = build(model, work_dir, group_size, calib, calib_samples, calib_seqlen, modes)
     windows = eval_windows(model, eval_path, eval_chars, seqlen)
-    result = {}
+    result, rows = {}, {}
     for mode, wdir in wdirs.items():
         result[mode] = runtime_ppl(wdir, windows, threads, split_mode(mode)[1])
+        rows[mode] = dict(ppl=result[mode], **bits_per_weight(wdir),
+                          decode=decode_tok_s(wdir, threads, split_mode(mode)[1]))
+    cpu = _turbomind.cpu_features()
+    features = " ".join(f for f, on in cpu.items() if on is True) + f"; kernels {cpu.get('kernels')}/{cpu.get('qkernels')}"
     print(f"perplexity of {model} on {os.path.basename(eval_path)} (first {eval_chars} chars, "
           f"{len(windows)} x {seqlen} tokens); group size {group_size}; calibration {os.path.basename(calib)} "
-          f"({calib_samples} x {calib_seqlen}); {time.time() - t0:.0f}s")
+          f"({calib_samples} x {calib_seqlen}); {time.time() - t0:.0f}s; CPU: {features}")
     base = result.get("fp16")
-    for mode, ppl in result.items():
-        rel = f"  ({(ppl / base - 1) * 100:+.2f}% vs fp16)" if base and mode != "fp16" else ""
-        print(f"  {mode:14s} {ppl:10.4f}{rel}")
+    print(f"  {'mode':14s} {'ppl':>10s} {'vs fp16':>9s} {'bits/w linears':>15s} {'bits/w model':>13s} "
+          f"{'decode tok/s':>13s}")
+    for mode, r in rows.items():
+        rel = f"{(r['ppl'] / base - 1) * 100:+.2f}%" if base and mode != "fp16" else ""
+        print(f"  {mode:14s} {r['ppl']:10.4f} {rel:>9s} {r['linears']:15.2f} {r['model']:13.2f} {r['decode']:13.1f}")
     with open(os.path.join(work_dir, "report.json"), "w") as f:
-        json.dump(result, f, indent=2)
+        json.dump(rows, f, indent=2)
     return result
 
 

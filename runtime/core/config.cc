@@ -1,5 +1,7 @@
 #include "core/config.h"
 
+#include <set>
+
 #include <cctype>
 #include <cmath>
 #include <fstream>
@@ -181,11 +183,49 @@ const std::vector<Field>& fields() {
             },
             [](const ModelConfig& c) { return fmt_floats(c.rope_long_freq_factors); }},
       FLOAT_FIELD(rope_attention_factor, false),
+      Field{"int8_linears", false,
+            [](ModelConfig& c, const std::string&, const std::string& v) { c.int8_linears = v; },
+            [](const ModelConfig& c) { return c.int8_linears; }},
   };
   return f;
 }
 
+// int8_linears as a set of "i.name" entries, each checked.
+std::set<std::string> int8_linear_set(const ModelConfig& c, const std::string& path) {
+  std::set<std::string> out;
+  size_t b = 0;
+  const std::string& v = c.int8_linears;
+  while (b < v.size()) {
+    size_t e = v.find(',', b);
+    if (e == std::string::npos) e = v.size();
+    const std::string item = trim(v.substr(b, e - b));
+    const size_t dot = item.find('.');
+    const std::string name = dot == std::string::npos ? "" : item.substr(dot + 1);
+    int layer = -1;
+    try {
+      size_t used = 0;
+      layer = std::stoi(item.substr(0, dot), &used);
+      if (used != dot) layer = -1;
+    } catch (...) {
+      layer = -1;
+    }
+    if (layer < 0 || layer >= c.num_layer ||
+        (name != "w_qkv" && name != "wo" && name != "w1" && name != "w3" && name != "w2"))
+      fail(path, ": int8_linears entry '", item, "' is not LAYER.NAME with LAYER < num_layer and NAME one of "
+           "w_qkv, wo, w1, w3, w2");
+    out.insert(std::to_string(layer) + "." + name);
+    b = e + 1;
+  }
+  return out;
+}
+
 }  // namespace
+
+int ModelConfig::linear_bits(int l, const std::string& name) const {
+  const int base = weight_type == WeightType::kINT4 ? 4 : weight_type == WeightType::kINT8 ? 8 : 0;
+  if (base != 4 || int8_linears.empty()) return base;
+  return int8_linear_set(*this, "config.ini").count(std::to_string(l) + "." + name) ? 8 : 4;
+}
 
 std::map<std::string, std::string> ModelConfig::to_map() const {
   std::map<std::string, std::string> m;
@@ -243,6 +283,11 @@ ModelConfig load_config(const std::string& path) {
   if (c.hidden_units == 0) c.hidden_units = c.head_num * c.size_per_head;
   if (!c.sliding_layers.empty() && (int)c.sliding_layers.size() != c.num_layer)
     fail(path, ": sliding_layers has ", c.sliding_layers.size(), " entries for ", c.num_layer, " layers");
+  if (!c.int8_linears.empty()) {
+    if (c.weight_type != WeightType::kINT4)
+      fail(path, ": int8_linears needs weight_type int4 (the other linears), not ", to_string(c.weight_type));
+    int8_linear_set(c, path);  // every entry checked here, once
+  }
   const int pairs = c.rotary_embedding / 2;
   for (const auto* f : {&c.rope_freq_factors, &c.rope_long_freq_factors})
     if (!f->empty() && (int)f->size() != pairs)

@@ -72,6 +72,11 @@ struct ModelConfig {
   // them once a sequence is longer than rope_original_max_position_embeddings.
   std::vector<float> rope_freq_factors, rope_long_freq_factors;
   float rope_attention_factor = 1.f;  // cos/sin multiplied by this (yarn / longrope mscale)
+  // Mixed precision (an int4 workspace): the linears stored as int8, "i.name" comma-separated with
+  // name one of w_qkv, wo, w1, w3, w2 (llama.cpp's _M recipes keep v / down wider).
+  std::string int8_linears;
+  // 4 or 8 for linear `name` of layer l of a quantized workspace.
+  int linear_bits(int l, const std::string& name) const;
   bool layer_slides(int l) const {
     return sliding_window > 0 && (sliding_layers.empty() || sliding_layers[l] == '1');
   }

@@ -400,15 +400,22 @@ LlamaWeights load_weights(const std::string& weights_dir, const ModelConfig& cfg
         lw.post_attn_norm = L.load_norm(p + "post_attention_norm.weight", hidden);
         lw.post_ffn_norm = L.load_norm(p + "post_ffn_norm.weight", hidden);
       }
+      // Each linear at its own width (int8_linears: a mixed-precision int4 workspace).
+      auto bits = [&](const char* name) { return quantized ? cfg.linear_bits(i, name) : 0; };
+      L.bits = bits("w_qkv");
       L.load_col_split(p + "attention.w_qkv", hidden, {H * D, KV * D, KV * D}, r, bias, lw.w_qkv);
+      L.bits = bits("wo");
       L.load_row_split(p + "attention.wo", H * D / tp, hidden, r, lw.wo);
       if (bias) {
         // Optional even with attn_bias (Qwen-style models have q/k/v bias only); whole on every rank.
         const std::string b = L.rank_name(p + "attention.wo", "bias", r);
         if (file_exists(L.path(b))) lw.wo.bias = L.load_vector(b, hidden);
       }
+      L.bits = bits("w1");
       L.load_col_split(p + "feed_forward.w1", hidden, {I}, r, false, lw.w1);
+      L.bits = bits("w3");
       L.load_col_split(p + "feed_forward.w3", hidden, {I}, r, false, lw.w3);
+      L.bits = bits("w2");
       L.load_row_split(p + "feed_forward.w2", I / tp, hidden, r, lw.w2);
     }
   }

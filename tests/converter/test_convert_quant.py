@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 
-from tests.converter.test_convert_hf import hf_state_dict
+from tests.converter.test_convert_hf import convert_to, hf_state_dict
 from tests.fixtures.workspace import _inv_permute
 from turbolm.config import read_config_ini
 from turbolm.converter.quant import (QuantLinear, pack_int4_columns, quantize_rtn, unpack_int4_columns,
@@ -182,3 +182,102 @@ def test_default_group_size_divides_every_rank_input(tiny_model, tmp_path, tp, w
     dst = tmp_path / f"tp{tp}"
     convert("base", tiny_model("gqa"), dst_path=str(dst), weight_type="int4", tp=tp)
     assert read_config_ini(str(dst / "triton_models" / "weights" / "config.ini"))["group_size"] == want
+
+
+def _pack_along(v, bits, axis):
+    """Consecutive values along ``axis`` into int32 words, low bits first (AutoGPTQ's pack loops)."""
+    per = 32 // bits
+    v = np.moveaxis(v.astype(np.uint32), axis, 0)
+    out = np.zeros((v.shape[0] // per,) + v.shape[1:], np.uint32)
+    for j in range(per):
+        out |= v[j::per] << np.uint32(bits * j)
+    return np.ascontiguousarray(np.moveaxis(out, 0, axis)).view(np.int32)
+
+
+def make_gptq_checkpoint(model_dir, out_dir, bits, G, fmt="gptq_v2", g_idx_fn=None, min_zero=0):
+    """A GPTQ checkpoint (AutoGPTQ layout) of ``model_dir`` whose integers are RTN's, packed here
+    independently of lite/gptq_pack.py. ``fmt`` gptq stores zero - 1, gptq_v2 the zero itself.
+    ``g_idx_fn(in_features)``: a scattered act-order g_idx; the weights are then RTN per those groups.
+    Returns the folder and ``{HF name: the float32 weight the checkpoint holds}``."""
+    from safetensors.numpy import save_file
+
+    sd, _ = hf_state_dict(model_dir)
+    tensors, held = {}, {}
+    for name, w in sd.items():
+        base = name[:-len(".weight")]
+        if not (name.endswith(".weight") and base.split(".")[-1] in {v.split(".")[-1] for v in LINEARS.values()}):
+            tensors[name] = w.astype(np.float16)
+            continue
+        out_f, in_f = w.shape
+        g_idx = np.arange(in_f) // G if g_idx_fn is None else g_idx_fn(in_f)
+        order = np.argsort(g_idx, kind="stable")  # the columns of each group together
+        ql = quantize_rtn(w[:, order], bits, G)
+        q = np.empty_like(ql.q)
+        q[:, order] = ql.q
+        zeros = np.maximum(ql.zeros, min_zero) - (1 if fmt == "gptq" else 0)  # v1 cannot hold a zero of 0
+        assert zeros.min() >= 0
+        tensors[base + ".qweight"] = _pack_along(q.T, bits, 0)             # [in / per, out]
+        tensors[base + ".qzeros"] = _pack_along(zeros.T.astype(np.int64), bits, 1)  # [groups, out / per]
+        tensors[base + ".scales"] = ql.scales.T.astype(np.float16)
+        tensors[base + ".g_idx"] = g_idx.astype(np.int32)
+        z = np.maximum(ql.zeros, min_zero)
+        held[name] = (q.astype(np.float32) - z[:, g_idx]) * ql.scales[:, g_idx]
+    os.makedirs(out_dir)
+    save_file(tensors, os.path.join(out_dir, "model.safetensors"))
+    cfg = json.load(open(os.path.join(model_dir, "config.json")))
+    cfg["quantization_config"] = {"quant_method": "gptq", "bits": bits, "group_size": G, "desc_act": g_idx_fn is not None,
+                                  "sym": False, "checkpoint_format": fmt}
+    json.dump(cfg, open(os.path.join(out_dir, "config.json"), "w"))
+    for f in os.listdir(model_dir):
+        if f.startswith("tokenizer") or f.startswith("generation") or f.startswith("special"):
+            shutil.copy(os.path.join(model_dir, f), out_dir)
+    return out_dir, held
+
+
+def _same_files(ws_a, ws_b):
+    wa, wb = (os.path.join(w, "triton_models", "weights") for w in (ws_a, ws_b))
+    assert sorted(os.listdir(wa)) == sorted(os.listdir(wb))
+    for n in os.listdir(wa):
+        if n != "config.ini":
+            assert open(os.path.join(wa, n), "rb").read() == open(os.path.join(wb, n), "rb").read(), n
+
+
+@pytest.mark.parametrize("variant,bits,tp", [("gqa", 4, 1), ("gqa", 8, 2), ("qwen3", 4, 2)])
+def test_gptq_checkpoint_from_another_tool_converts_to_rtns_files(tiny_model, tmp_path, variant, bits, tp):
+    """A GPTQ (v2 zeros) checkpoint built by hand in AutoGPTQ's layout reads into exactly the files
+    RTN writes from the same integers."""
+    model_dir = tiny_model(variant)
+    src, _ = make_gptq_checkpoint(model_dir, str(tmp_path / "gptq"), bits, 64)
+    ws_q, ws_rtn = str(tmp_path / "ws_q"), str(tmp_path / "ws_rtn")
+    convert("llama2", src, dst_path=ws_q, tp=tp)  # format guessed: gptq
+    convert("llama2", model_dir, dst_path=ws_rtn, tp=tp, weight_type=f"int{bits}", group_size=64)
+    wa, wr = (os.path.join(w, "triton_models", "weights") for w in (ws_q, ws_rtn))
+    assert sorted(os.listdir(wa)) == sorted(os.listdir(wr))
+    for n in os.listdir(wa):
+        if n.split(".")[-1] in ("qweight", "scales", "zeros"):
+            assert open(os.path.join(wa, n), "rb").read() == open(os.path.join(wr, n), "rb").read(), n
+
+
+def test_gptq_v1_zeros_and_scattered_act_order_groups(tiny_model, tmp_path, capsys):
+    """v1 checkpoints store zero - 1 (v2 the zero): the same integers give the same workspace.
+    Act-order checkpoints with scattered g_idx cannot keep their integers (the runtime's groups are
+    contiguous): the weights they hold are re-quantized (RTN), with a warning: exactly the workspace
+    of an HF checkpoint holding those weights, converted with --weight-type int4."""
+    from safetensors.numpy import save_file
+
+    model_dir = tiny_model("gqa")
+    v1, _ = make_gptq_checkpoint(model_dir, str(tmp_path / "v1"), 4, 64, fmt="gptq", min_zero=1)
+    v2, _ = make_gptq_checkpoint(model_dir, str(tmp_path / "v2"), 4, 64, fmt="gptq_v2", min_zero=1)
+    _same_files(convert_to(tmp_path / "a", v1, 1), convert_to(tmp_path / "b", v2, 1))
+    assert "act-order" not in capsys.readouterr().err
+
+    rng = np.random.RandomState(0)
+    scattered = lambda n: rng.permutation(n) % (n // 64)  # noqa: E731  each group: 64 scattered inputs
+    ao, held = make_gptq_checkpoint(model_dir, str(tmp_path / "ao"), 4, 64, g_idx_fn=scattered)
+    hf = tmp_path / "held"
+    shutil.copytree(model_dir, hf)
+    sd, _ = hf_state_dict(model_dir)
+    save_file({k: np.ascontiguousarray(held.get(k, v)) for k, v in sd.items()}, str(hf / "model.safetensors"))
+    ws_ao = convert_to(tmp_path / "c", ao, 1)
+    assert "act-order and scattered groups" in capsys.readouterr().err
+    _same_files(ws_ao, convert_to(tmp_path / "d", str(hf), 1, weight_type="int4", group_size=64))

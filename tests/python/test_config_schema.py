@@ -61,6 +61,7 @@ def test_defaults_agree(tmp_path):
     ("rope_type = su\n", "rope_type 'su' is not one of"),
     ("rope_freq_factors = 1,2,3\n", "rope_freq_factors"),
     ("rope_type = longrope\n", "longrope needs rope_freq_factors"),
+    ("int8_linears = 0.w2\n", "int8_linears needs weight_type int4"),
 ])
 def test_both_sides_reject_the_same_bad_values(tmp_path, extra, needle):
     path = tmp_path / "config.ini"

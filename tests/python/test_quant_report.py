@@ -15,11 +15,24 @@ def test_kv8_close_to_fp16_and_awq_beats_rtn(smollm2_hf, tmp_path):
     bf16 = ("fp16+bf16",) if _turbomind.cpu_features()["avx512_bf16"] else ()
     r = report(smollm2_hf, str(tmp_path / "report"), group_size=64, calib_samples=4, calib_seqlen=128,
                eval_chars=8000, seqlen=256, threads=2,
-               modes=("fp16", "fp16+kv8", "rtn-int4", "rtn-int4+a8", "awq-int4", "w8a8") + bf16)
+               modes=("fp16", "fp16+kv8", "rtn-int4", "rtn-int4+a8", "rtn-int4-q4km", "awq-int4", "gptq-int4",
+                      "w8a8") + bf16)
     assert abs(r["rtn-int4+a8"] / r["rtn-int4"] - 1) < 0.02, r
     assert abs(r["w8a8"] / r["fp16"] - 1) < 0.03, r
     if bf16:
         assert abs(r["fp16+bf16"] / r["fp16"] - 1) < 0.005, r
     assert abs(r["fp16+kv8"] / r["fp16"] - 1) < 0.01, r
     assert r["awq-int4"] < r["rtn-int4"], r
+    # GPTQ needs more calibration tokens than this slice's 512 (its Hessians of 1536 inputs are rank
+    # deficient here): only that it runs end to end; the full report measures it
+    assert r["fp16"] < r["gptq-int4"] < 2 * r["fp16"], r
+    assert r["rtn-int4-q4km"] < r["rtn-int4"], r  # int8 for w_qkv and w2 of 12 of 30 layers helps
+    import json
+
+    rows = json.load(open(tmp_path / "report" / "report.json"))
+    # int4 g64 linears: 4 bits + an fp16 scale and zero per 64 weights; fp16: 16
+    assert rows["rtn-int4"]["linears"] == pytest.approx(4.5) and rows["fp16"]["linears"] == pytest.approx(16)
+    assert rows["gptq-int4"]["linears"] == pytest.approx(4.5)
+    assert 4.5 < rows["rtn-int4"]["model"] < 16 and all(r["decode"] > 0 for r in rows.values())
+    assert 4.5 < rows["rtn-int4-q4km"]["linears"] < 6
     assert r["fp16"] < r["awq-int4"], r  # int4 costs something; the report is not comparing the same model

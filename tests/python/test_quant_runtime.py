@@ -300,3 +300,37 @@ def test_awq_checkpoint_from_lite_converts_and_runs(tiny_model, tmp_path):
     set_keys(wdir, quant_policy=4)
     got8 = all_logits(load(wdir), tokens)
     assert rel_err(got8, got) <= 3e-2, rel_err(got8, got)
+
+
+@pytest.mark.parametrize("recipe,tp", [("q4_k_m", 1), ("edges", 2), ("0.w1,1.wo", 1)])
+def test_mixed_int4_int8_workspace_matches_hf(tiny_model, tmp_path, recipe, tp):
+    """convert --mixed: the chosen linears at int8, the rest int4, recorded in int8_linears; the
+    runtime equals HF on exactly those dequantized weights (each linear at its own width)."""
+    from turbolm.converter.quant import mixed_recipe
+
+    model_dir = tiny_model("mha")  # 3 layers
+    wdir = make_ws(model_dir, tmp_path / "ws", weight_type="int4", group_size=64, mixed=recipe, tp=tp)
+    cfg = read_config_ini(os.path.join(wdir, "config.ini"))
+    entries = mixed_recipe(recipe, 3)
+    assert sorted(cfg["int8_linears"].split(",")) == sorted(entries) and entries
+    home = {"q_proj": "w_qkv", "k_proj": "w_qkv", "v_proj": "w_qkv", "o_proj": "wo", "gate_proj": "w1",
+            "up_proj": "w3", "down_proj": "w2"}
+
+    def linear(name, w):
+        i, proj = int(name.split(".")[2]), name.split(".")[-2]
+        return quantize_rtn(w, 8 if f"{i}.{home[proj]}" in entries else 4, 64).dequantize()
+
+    oracle = hf_model(model_dir, linear)
+    tokens = prompt()
+    got, ref = all_logits(load(wdir, tp=tp), tokens), hf_logits(oracle, tokens)
+    assert rel_err(got, ref) <= 5e-3, rel_err(got, ref)
+    assert (got.argmax(1) == ref.argmax(1)).mean() >= 0.97
+
+
+def test_mixed_refusals(tiny_model, tmp_path):
+    from turbolm.errors import UserError
+
+    with pytest.raises(UserError, match="needs --weight-type int4"):
+        make_ws(tiny_model("gqa"), tmp_path / "a", mixed="q4_k_m")
+    with pytest.raises(UserError, match="'7.w9' is not a recipe"):
+        make_ws(tiny_model("gqa"), tmp_path / "b", weight_type="int4", group_size=64, mixed="7.w9")

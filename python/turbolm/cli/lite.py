@@ -1,4 +1,4 @@
-"""`turbolm lite export_hf | calibrate | auto_awq | smooth_quant | kv_qparams | report` (these need torch:
+"""`turbolm lite export_hf | calibrate | auto_awq | gptq | smooth_quant | kv_qparams | report` (these need torch:
 turbolm[lite])."""
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ CALIB_HELP = ("a .txt/.jsonl file, or c4 | ptb | wikitext2 | pileval from the lo
 
 @click.group(cls=Group)
 def lite():
-    """Quantization: calibration, AWQ int4 weights, SmoothQuant W8A8, int8 KV cache."""
+    """Quantization: calibration, AWQ and GPTQ int4 weights, SmoothQuant W8A8, int8 KV cache."""
 
 
 @lite.command("export_hf")
@@ -63,12 +63,38 @@ def calibrate(model, calib_dataset, calib_samples, calib_seqlen, work_dir, devic
 @click.option("--device", default="cpu", help="cpu | cuda[:N]")
 @bool_option("--search_clip", default=True, help="also search a per-group weight clipping ratio")
 @click.option("--search_tokens", type=int, default=2048, help="calibration tokens per layer of the smoothing search")
+@bool_option("--gptq", default=False, help="round the smoothed weights with GPTQ instead of to nearest")
 def auto_awq(model, **kwargs):
     """AWQ int4 (or int8) weights: writes an AWQ checkpoint.
 
     Activation-aware weight quantization; the AutoAWQ GEMM checkpoint goes to --work_dir. Convert it with: turbolm convert NAME WORK_DIR --model-format awq --group-size G.
     """
     from turbolm.lite.auto_awq import auto_awq as run
+
+    run(model, **kwargs)
+
+
+@lite.command("gptq")
+@click.option("--model", required=True, help="HF model directory")
+@click.option("--w_bits", type=int, default=4, help="4, or 8")
+@click.option("--w_group_size", type=int, default=128,
+              help="group size along the input dimension (must divide every Linear's; SmolLM2: 32 or 64)")
+@click.option("--work_dir", default="./work_dir", help="output directory of the GPTQ checkpoint")
+@click.option("--calib_dataset", default=None,
+              help=f"{CALIB_HELP}  [default: the set `lite calibrate` recorded in --work_dir]")
+@click.option("--calib_samples", type=int, default=None, help="[default: as recorded, else 128]")
+@click.option("--calib_seqlen", type=int, default=None, help="[default: as recorded, else 2048]")
+@click.option("--device", default="cpu", help="cpu | cuda[:N]")
+@click.option("--damp_percent", type=float, default=0.01, help="Hessian dampening, a fraction of its mean diagonal")
+@bool_option("--act_order", default=False, help="quantize columns by decreasing activation (static groups)")
+@bool_option("--sym", default=True, help="symmetric quantization (zero point 2^(bits-1)), as vLLM's fast kernels want")
+@bool_option("--true_sequential", default=True, help="quantize q/k/v, o, gate/up, down in turn within a layer")
+def gptq(model, **kwargs):
+    """GPTQ int4 (or int8) weights: writes a GPTQ checkpoint.
+
+    Layer by layer, each Linear's columns quantized in turn with the rounding error compensated through the inverse Hessian of its calibration inputs. The AutoGPTQ-layout checkpoint (qweight, qzeros, scales, g_idx, quantize_config.json) goes to --work_dir; vLLM, SGLang and transformers load it. Convert it with: turbolm convert NAME WORK_DIR --model-format gptq.
+    """
+    from turbolm.lite.gptq import gptq as run
 
     run(model, **kwargs)
 

