@@ -41,7 +41,7 @@ def _default_data_dir() -> str:
 
 DATA_DIR = _default_data_dir()
 MODES = ("fp16", "fp16+bf16", "fp16+kv8", "rtn-int4", "rtn-int4+a8", "awq-int4", "awq-int4+a8", "awq-int4+kv8",
-         "gptq-int4", "gptq-int4+a8", "rtn-int4-q4km", "rtn-int8", "rtn-int8+a8", "w8a8")
+         "gptq-int4", "gptq-int4+a8", "awq-gptq-int4", "rtn-int4-q4km", "rtn-int8", "rtn-int8+a8", "w8a8")
 # A mode's suffix: its base mode's workspace, run with another act_type.
 ACT_SUFFIXES = {"+a8": "int8", "+bf16": "bf16"}
 
@@ -198,6 +198,13 @@ def build(model: str, work: str, group_size: int, calib: str, calib_samples: int
         if not done("gptq-int4"):
             convert("base", gq, dst_path=ws("gptq-int4"), force=True)
         out["gptq-int4"] = wd("gptq-int4")
+    if "awq-gptq-int4" in need:  # AWQ's smoothing, then GPTQ rounding (auto_awq --gptq)
+        ag = os.path.join(work, "awq-gptq")
+        if not os.path.isfile(os.path.join(ag, "config.json")):
+            auto_awq(model, 4, group_size, ag, calib, calib_samples, calib_seqlen, gptq=True)
+        if not done("awq-gptq-int4"):
+            convert("base", ag, dst_path=ws("awq-gptq-int4"), force=True)
+        out["awq-gptq-int4"] = wd("awq-gptq-int4")
     if "rtn-int4-q4km" in need:  # mixed: llama.cpp Q4_K_M's choice of layers keeps w_qkv and w2 at int8
         if not done("rtn-int4-q4km"):
             convert("base", model, dst_path=ws("rtn-int4-q4km"), weight_type="int4", group_size=group_size,

@@ -113,6 +113,12 @@ def test_checkpoint_layout_and_config(gptq_soft):
     assert (qc["quant_method"], qc["bits"], qc["group_size"], qc["desc_act"], qc["sym"],
             qc["checkpoint_format"]) == ("gptq", 4, 64, False, True, "gptq")
     assert json.load(open(os.path.join(gptq_soft, "quantize_config.json")))["bits"] == 4
+    # transformers' own reader of quantization configs takes it as a GPTQConfig (loading the weights
+    # needs gptqmodel, which does not install on this CPU-only machine)
+    from transformers.quantizers.auto import AutoQuantizationConfig
+
+    parsed = AutoQuantizationConfig.from_dict(qc)
+    assert type(parsed).__name__ == "GPTQConfig" and (parsed.bits, parsed.group_size, parsed.sym) == (4, 64, True)
     sd = load_file(os.path.join(gptq_soft, "model.safetensors"))
     p = "model.layers.0.mlp.down_proj"
     assert sd[p + ".qweight"].dtype == np.int32 and sd[p + ".qweight"].shape == (512 // 8, 256)
