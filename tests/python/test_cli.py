@@ -57,6 +57,7 @@ COMMANDS = [
     (("lite", "gptq"), ["--model", "--w_bits", "--w_group_size", "--work_dir", "--calib_dataset", "--damp_percent",
                         "--act_order", "--sym", "--true_sequential"], ["--model", "m", "--act-ordr"], "--act_ordr",
      "--act_order"),
+    (("lite", "export_ct"), ["--dst_path", "--force"], ["SRC", "--dst-pth", "x"], "--dst_pth", "--dst_path"),
     (("lite", "kv_qparams"), ["--work_dir", "--turbomind_dir", "--kv_sym", "--num_tp", "--set_quant_policy"],
      ["--work_dir", "w", "--turbomind_dir", "t", "--kv_sim"], "--kv_sim", "--kv_sym"),
     (("lite", "report"), ["--model", "--work_dir", "--group_size", "--calib", "--eval_path", "--threads"],

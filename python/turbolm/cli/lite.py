@@ -1,4 +1,4 @@
-"""`turbolm lite export_hf | calibrate | auto_awq | gptq | smooth_quant | kv_qparams | report` (these need torch:
+"""`turbolm lite export_hf | calibrate | auto_awq | gptq | export_ct | smooth_quant | kv_qparams | report` (these need torch:
 turbolm[lite])."""
 from __future__ import annotations
 
@@ -97,6 +97,20 @@ def gptq(model, **kwargs):
     from turbolm.lite.gptq import gptq as run
 
     run(model, **kwargs)
+
+
+@lite.command("export_ct")
+@click.argument("src")
+@click.option("--dst_path", required=True, help="output folder (refused when not empty, unless --force)")
+@bool_option("--force", help="overwrite a non-empty --dst_path")
+def export_ct(src, dst_path, force):
+    """Re-save an AWQ or GPTQ checkpoint as compressed-tensors pack-quantized.
+
+    SRC: an AWQ (lite auto_awq, AutoAWQ GEMM) or GPTQ (lite gptq, AutoGPTQ) checkpoint folder. The integers are kept, packed by the compressed-tensors package (W4A16 / W8A16, group-wise, asymmetric), which vLLM, SGLang and transformers load.
+    """
+    from turbolm.lite.export_ct import export_ct as run
+
+    run(src, dst_path, force=force)
 
 
 @lite.command("smooth_quant")
