@@ -203,8 +203,8 @@ def main(model_name: str, model_path: str, model_format: Optional[str] = None, t
         act_type = _pick_act_type(target_name, act_type or (s.act_type if s.act_type != "float" else None))
         group_size = _pick_group_size(s, target_name, group_size, tp)
         TARGETS[target_name].validate(s, tp, group_size)
-        int8_linears = mixed_recipe(mixed, s.num_layer) if mixed else []
-        if int8_linears and (target_name != "int4" or s.src_dtype in QUANTIZED_SRC):
+        int8_linears = mixed_recipe(mixed, s.num_layer) if mixed else list(s.int8_linears)
+        if mixed and (target_name != "int4" or s.src_dtype in QUANTIZED_SRC):
             raise UserError(f"--mixed keeps some linears at int8 in an int4 workspace quantized here: it needs "
                             f"--weight-type int4 and an fp16/bf16/fp32 source (this is {s.src_dtype} -> {target_name})")
 

@@ -92,6 +92,7 @@ class ModelSpec:
     rope_freq_factors: tuple = ()      # per rotary pair divisors (yarn, longrope short, GGUF rope_freqs)
     rope_long_freq_factors: tuple = ()  # longrope past rope_original_max_position_embeddings
     rope_attention_factor: float = 1.0
+    int8_linears: tuple = ()           # a mixed-precision quantized source: its int8 linears ("i.w_qkv", ...)
 
     def arch_config(self) -> dict:
         """The config.ini keys of the architecture switches."""

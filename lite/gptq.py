@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from typing import Dict, List, Optional
 
@@ -35,15 +36,35 @@ SEQUENTIAL = (("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), ("se
               ("mlp.gate_proj", "mlp.up_proj"), ("mlp.down_proj",))
 
 
+# The workspace's linears (convert --mixed names) -> the HF modules they hold.
+WORKSPACE_MODULES = {"w_qkv": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), "wo": ("self_attn.o_proj",),
+                     "w1": ("mlp.gate_proj",), "w3": ("mlp.up_proj",), "w2": ("mlp.down_proj",)}
+
+
+def int8_modules(mixed: Optional[str], num_layers: int) -> List[str]:
+    """The HF module names a --mixed recipe (converter/quant.py) keeps at 8 bits."""
+    from turbolm.converter.quant import mixed_recipe
+
+    if not mixed:
+        return []
+    out = []
+    for entry in mixed_recipe(mixed, num_layers):
+        i, name = entry.split(".")
+        out += [f"model.layers.{i}.{m}" for m in WORKSPACE_MODULES[name]]
+    return out
+
+
 def quantization_config(bits: int, group_size: int, act_order: bool, sym: bool, damp: float,
-                        true_sequential: bool) -> dict:
+                        true_sequential: bool, wide=()) -> dict:
     """config.json's quantization_config (and quantize_config.json) as AutoGPTQ / GPTQModel write it.
     Act-order uses static groups, so g_idx stays i // G and desc_act can be declared false to
     loaders (the checkpoint is exactly a non-act-order one); the search order is recorded apart."""
     return {"quant_method": "gptq", "bits": bits, "group_size": group_size, "desc_act": False, "sym": sym,
             "damp_percent": damp, "static_groups": bool(act_order), "true_sequential": true_sequential,
             "checkpoint_format": "gptq", "lm_head": False, "quantizer": ["turbolm"],
-            "turbolm_act_order": bool(act_order)}
+            "turbolm_act_order": bool(act_order),
+            # GPTQModel's per-module overrides: "+:REGEX" -> {bits}; the modules kept at 8 bits
+            **({"dynamic": {f"+:^{re.escape(m)}$": {"bits": 8} for m in wide}} if wide else {})}
 
 
 class _Hessians:
@@ -81,11 +102,12 @@ def _run(layer, hidden, out, kwargs, device):
 
 
 @torch.no_grad()
-def gptq_layer(layer, hidden, kwargs, device, groups, bits: int, group: int, damp: float, act_order: bool,
+def gptq_layer(layer, hidden, kwargs, device, groups, bits, group: int, damp: float, act_order: bool,
                sym: bool) -> Dict[str, tuple]:
     """GPTQ of one decoder layer's Linears, group by group (``groups``: tuples of names sharing an
     input), each group's Hessians measured with the earlier groups already quantized. Every weight
-    is replaced by its dequantized self; returns ``{name: (q, scales, zeros, loss)}``."""
+    is replaced by its dequantized self; returns ``{name: (q, scales, zeros, loss)}``. ``bits``: an
+    int, or ``{name: bits}`` for every name (mixed precision)."""
     out = {}
     for names in groups:
         hooks = _Hessians(layer, names)
@@ -95,7 +117,8 @@ def gptq_layer(layer, hidden, kwargs, device, groups, bits: int, group: int, dam
             hooks.remove()
         for n in names:
             fc = layer.get_submodule(n)
-            q, s, z, loss = gptq_quantize(fc.weight.data, hooks.hessian(n), bits, group, damp, act_order, sym)
+            b = bits[n] if isinstance(bits, dict) else bits
+            q, s, z, loss = gptq_quantize(fc.weight.data, hooks.hessian(n), b, group, damp, act_order, sym)
             deq = ((q.float().reshape(q.shape[0], -1, group) - z.unsqueeze(-1)) * s.unsqueeze(-1)).reshape(q.shape)
             fc.weight.data.copy_(deq.to(fc.weight.dtype))  # later groups and layers see the quantized one
             out[n] = (q, s, z, loss)
@@ -106,7 +129,7 @@ def gptq_layer(layer, hidden, kwargs, device, groups, bits: int, group: int, dam
 def gptq(model: str, w_bits: int = 4, w_group_size: int = 128, work_dir: str = "./work_dir",
          calib_dataset: Optional[str] = None, calib_samples: Optional[int] = None,
          calib_seqlen: Optional[int] = None, device: str = "cpu", damp_percent: float = 0.01,
-         act_order=False, sym=True, true_sequential=True) -> None:
+         act_order=False, sym=True, true_sequential=True, mixed: Optional[str] = None) -> None:
     """Quantize ``model`` (HF dir) with GPTQ and save a GPTQ checkpoint in ``work_dir``."""
     calib_dataset, calib_samples, calib_seqlen = calib_settings(work_dir, calib_dataset, calib_samples,
                                                                 calib_seqlen)
@@ -119,6 +142,7 @@ def gptq(model: str, w_bits: int = 4, w_group_size: int = 128, work_dir: str = "
         raise UserError(f"--damp_percent {damp_percent} must be in (0, 1) (0.01 is usual)")
     config = load_config(model)
     group = check_group_size(w_group_size, bits, config)
+    wide = set(int8_modules(mixed, config.num_hidden_layers))  # checks the recipe before any work
     if int(calib_samples) <= 0 or int(calib_seqlen) <= 0:
         raise UserError(f"calib_samples ({calib_samples}) and calib_seqlen ({calib_seqlen}) must be positive")
     load_text(calib_dataset, budget_chars=0)
@@ -137,10 +161,11 @@ def gptq(model: str, w_bits: int = 4, w_group_size: int = 128, work_dir: str = "
     for i in tqdm(range(len(layers)), desc=f"gptq w{bits} g{group}", unit="layer"):
         prefix = f"model.layers.{i}."
         with OnDevice(layers[i], device) as layer:
-            for n, (q, s, z, loss) in gptq_layer(layer, hidden, kwargs, device, groups, bits, group, damp,
+            widths = {n: 8 if prefix + n in wide else bits for names in groups for n in names}
+            for n, (q, s, z, loss) in gptq_layer(layer, hidden, kwargs, device, groups, widths, group, damp,
                                                  act_order, sym).items():
                 losses.append(loss)
-                qw, qz, sc, g_idx = pack_gptq(q.cpu().numpy(), z.cpu().numpy(), s.cpu().numpy(), bits)
+                qw, qz, sc, g_idx = pack_gptq(q.cpu().numpy(), z.cpu().numpy(), s.cpu().numpy(), widths[n])
                 for suffix, arr in (("qweight", qw), ("qzeros", qz), ("scales", sc), ("g_idx", g_idx)):
                     packed[f"{prefix}{n}.{suffix}"] = torch.from_numpy(arr)
                 bias = layer.get_submodule(n).bias
@@ -148,11 +173,12 @@ def gptq(model: str, w_bits: int = 4, w_group_size: int = 128, work_dir: str = "
                     packed[f"{prefix}{n}.bias"] = bias.data.to("cpu", torch.float16)
             _run(layer, hidden, out, kwargs, device)
         hidden, out = out, hidden
-    qc = quantization_config(bits, group, act_order, sym, damp, true_sequential)
+    qc = quantization_config(bits, group, act_order, sym, damp, true_sequential, sorted(wide))
     save_quantized(work_dir, hf_model, packed, qc, model, tokenizer)
     with open(os.path.join(work_dir, "quantize_config.json"), "w") as f:
         json.dump(qc, f, indent=2)
     save_record(work_dir, calib_dataset, calib_samples, calib_seqlen)
-    print(f"gptq: {len(layers)} layers, w{bits} g{group}{' act-order' if act_order else ''}, "
+    print(f"gptq: {len(layers)} layers, w{bits} g{group}{' act-order' if act_order else ''}"
+          f"{f', {len(wide)} modules at 8 bits ({mixed})' if wide else ''}, "
           f"{data.shape[0]} x {data.shape[1]} tokens, mean loss {sum(losses) / len(losses):.4g}, "
           f"{time.time() - t0:.1f}s; GPTQ checkpoint in {work_dir}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 
 import numpy as np
@@ -63,6 +64,27 @@ class GPTQSource(AWQSource):
         if qc.get("lm_head"):
             raise UserError(f"{cfg_path}: a quantized lm_head is not supported")
         self.warned = False
+        # GPTQModel's per-module overrides: {"+:REGEX" (or "REGEX"): {bits, group_size}, "-:REGEX": skipped}
+        self.dynamic = []
+        for key, over in (qc.get("dynamic") or {}).items():
+            if key.startswith("-:"):
+                raise UserError(f"{cfg_path}: dynamic '{key}' leaves modules unquantized; every decoder linear "
+                                "must be quantized")
+            over = over or {}
+            if int(over.get("group_size", self.group_size)) != self.group_size or \
+                    int(over.get("bits", self.bits)) not in SUPPORTED_BITS:
+                raise UserError(f"{cfg_path}: dynamic '{key}' {over}: only bits 4 / 8 at the checkpoint's group "
+                                "size are supported")
+            try:
+                self.dynamic.append((re.compile(key[2:] if key.startswith("+:") else key), int(over.get("bits", self.bits))))
+            except re.error:
+                raise UserError(f"{cfg_path}: dynamic key '{key}' is not a regular expression") from None
+
+    def _bits_of(self, module: str) -> int:
+        for rx, bits in self.dynamic:
+            if rx.search(module):
+                return bits
+        return self.bits
 
     def _expected(self, name: str, key: str, shape: tuple) -> dict:
         from .awq import LINEAR_KEYS
@@ -70,11 +92,12 @@ class GPTQSource(AWQSource):
         if key not in LINEAR_KEYS:
             return {name: shape}
         out, n_in = shape
-        per, G = 32 // self.bits, self.group_size
-        if out % per or n_in % per or n_in % G:
-            raise UserError(f"{self.model_path}: {name}: [{out}, {n_in}] does not fit {self.bits}-bit GPTQ packing "
-                            f"with group size {G}")
         b = self._base(name)
+        bits = self._bits_of(b)
+        per, G = 32 // bits, self.group_size
+        if out % per or n_in % per or n_in % G:
+            raise UserError(f"{self.model_path}: {name}: [{out}, {n_in}] does not fit {bits}-bit GPTQ packing "
+                            f"with group size {G}")
         return {f"{b}.qweight": (n_in // per, out), f"{b}.qzeros": (n_in // G, out // per),
                 f"{b}.scales": (n_in // G, out), f"{b}.g_idx": (n_in,)}
 
@@ -90,16 +113,33 @@ class GPTQSource(AWQSource):
                 raise UserError(f"{self.model_path}: {b}.bias is not zero; MLP biases are not supported by the "
                                 "workspace format")
         qweight, qzeros, scales, g_idx = (raw(f"{b}.{s}") for s in ("qweight", "qzeros", "scales", "g_idx"))
-        G = self.group_size
+        G, bits = self.group_size, self._bits_of(b)
         if np.array_equal(np.asarray(g_idx), np.arange(len(g_idx)) // G):
             q, z, s = unpack_gptq(qweight, qzeros, scales.view(np.float16) if scales.dtype == np.uint16 else scales,
-                                  self.bits, self.zero_offset)
-            return QuantLinear(q, s.T.copy(), z.T.copy(), self.bits, G)
+                                  bits, self.zero_offset)
+            return QuantLinear(q, s.T.copy(), z.T.copy(), bits, G)
         if not self.warned:
             print(f"turbolm convert: {self.model_path} was quantized with act-order and scattered groups (g_idx); "
                   f"the runtime needs contiguous groups, so its linears are dequantized and re-quantized (RTN, "
                   f"group {G}): expect a little more error than the checkpoint's own", file=sys.stderr)
             self.warned = True
         sc = scales.view(np.float16) if scales.dtype == np.uint16 else scales
-        w = dequantize_gptq(qweight, qzeros, sc, g_idx, self.bits, self.zero_offset)
-        return quantize_rtn(w, self.bits, G)
+        w = dequantize_gptq(qweight, qzeros, sc, g_idx, bits, self.zero_offset)
+        return quantize_rtn(w, bits, G)
+
+    def _check_tensors(self) -> None:
+        super()._check_tensors()
+        # mixed widths (dynamic): the workspace's int8 linears; q, k, v share w_qkv, so one width
+        homes = {"w_qkv": ("q", "k", "v"), "wo": ("o",), "w1": ("gate",), "w3": ("up",), "w2": ("down",)}
+        wide = []
+        for i in range(self.spec.num_layer):
+            for home, keys in homes.items():
+                widths = {self._bits_of(self._base(self._name(i, k))) for k in keys}
+                if len(widths) > 1:
+                    raise UserError(f"{self.model_path}: layer {i} has q/k/v at different widths {sorted(widths)}; "
+                                    "the workspace keeps them in one matrix (w_qkv)")
+                if widths.pop() != self.bits:
+                    if self.bits != 4:
+                        raise UserError(f"{self.model_path}: mixed widths need a 4-bit checkpoint with 8-bit overrides")
+                    wide.append(f"{i}.{home}")
+        self.spec.int8_linears = tuple(wide)

@@ -52,10 +52,11 @@ class IntTarget(Fp16Target):
     def _quant(self, name: str, w, bits: int = 0) -> QuantLinear:
         if bits and bits != self.bits and not isinstance(w, QuantLinear):
             return quantize_rtn(w, bits, self.group_size)
+        want = bits or self.bits
         if isinstance(w, QuantLinear):
-            if w.bits == self.bits and w.group_size != self.group_size and w.group_size % self.group_size == 0:
+            if w.bits == want and w.group_size != self.group_size and w.group_size % self.group_size == 0:
                 w = w.regroup(self.group_size)  # per-channel sources: one group per row, split to the workspace's
-            if w.bits != self.bits or w.group_size != self.group_size:
+            if w.bits != want or w.group_size != self.group_size:
                 raise UserError(f"{name}: the checkpoint is {w.bits}-bit with group size {w.group_size}; it converts "
                                 f"to weight_type int{w.bits} --group-size {w.group_size} only")
             return w

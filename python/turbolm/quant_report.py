@@ -41,7 +41,7 @@ def _default_data_dir() -> str:
 
 DATA_DIR = _default_data_dir()
 MODES = ("fp16", "fp16+bf16", "fp16+kv8", "rtn-int4", "rtn-int4+a8", "awq-int4", "awq-int4+a8", "awq-int4+kv8",
-         "gptq-int4", "gptq-int4+a8", "awq-gptq-int4", "rtn-int4-q4km", "rtn-int8", "rtn-int8+a8", "w8a8")
+         "gptq-int4", "gptq-int4+a8", "awq-gptq-int4", "rtn-int4-q4km", "gptq-int4-q4km", "rtn-int8", "rtn-int8+a8", "w8a8")
 # A mode's suffix: its base mode's workspace, run with another act_type.
 ACT_SUFFIXES = {"+a8": "int8", "+bf16": "bf16"}
 
@@ -188,9 +188,9 @@ def build(model: str, work: str, group_size: int, calib: str, calib_samples: int
         if not done("w8a8"):
             convert("base", w8a8, dst_path=ws("w8a8"), force=True)
         out["w8a8"] = wd("w8a8")
-    if "gptq-int4" in need:
-        from turbolm.lite.gptq import gptq
+    from turbolm.lite.gptq import gptq
 
+    if "gptq-int4" in need:
         gq = os.path.join(work, "gptq")
         if not os.path.isfile(os.path.join(gq, "config.json")):
             # asymmetric with act-order: the best GPTQ setting on SmolLM2 (symmetric: +44% ppl, plain: +33%)
@@ -198,6 +198,14 @@ def build(model: str, work: str, group_size: int, calib: str, calib_samples: int
         if not done("gptq-int4"):
             convert("base", gq, dst_path=ws("gptq-int4"), force=True)
         out["gptq-int4"] = wd("gptq-int4")
+    if "gptq-int4-q4km" in need:  # GPTQ with llama.cpp Q4_K_M's layers' w_qkv / w2 at 8 bits
+        gm = os.path.join(work, "gptq-q4km")
+        if not os.path.isfile(os.path.join(gm, "config.json")):
+            gptq(model, 4, group_size, gm, calib, calib_samples, calib_seqlen, act_order=True, sym=False,
+                 mixed="q4_k_m")
+        if not done("gptq-int4-q4km"):
+            convert("base", gm, dst_path=ws("gptq-int4-q4km"), force=True)
+        out["gptq-int4-q4km"] = wd("gptq-int4-q4km")
     if "awq-gptq-int4" in need:  # AWQ's smoothing, then GPTQ rounding (auto_awq --gptq)
         ag = os.path.join(work, "awq-gptq")
         if not os.path.isfile(os.path.join(ag, "config.json")):

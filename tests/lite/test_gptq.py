@@ -222,3 +222,49 @@ def test_awq_scales_then_gptq_rounding(tiny_model, calib_txt, tmp_path):
     got = m.forward([(tokens[:100], 0, list(range(64)), 2)])
     ref = hf(load_awq_dequantized(str(tmp_path / "gptq")), int8_head=True)[:100]
     assert np.abs(got - ref).max() / np.abs(ref).max() <= 5e-3
+
+
+def test_mixed_gptq_checkpoint_converts_to_a_mixed_workspace(tiny_model, calib_txt, tmp_path):
+    """lite gptq --mixed edges: the first and last layers' q/k/v and down at 8 bits, declared as
+    GPTQModel `dynamic` overrides; convert reads each module at its width into int8_linears and
+    the runtime equals HF on the checkpoint's dequantized weights."""
+    from safetensors.numpy import load_file
+
+    from turbolm import _turbomind
+    from turbolm.config import read_config_ini
+    from turbolm.converter.main import main as convert
+    from turbolm.converter.quant import quantize_lm_head
+    from turbolm.lite.gptq import gptq
+    from transformers import AutoModelForCausalLM
+
+    model_dir = tiny_model("mha")  # 3 layers: edges = layers 0 and 2
+    work = str(tmp_path / "gptq")
+    torch.set_num_threads(1)
+    gptq(model_dir, 4, 64, work, calib_txt, 4, 128, sym=False, mixed="edges")
+    qc = json.load(open(os.path.join(work, "config.json")))["quantization_config"]
+    assert len(qc["dynamic"]) == 8 and all(v == {"bits": 8} for v in qc["dynamic"].values())
+    sd = load_file(os.path.join(work, "model.safetensors"))
+    assert sd["model.layers.0.mlp.down_proj.qweight"].shape == (512 // 4, 256)  # 8 bits: 4 a word
+    assert sd["model.layers.1.mlp.down_proj.qweight"].shape == (512 // 8, 256)
+    ws = str(tmp_path / "ws")
+    convert("base", work, dst_path=ws)
+    wdir = os.path.join(ws, "triton_models", "weights")
+    assert read_config_ini(os.path.join(wdir, "config.ini"))["int8_linears"] == "0.w2,0.w_qkv,2.w2,2.w_qkv"
+    m = _turbomind.LlamaModel(wdir, num_threads=2)
+    m.allocate_kv(64)
+    tokens = [int(t) for t in np.random.RandomState(0).randint(3, 1000, size=100)]
+    got = m.forward([(tokens, 0, list(range(64)), 2)])
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            base = name[:-len(".weight")]
+            if base + ".qweight" in sd:
+                bits = 8 if f"+:^{base.replace('.', chr(92) + '.')}$" in qc["dynamic"] else 4
+                p.copy_(torch.from_numpy(dequantize_gptq(sd[base + ".qweight"], sd[base + ".qzeros"],
+                                                         sd[base + ".scales"], sd[base + ".g_idx"], bits)))
+            else:
+                p.copy_(p.half().float())
+        head = model.get_output_embeddings()
+        head.weight = torch.nn.Parameter(torch.from_numpy(quantize_lm_head(head.weight.numpy())), requires_grad=False)
+        ref = model(torch.tensor([tokens])).logits[0].numpy()
+    assert np.abs(got - ref).max() / np.abs(ref).max() <= 5e-3

@@ -55,7 +55,7 @@ COMMANDS = [
                             "--search_clip", "--search_tokens"], ["--model", "m", "--w_bit", "4"], "--w_bit",
      "--w_bits"),
     (("lite", "gptq"), ["--model", "--w_bits", "--w_group_size", "--work_dir", "--calib_dataset", "--damp_percent",
-                        "--act_order", "--sym", "--true_sequential"], ["--model", "m", "--act-ordr"], "--act_ordr",
+                        "--act_order", "--sym", "--true_sequential", "--mixed"], ["--model", "m", "--act-ordr"], "--act_ordr",
      "--act_order"),
     (("lite", "export_ct"), ["--dst_path", "--force"], ["SRC", "--dst-pth", "x"], "--dst_pth", "--dst_path"),
     (("lite", "kv_qparams"), ["--work_dir", "--turbomind_dir", "--kv_sym", "--num_tp", "--set_quant_policy"],

@@ -89,6 +89,8 @@ def auto_awq(model, **kwargs):
 @bool_option("--act_order", default=False, help="quantize columns by decreasing activation (static groups)")
 @bool_option("--sym", default=True, help="symmetric quantization (zero point 2^(bits-1)), as vLLM's fast kernels want")
 @bool_option("--true_sequential", default=True, help="quantize q/k/v, o, gate/up, down in turn within a layer")
+@click.option("--mixed", default=None, help="keep some linears at 8 bits: q4_k_m | edges | LAYER.NAME,... (as convert "
+              "--mixed; written as GPTQModel `dynamic` overrides)")
 def gptq(model, **kwargs):
     """GPTQ int4 (or int8) weights: writes a GPTQ checkpoint.
 
