@@ -67,6 +67,8 @@ def write_gguf(path, sd, cfg, q8_names, rope_linear=None, rope_freqs=False, arch
         w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
         w.add_rope_scaling_factor(params["factor"])
     gemma = arch.startswith("gemma")
+    if arch == "mistral" and getattr(cfg, "sliding_window", None):
+        w.add_sliding_window(cfg.sliding_window)
     if gemma:  # what convert_hf_to_gguf.py writes for Gemma 2/3
         w.add_key_length(cfg.head_dim)
         w.add_value_length(cfg.head_dim)
@@ -118,9 +120,9 @@ def write_gguf(path, sd, cfg, q8_names, rope_linear=None, rope_freqs=False, arch
     stored = {}
     for hf_name, g_name in names.items():
         x = sd.get(hf_name, sd["model.embed_tokens.weight"]) if hf_name == "lm_head.weight" else sd[hf_name]
-        if arch == "llama" and g_name.endswith("attn_q.weight"):  # only llama.cpp's LLaMA converter permutes
+        if arch in ("llama", "mistral") and g_name.endswith("attn_q.weight"):  # llama.cpp's LLaMA converters permute
             x = llama_cpp_permute(x, H)
-        elif arch == "llama" and g_name.endswith("attn_k.weight"):
+        elif arch in ("llama", "mistral") and g_name.endswith("attn_k.weight"):
             x = llama_cpp_permute(x, KV)
         if hf_name in q8_names:
             kind = types.get(hf_name, qtype)
@@ -224,7 +226,7 @@ def llama_cpp_rope_freqs(cfg):
 
 @pytest.mark.parametrize("arch,variant", [("qwen2", "bias"), ("qwen3", "qwen3"), ("phi3", "phi3"),
                                           ("gemma2", "gemma2"), ("gemma3", "gemma3"), ("qwen2", "yarn"),
-                                          ("llama", "llama3rope")])
+                                          ("llama", "llama3rope"), ("mistral", "mistral_swa")])
 def test_qwen_gguf_gives_the_hf_routes_tokens(tiny_model, tmp_path, arch, variant):
     """A Qwen2 GGUF (llama.cpp's qwen2 architecture: q/k/v bias, rows not permuted), a Qwen3 one
     (qwen3: per-head q/k RMSNorm, no bias), a Phi-3 one (phi3: fused attn_qkv and gate/up in
