@@ -281,3 +281,18 @@ def test_gptq_v1_zeros_and_scattered_act_order_groups(tiny_model, tmp_path, caps
     ws_ao = convert_to(tmp_path / "c", ao, 1)
     assert "act-order and scattered groups" in capsys.readouterr().err
     _same_files(ws_ao, convert_to(tmp_path / "d", str(hf), 1, weight_type="int4", group_size=64))
+
+
+def test_quantized_checkpoints_of_fused_architectures_are_refused(tiny_model, tmp_path):
+    """Phi-3 keeps q/k/v and gate/up fused: an AWQ or GPTQ checkpoint of it is refused with what to
+    do (convert the fp16 checkpoint with --weight_type), not misread."""
+    from turbolm.errors import UserError
+
+    model_dir = tiny_model("phi3")
+    awq = make_awq_checkpoint(model_dir, str(tmp_path / "awq"), 4, 64)
+    with pytest.raises(UserError, match="fused projections.*--weight_type int4"):
+        convert("base", awq, dst_path=str(tmp_path / "ws"))
+    gptq, _ = make_gptq_checkpoint(model_dir, str(tmp_path / "gptq"), 4, 64)
+    with pytest.raises(UserError, match="fused projections"):
+        convert("base", gptq, dst_path=str(tmp_path / "ws2"))
+    assert not os.path.exists(tmp_path / "ws") and not os.path.exists(tmp_path / "ws2")
