@@ -169,6 +169,9 @@ WORKSPACE_LINEARS = ("w_qkv", "wo", "w1", "w3", "w2")
 def mixed_recipe(recipe: str, num_layer: int) -> List[str]:
     """A recipe name (``MIXED_RECIPES``) or an explicit list ``"0.w_qkv,0.w2,29.w2"`` -> entries."""
     recipe = str(recipe).strip()
+    if recipe.startswith("auto"):
+        raise UserError(f"--mixed {recipe}: choosing linears by measured sensitivity needs calibration data; "
+                        f"run `turbolm lite gptq --mixed {recipe}` and convert its checkpoint")
     if recipe in MIXED_RECIPES:
         return MIXED_RECIPES[recipe](num_layer)
     out = []

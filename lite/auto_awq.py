@@ -24,11 +24,12 @@ from turbolm.errors import UserError
 
 from .awq_checkpoint import save_awq
 from .awq_pack import pack_awq
-from .awq_search import SearchConfig, capture_inputs, smooth_and_clip_layer
+from .awq_search import SearchConfig, capture_inputs, input_importance, smooth_and_clip_layer
 from .calib_data import RECORD_FILE, get_calib_data, load_record, load_text, save_record
 from .calibrate import CalibStats, check_device, run_layerwise
 from .kv_qparams import parse_bool
 from .model_utils import LINEARS, load_config, load_model, model_info
+from .qparams_search import parse_grid
 from .quantize import check_bits, quantize
 
 
@@ -88,20 +89,21 @@ def calib_settings(work_dir: str, calib_dataset: Optional[str], calib_samples: O
     return calib_dataset, int(calib_samples), int(calib_seqlen)
 
 
-def gptq_round_layer(layer, hidden, layer_kwargs, bits: int, group: int, damp: float = 0.01) -> dict:
+def gptq_round_layer(layer, hidden, layer_kwargs, bits: int, group: int, damp: float = 0.01, search: int = 0) -> dict:
     """GPTQ of each Linear of an (already smoothed) layer, in q/k/v, o, gate/up, down order: its
     weight replaced by the dequantized result; returns ``{name: (q, zeros, scales)}`` to pack."""
     from .gptq import SEQUENTIAL, gptq_layer
 
     device = layer.self_attn.q_proj.weight.device
-    done = gptq_layer(layer, hidden, layer_kwargs, device, SEQUENTIAL, bits, group, damp, False, False)
+    done = gptq_layer(layer, hidden, layer_kwargs, device, SEQUENTIAL, bits, group, damp, False, False,
+                      search)
     return {n: (q.to(torch.int32), z.to(torch.int32), s) for n, (q, s, z, _) in done.items()}
 
 
 def auto_awq(model: str, w_bits: int = 4, w_group_size: int = 128, work_dir: str = "./work_dir",
              calib_dataset: Optional[str] = None, calib_samples: Optional[int] = None,
              calib_seqlen: Optional[int] = None, device: str = "cpu", search_clip=True,
-             search_tokens: int = 2048, gptq=False) -> None:
+             search_tokens: int = 2048, gptq=False, scale_search=0) -> None:
     """Quantize ``model`` (HF dir) and save an AWQ checkpoint plus calibration stats in ``work_dir``.
     ``calib_dataset`` None: the set `lite calibrate` recorded in ``work_dir`` (``calib_settings``)."""
     # Every check that needs no weights comes before any work.
@@ -111,6 +113,7 @@ def auto_awq(model: str, w_bits: int = 4, w_group_size: int = 128, work_dir: str
     device = check_device(device)
     clip = parse_bool(search_clip, "search_clip")
     use_gptq = parse_bool(gptq, "gptq")
+    search = parse_grid(scale_search)
     config = load_config(model)
     group = check_group_size(w_group_size, bits, config)
     if int(calib_samples) <= 0 or int(calib_seqlen) <= 0:
@@ -136,10 +139,12 @@ def auto_awq(model: str, w_bits: int = 4, w_group_size: int = 128, work_dir: str
         summaries.append(smooth_and_clip_layer(layer, inputs, absmean, layer_kwargs, cfg, info.num_heads,
                                                info.num_kv_heads, info.head_dim))
         # GPTQ rounding of the smoothed weights (asymmetric), Hessians over all samples; else RTN
-        rounded = gptq_round_layer(layer, hidden, layer_kwargs, bits, group) if use_gptq else {}
+        rounded = gptq_round_layer(layer, hidden, layer_kwargs, bits, group, search=search) if use_gptq else {}
+        imps = input_importance(layer, x, layer_kwargs) if search and not use_gptq else {}
         for n in LINEARS:
             fc = layer.get_submodule(n)
-            q, zeros, scales = rounded[n] if n in rounded else quantize(fc.weight.data, bits, group)
+            q, zeros, scales = rounded[n] if n in rounded else quantize(fc.weight.data, bits, group, imps.get(n),
+                                                                          search)
             qweight, qzeros, sc = pack_awq(q.cpu().numpy(), zeros.cpu().numpy(), scales.cpu().numpy(), bits)
             packed[prefix + n + ".qweight"] = torch.from_numpy(qweight)
             packed[prefix + n + ".qzeros"] = torch.from_numpy(qzeros)

@@ -76,6 +76,13 @@ def capture_inputs(layer: nn.Module, hidden: torch.Tensor, layer_kwargs: dict) -
     return {"attn": x_attn, "o_proj": caps["o_proj"][0], "mlp": x_mlp, "down_proj": caps["down_proj"][0]}
 
 
+def input_importance(layer: nn.Module, hidden: torch.Tensor, layer_kwargs: dict) -> Dict[str, torch.Tensor]:
+    """``E[x_j^2]`` [in] of every Linear's input (as the layer stands: after smoothing), the weights
+    of the importance-weighted group search (lite/qparams_search.py)."""
+    caps = capture_inputs(layer, hidden, layer_kwargs)
+    return {n: caps[g.inp].reshape(-1, caps[g.inp].shape[-1]).pow(2).mean(0) for g in GROUPS for n in g.linears}
+
+
 def attention(layer: nn.Module, x: torch.Tensor, layer_kwargs: dict) -> torch.Tensor:
     out = layer.self_attn(hidden_states=x, **layer_kwargs)
     return out[0] if isinstance(out, (tuple, list)) else out

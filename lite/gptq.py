@@ -30,39 +30,53 @@ from .gptq_pack import pack_gptq
 from .kv_qparams import parse_bool
 from .model_utils import (OnDevice, decoder_layers, layer0_inputs, layer_output, load_config, load_model,
                           sample_batches)
+from . import sensitivity
+from .qparams_search import parse_grid
 from .quantize import check_bits
+from .sensitivity import WORKSPACE_MODULES, is_auto, parse_auto
 
 SEQUENTIAL = (("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), ("self_attn.o_proj",),
               ("mlp.gate_proj", "mlp.up_proj"), ("mlp.down_proj",))
 
 
-# The workspace's linears (convert --mixed names) -> the HF modules they hold.
-WORKSPACE_MODULES = {"w_qkv": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), "wo": ("self_attn.o_proj",),
-                     "w1": ("mlp.gate_proj",), "w3": ("mlp.up_proj",), "w2": ("mlp.down_proj",)}
-
-
-def int8_modules(mixed: Optional[str], num_layers: int) -> List[str]:
-    """The HF module names a --mixed recipe (converter/quant.py) keeps at 8 bits."""
-    from turbolm.converter.quant import mixed_recipe
-
-    if not mixed:
-        return []
+def modules_of(entries: List[str]) -> List[str]:
+    """HF module names of workspace entries ``LAYER.NAME``."""
     out = []
-    for entry in mixed_recipe(mixed, num_layers):
+    for entry in entries:
         i, name = entry.split(".")
         out += [f"model.layers.{i}.{m}" for m in WORKSPACE_MODULES[name]]
     return out
 
 
+def int8_modules(mixed: Optional[str], num_layers: int) -> List[str]:
+    """The HF module names a --mixed recipe (converter/quant.py) keeps at 8 bits (``auto:BITS``:
+    none yet; chosen once the model is measured)."""
+    from turbolm.converter.quant import mixed_recipe
+
+    if not mixed or is_auto(mixed):
+        return []
+    return modules_of(mixed_recipe(mixed, num_layers))
+
+
+def auto_int8_modules(hf_model, data: torch.Tensor, group: int, mixed: str) -> List[str]:
+    """``--mixed auto:BITS``: the linears measured most sensitive, within the bits budget."""
+    budget = parse_auto(mixed)
+    sample = data[:4, :256]
+    kl = sensitivity.measure(hf_model, sample, group)
+    chosen, bits = sensitivity.choose(kl, sensitivity.sizes(hf_model), group, budget)
+    print(f"gptq: --mixed {mixed}: {len(chosen)} linears at 8 bits ({bits:.2f} bits/weight): {','.join(chosen)}")
+    return modules_of(chosen)
+
+
 def quantization_config(bits: int, group_size: int, act_order: bool, sym: bool, damp: float,
-                        true_sequential: bool, wide=()) -> dict:
+                        true_sequential: bool, wide=(), search: int = 0) -> dict:
     """config.json's quantization_config (and quantize_config.json) as AutoGPTQ / GPTQModel write it.
     Act-order uses static groups, so g_idx stays i // G and desc_act can be declared false to
     loaders (the checkpoint is exactly a non-act-order one); the search order is recorded apart."""
     return {"quant_method": "gptq", "bits": bits, "group_size": group_size, "desc_act": False, "sym": sym,
             "damp_percent": damp, "static_groups": bool(act_order), "true_sequential": true_sequential,
             "checkpoint_format": "gptq", "lm_head": False, "quantizer": ["turbolm"],
-            "turbolm_act_order": bool(act_order),
+            "turbolm_act_order": bool(act_order), "turbolm_scale_search": search,
             # GPTQModel's per-module overrides: "+:REGEX" -> {bits}; the modules kept at 8 bits
             **({"dynamic": {f"+:^{re.escape(m)}$": {"bits": 8} for m in wide}} if wide else {})}
 
@@ -103,7 +117,7 @@ def _run(layer, hidden, out, kwargs, device):
 
 @torch.no_grad()
 def gptq_layer(layer, hidden, kwargs, device, groups, bits, group: int, damp: float, act_order: bool,
-               sym: bool) -> Dict[str, tuple]:
+               sym: bool, search: int = 0) -> Dict[str, tuple]:
     """GPTQ of one decoder layer's Linears, group by group (``groups``: tuples of names sharing an
     input), each group's Hessians measured with the earlier groups already quantized. Every weight
     is replaced by its dequantized self; returns ``{name: (q, scales, zeros, loss)}``. ``bits``: an
@@ -118,7 +132,8 @@ def gptq_layer(layer, hidden, kwargs, device, groups, bits, group: int, damp: fl
         for n in names:
             fc = layer.get_submodule(n)
             b = bits[n] if isinstance(bits, dict) else bits
-            q, s, z, loss = gptq_quantize(fc.weight.data, hooks.hessian(n), b, group, damp, act_order, sym)
+            q, s, z, loss = gptq_quantize(fc.weight.data, hooks.hessian(n), b, group, damp, act_order, sym,
+                                          search)
             deq = ((q.float().reshape(q.shape[0], -1, group) - z.unsqueeze(-1)) * s.unsqueeze(-1)).reshape(q.shape)
             fc.weight.data.copy_(deq.to(fc.weight.dtype))  # later groups and layers see the quantized one
             out[n] = (q, s, z, loss)
@@ -129,7 +144,7 @@ def gptq_layer(layer, hidden, kwargs, device, groups, bits, group: int, damp: fl
 def gptq(model: str, w_bits: int = 4, w_group_size: int = 128, work_dir: str = "./work_dir",
          calib_dataset: Optional[str] = None, calib_samples: Optional[int] = None,
          calib_seqlen: Optional[int] = None, device: str = "cpu", damp_percent: float = 0.01,
-         act_order=False, sym=True, true_sequential=True, mixed: Optional[str] = None) -> None:
+         act_order=False, sym=True, true_sequential=True, mixed: Optional[str] = None, scale_search=10) -> None:
     """Quantize ``model`` (HF dir) with GPTQ and save a GPTQ checkpoint in ``work_dir``."""
     calib_dataset, calib_samples, calib_seqlen = calib_settings(work_dir, calib_dataset, calib_samples,
                                                                 calib_seqlen)
@@ -138,11 +153,14 @@ def gptq(model: str, w_bits: int = 4, w_group_size: int = 128, work_dir: str = "
     act_order, sym = parse_bool(act_order, "act_order"), parse_bool(sym, "sym")
     true_sequential = parse_bool(true_sequential, "true_sequential")
     damp = float(damp_percent)
+    search = parse_grid(scale_search)
     if not 0 < damp < 1:
         raise UserError(f"--damp_percent {damp_percent} must be in (0, 1) (0.01 is usual)")
     config = load_config(model)
     group = check_group_size(w_group_size, bits, config)
     wide = set(int8_modules(mixed, config.num_hidden_layers))  # checks the recipe before any work
+    if is_auto(mixed):
+        parse_auto(mixed)
     if int(calib_samples) <= 0 or int(calib_seqlen) <= 0:
         raise UserError(f"calib_samples ({calib_samples}) and calib_seqlen ({calib_seqlen}) must be positive")
     load_text(calib_dataset, budget_chars=0)
@@ -152,6 +170,8 @@ def gptq(model: str, w_bits: int = 4, w_group_size: int = 128, work_dir: str = "
     t0 = time.time()
     hf_model, tokenizer = load_model(model)
     data = get_calib_data(calib_dataset, tokenizer, calib_samples, calib_seqlen)
+    if is_auto(mixed):
+        wide = set(auto_int8_modules(hf_model, data, group, mixed))
     hidden, kwargs = layer0_inputs(hf_model, data, device)
     out = torch.empty_like(hidden)
     packed: Dict[str, torch.Tensor] = {}
@@ -163,7 +183,7 @@ def gptq(model: str, w_bits: int = 4, w_group_size: int = 128, work_dir: str = "
         with OnDevice(layers[i], device) as layer:
             widths = {n: 8 if prefix + n in wide else bits for names in groups for n in names}
             for n, (q, s, z, loss) in gptq_layer(layer, hidden, kwargs, device, groups, widths, group, damp,
-                                                 act_order, sym).items():
+                                                 act_order, sym, search).items():
                 losses.append(loss)
                 qw, qz, sc, g_idx = pack_gptq(q.cpu().numpy(), z.cpu().numpy(), s.cpu().numpy(), widths[n])
                 for suffix, arr in (("qweight", qw), ("qzeros", qz), ("scales", sc), ("g_idx", g_idx)):
@@ -173,7 +193,7 @@ def gptq(model: str, w_bits: int = 4, w_group_size: int = 128, work_dir: str = "
                     packed[f"{prefix}{n}.bias"] = bias.data.to("cpu", torch.float16)
             _run(layer, hidden, out, kwargs, device)
         hidden, out = out, hidden
-    qc = quantization_config(bits, group, act_order, sym, damp, true_sequential, sorted(wide))
+    qc = quantization_config(bits, group, act_order, sym, damp, true_sequential, sorted(wide), search)
     save_quantized(work_dir, hf_model, packed, qc, model, tokenizer)
     with open(os.path.join(work_dir, "quantize_config.json"), "w") as f:
         json.dump(qc, f, indent=2)

@@ -21,18 +21,26 @@ Quantizer: symmetric by default, as AutoGPTQ: ``scale = 2 max|w| / (2^b - 1)``, 
 asymmetric: ``scale = (max - min) / (2^b - 1)``, ``zero = round(-min / scale)`` (at least 1: the v1
 checkpoint format stores zero - 1). Scales are rounded
 to fp16 first (they are stored so), and ``W = (q - zero) * scale``, the same as lite/quantize.py.
+With ``search > 0`` a group's (scale, zero) are instead searched on that grid for the smallest
+error weighted by ``diag H`` (lite/qparams_search.py), still integer zeros.
 """
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
+
+from .qparams_search import search_qparams
 
 BLOCK = 128  # columns per lazy-update block (the paper's B)
 
 
-def group_params(w: torch.Tensor, bits: int, sym: bool) -> Tuple[torch.Tensor, torch.Tensor]:
-    """``(scale, zero)`` [out, 1] of the columns ``w`` [out, g] of one group."""
+def group_params(w: torch.Tensor, bits: int, sym: bool, imp: Optional[torch.Tensor] = None,
+                 search: int = 0) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(scale, zero)`` [out, 1] of the columns ``w`` [out, g] of one group: min-max, or with
+    ``search`` grid points the ``imp`` [g]-weighted best (lite/qparams_search.py)."""
+    if search:
+        return search_qparams(w, bits, sym, imp, grid=search, zero_min=0 if sym else 1)
     maxq = (1 << bits) - 1
     mx, mn = w.amax(1, keepdim=True).clamp(min=0), w.amin(1, keepdim=True).clamp(max=0)
     if sym:
@@ -69,23 +77,27 @@ def inverse_hessian_factor(H: torch.Tensor, W: torch.Tensor, damp: float) -> tor
 
 @torch.no_grad()
 def gptq_quantize(W: torch.Tensor, H: torch.Tensor, bits: int, group_size: int, damp: float = 0.01,
-                  act_order: bool = False, sym: bool = True) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+                  act_order: bool = False, sym: bool = True,
+                  search: int = 0) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
     """GPTQ of ``W [out, in]`` with input Hessian ``H [in, in]`` (both float32, not modified).
     Returns ``(q uint8 [out, in], scales [out, in/G], zeros [out, in/G], loss)``: original
     column order, ``W ~ (q - zeros) * scales`` per group; ``loss`` is the proxy objective
-    ``sum (w - q)^2 / U_jj^2 / 2`` (the layer's added output error, in H's units)."""
+    ``sum (w - q)^2 / U_jj^2 / 2`` (the layer's added output error, in H's units). ``search``: grid
+    points of the importance-weighted (scale, zero) search, 0 for min-max."""
     W = W.detach().float().clone()
     H = H.detach().float()
     out_f, in_f = W.shape
     G = group_size
     n_groups = in_f // G
+    imp = torch.diag(H).clone()  # [in] original order: each input's importance for the group search
     W[:, torch.diag(H) == 0] = 0  # dead inputs (inverse_hessian_factor fixes their H entries)
     scales = torch.zeros(out_f, n_groups, device=W.device)
     zeros = torch.zeros(out_f, n_groups, device=W.device)
     if act_order:  # static groups: each group's parameters from the original weights
         perm = torch.argsort(torch.diag(H), descending=True)
         for g in range(n_groups):
-            scales[:, g:g + 1], zeros[:, g:g + 1] = group_params(W[:, g * G:(g + 1) * G], bits, sym)
+            scales[:, g:g + 1], zeros[:, g:g + 1] = group_params(W[:, g * G:(g + 1) * G], bits, sym,
+                                                                 imp[g * G:(g + 1) * G], search)
         W, H = W[:, perm], H[perm][:, perm]
     else:
         perm = torch.arange(in_f, device=W.device)
@@ -101,7 +113,7 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, bits: int, group_size: int, 
             g = col // G
             if not act_order and col % G == 0:  # a group's first column: its parameters from W as it stands
                 cols = torch.cat([Wb[:, j:], W[:, b1:]], 1)[:, :G]  # later blocks: not yet lazily updated
-                scales[:, g:g + 1], zeros[:, g:g + 1] = group_params(cols, bits, sym)
+                scales[:, g:g + 1], zeros[:, g:g + 1] = group_params(cols, bits, sym, imp[col:col + G], search)
             s, z = scales[:, g], zeros[:, g]
             w = Wb[:, j]
             q = quant_col(w, s, z, bits)

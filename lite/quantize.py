@@ -6,11 +6,13 @@ For a weight ``W [out, in]`` and group size ``G`` along ``in``, per (row, group)
 """
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 
 from turbolm.errors import UserError
+
+from .qparams_search import search_qparams
 
 SUPPORTED_BITS = (4, 8)
 
@@ -25,14 +27,20 @@ def check_bits(w_bits) -> int:
     return bits
 
 
-def quantize(w: torch.Tensor, bits: int, group_size: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(q int32 [out, in], zeros int32 [out, in/G], scales float32 [out, in/G])``; scales are fp16 values."""
+def quantize(w: torch.Tensor, bits: int, group_size: int, imp: Optional[torch.Tensor] = None,
+             search: int = 0) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(q int32 [out, in], zeros int32 [out, in/G], scales float32 [out, in/G])``; scales are fp16 values.
+    ``search`` > 0: each group's (scale, zero) from the ``imp`` [in]-weighted grid search instead of min-max."""
     out_f, in_f = w.shape
     g = w.float().reshape(out_f, in_f // group_size, group_size)
     max_int = (1 << bits) - 1
-    mx, mn = g.amax(-1, keepdim=True), g.amin(-1, keepdim=True)
-    scales = ((mx - mn).clamp(min=1e-5) / max_int).to(torch.float16).float()
-    zeros = (-torch.round(mn / scales)).clamp(0, max_int)
+    if search:
+        weight = None if imp is None else imp.float().reshape(1, in_f // group_size, group_size)
+        scales, zeros = search_qparams(g, bits, False, weight, grid=search)
+    else:
+        mx, mn = g.amax(-1, keepdim=True), g.amin(-1, keepdim=True)
+        scales = ((mx - mn).clamp(min=1e-5) / max_int).to(torch.float16).float()
+        zeros = (-torch.round(mn / scales)).clamp(0, max_int)
     q = torch.clamp(torch.round(g / scales) + zeros, 0, max_int)
     return (q.reshape(out_f, in_f).to(torch.int32), zeros.squeeze(-1).to(torch.int32), scales.squeeze(-1))
 

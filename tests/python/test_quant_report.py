@@ -16,7 +16,7 @@ def test_kv8_close_to_fp16_and_awq_beats_rtn(smollm2_hf, tmp_path):
     r = report(smollm2_hf, str(tmp_path / "report"), group_size=64, calib_samples=4, calib_seqlen=128,
                eval_chars=8000, seqlen=256, threads=2,
                modes=("fp16", "fp16+kv8", "rtn-int4", "rtn-int4+a8", "rtn-int4-q4km", "awq-int4", "gptq-int4",
-                      "w8a8") + bf16)
+                      "gptq-int4-auto5", "w8a8") + bf16)
     assert abs(r["rtn-int4+a8"] / r["rtn-int4"] - 1) < 0.02, r
     assert abs(r["w8a8"] / r["fp16"] - 1) < 0.03, r
     if bf16:
@@ -35,4 +35,6 @@ def test_kv8_close_to_fp16_and_awq_beats_rtn(smollm2_hf, tmp_path):
     assert rows["gptq-int4"]["linears"] == pytest.approx(4.5)
     assert 4.5 < rows["rtn-int4"]["model"] < 16 and all(r["decode"] > 0 for r in rows.values())
     assert 4.5 < rows["rtn-int4-q4km"]["linears"] < 6
+    # --mixed auto:5: the most sensitive linears at 8 bits, the decoder linears within 5 bits per weight
+    assert 4.5 < rows["gptq-int4-auto5"]["linears"] <= 5.0 and r["gptq-int4-auto5"] < r["rtn-int4"], r
     assert r["fp16"] < r["awq-int4"], r  # int4 costs something; the report is not comparing the same model

