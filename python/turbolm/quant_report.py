@@ -287,11 +287,11 @@ def report(model: Optional[str] = None, work_dir: str = "./quant_report", group_
           f"{len(windows)} x {seqlen} tokens); group size {group_size}; calibration {calib_name} "
           f"({calib_samples} x {calib_seqlen}); {time.time() - t0:.0f}s; CPU: {features}")
     base = result.get("fp16")
-    print(f"  {'mode':14s} {'ppl':>10s} {'vs fp16':>9s} {'bits/w linears':>15s} {'bits/w model':>13s} "
+    print(f"  {'mode':16s} {'ppl':>10s} {'vs fp16':>9s} {'bits/w linears':>15s} {'bits/w model':>13s} "
           f"{'decode tok/s':>13s}")
     for mode, r in rows.items():
         rel = f"{(r['ppl'] / base - 1) * 100:+.2f}%" if base and mode != "fp16" else ""
-        print(f"  {mode:14s} {r['ppl']:10.4f} {rel:>9s} {r['linears']:15.2f} {r['model']:13.2f} {r['decode']:13.1f}")
+        print(f"  {mode:16s} {r['ppl']:10.4f} {rel:>9s} {r['linears']:15.2f} {r['model']:13.2f} {r['decode']:13.1f}")
     with open(os.path.join(work_dir, "report.json"), "w") as f:
         json.dump(rows, f, indent=2)
     return result
