@@ -140,6 +140,20 @@ def make_awq_checkpoint(model_dir, out_dir, bits, G, version="gemm"):
     return out_dir
 
 
+def assert_same_files_as_rtn(src, model_dir, tmp_path, bits, tp) -> str:
+    """Convert the quantized checkpoint ``src`` (format guessed) and ``model_dir`` with RTN at the same
+    bits; the same files, and byte-equal integers, scales and zeros. Returns the checkpoint's weights dir."""
+    ws_q, ws_rtn = str(tmp_path / "ws_q"), str(tmp_path / "ws_rtn")
+    convert("llama2", src, dst_path=ws_q, tp=tp)
+    convert("llama2", model_dir, dst_path=ws_rtn, tp=tp, weight_type=f"int{bits}", group_size=64)
+    wa, wr = (os.path.join(w, "triton_models", "weights") for w in (ws_q, ws_rtn))
+    assert sorted(os.listdir(wa)) == sorted(os.listdir(wr))
+    for n in os.listdir(wa):
+        if n.split(".")[-1] in ("qweight", "scales", "zeros"):
+            assert open(os.path.join(wa, n), "rb").read() == open(os.path.join(wr, n), "rb").read(), n
+    return wa
+
+
 @pytest.mark.parametrize("variant,bits,tp", [("gqa", 4, 1), ("gqa", 4, 2), ("gqa", 8, 1), ("bias", 4, 2),
                                              ("qwen3", 4, 2), ("mistral_swa", 4, 1), ("gemma2", 4, 2),
                                              ("gemma3", 4, 1)])
@@ -148,14 +162,7 @@ def test_awq_checkpoint_converts_to_the_same_files_as_rtn(tiny_model, tmp_path, 
     norms) read into exactly the files RTN writes from the same integers."""
     model_dir = tiny_model(variant)
     awq = make_awq_checkpoint(model_dir, str(tmp_path / "awq"), bits, 64)
-    ws_awq, ws_rtn = str(tmp_path / "ws_awq"), str(tmp_path / "ws_rtn")
-    convert("llama2", awq, dst_path=ws_awq, tp=tp)  # format guessed: awq
-    convert("llama2", model_dir, dst_path=ws_rtn, tp=tp, weight_type=f"int{bits}", group_size=64)
-    wa, wr = (os.path.join(w, "triton_models", "weights") for w in (ws_awq, ws_rtn))
-    assert sorted(os.listdir(wa)) == sorted(os.listdir(wr))
-    for n in os.listdir(wa):
-        if n.split(".")[-1] in ("qweight", "scales", "zeros"):
-            assert open(os.path.join(wa, n), "rb").read() == open(os.path.join(wr, n), "rb").read(), n
+    wa = assert_same_files_as_rtn(awq, model_dir, tmp_path, bits, tp)  # format guessed: awq
     assert read_config_ini(os.path.join(wa, "config.ini"))["weight_type"] == f"int{bits}"
 
 
@@ -248,14 +255,7 @@ def test_gptq_checkpoint_from_another_tool_converts_to_rtns_files(tiny_model, tm
     RTN writes from the same integers."""
     model_dir = tiny_model(variant)
     src, _ = make_gptq_checkpoint(model_dir, str(tmp_path / "gptq"), bits, 64)
-    ws_q, ws_rtn = str(tmp_path / "ws_q"), str(tmp_path / "ws_rtn")
-    convert("llama2", src, dst_path=ws_q, tp=tp)  # format guessed: gptq
-    convert("llama2", model_dir, dst_path=ws_rtn, tp=tp, weight_type=f"int{bits}", group_size=64)
-    wa, wr = (os.path.join(w, "triton_models", "weights") for w in (ws_q, ws_rtn))
-    assert sorted(os.listdir(wa)) == sorted(os.listdir(wr))
-    for n in os.listdir(wa):
-        if n.split(".")[-1] in ("qweight", "scales", "zeros"):
-            assert open(os.path.join(wa, n), "rb").read() == open(os.path.join(wr, n), "rb").read(), n
+    assert_same_files_as_rtn(src, model_dir, tmp_path, bits, tp)  # format guessed: gptq
 
 
 def test_gptq_v1_zeros_and_scattered_act_order_groups(tiny_model, tmp_path, capsys):

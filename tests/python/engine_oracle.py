@@ -34,6 +34,13 @@ def workspace(hf_dir: str, tp: int = 1, block_len: int = 0, session_len: int = 0
 def round_kv_attention():
     """Context: HF eager attention with K and V rounded through fp16, as the runtime's KV cache
     stores them; None when this transformers version has no patchable eager attention."""
+    return patch_kv_attention(lambda module, k, v: (k.half().float(), v.half().float()))
+
+
+def patch_kv_attention(transform):
+    """Context: HF eager attention (every family's module) with ``(K, V) = transform(module, K, V)``
+    applied to what attention reads (after RoPE and q/k norms, as the runtime's cache stores it);
+    None when this transformers version has no patchable eager attention."""
     import contextlib
     import importlib
 
@@ -49,7 +56,9 @@ def round_kv_attention():
         saved = [m.eager_attention_forward for m in mods]
 
         def wrap(orig):
-            return lambda module, q, k, v, *a, **kw: orig(module, q, k.half().float(), v.half().float(), *a, **kw)
+            def f(module, q, k, v, *a, **kw):
+                return orig(module, q, *transform(module, k, v), *a, **kw)
+            return f
 
         try:
             for m, orig in zip(mods, saved):

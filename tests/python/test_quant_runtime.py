@@ -24,6 +24,7 @@ from turbolm import _turbomind
 from turbolm.config import read_config_ini, write_config_ini
 from turbolm.converter.main import main as convert
 from turbolm.converter.quant import quantize_lm_head, quantize_rtn
+from engine_oracle import patch_kv_attention
 
 BLOCK = 16
 N_BLOCKS = 64
@@ -217,9 +218,6 @@ def test_int8_kv_cache_close_to_fp16(tiny_model, tmp_path):
 def hf_logits_int8_kv(model_dir, tokens, params):
     """HF (eager attention, fp16-rounded weights) with K and V fake-quantized per layer exactly as the
     runtime's int8 cache stores them: q = clamp(round((x - zp) / scale), -128, 127), x' = q * scale + zp."""
-    import contextlib
-    import importlib
-
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="eager").eval()
@@ -229,27 +227,11 @@ def hf_logits_int8_kv(model_dir, tokens, params):
     def fq(x, scale, zp):
         return torch.clamp(torch.round((x - zp) / scale), -128, 127) * scale + zp
 
-    mods = [importlib.import_module(f"transformers.models.{n}.modeling_{n}")
-            for n in ("llama", "qwen2", "qwen3", "phi3", "mistral", "gemma2", "gemma3")]
+    def kv8(module, k, v):
+        ks, kz, vs, vz = (float(x) for x in params[module.layer_idx])
+        return fq(k, ks, kz), fq(v, vs, vz)
 
-    @contextlib.contextmanager
-    def patched():
-        saved = [m.eager_attention_forward for m in mods]
-
-        def wrap(orig):
-            def f(module, q, k, v, *a, **kw):
-                ks, kz, vs, vz = (float(x) for x in params[module.layer_idx])
-                return orig(module, q, fq(k, ks, kz), fq(v, vs, vz), *a, **kw)
-            return f
-        try:
-            for m, orig in zip(mods, saved):
-                m.eager_attention_forward = wrap(orig)
-            yield
-        finally:
-            for m, orig in zip(mods, saved):
-                m.eager_attention_forward = orig
-
-    with patched():
+    with patch_kv_attention(kv8)():
         return model(torch.tensor([tokens])).logits[0].numpy()
 
 
