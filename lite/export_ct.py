@@ -47,6 +47,10 @@ def _linears(src: str):
     if method not in ("awq", "gptq"):
         raise UserError(f"{src}: quantization_config.quant_method is {method or 'missing'}; export_ct takes AWQ "
                         "(lite auto_awq) or GPTQ (lite gptq) checkpoints")
+    if qc.get("dynamic"):
+        raise UserError(f"{src}: linears of more than one width (quantization_config.dynamic, as `lite gptq "
+                        "--mixed` writes) are not exported yet; export a checkpoint made without --mixed, or "
+                        "convert this one with `turbolm convert`")
     bits, group = int(qc["bits"]), int(qc["group_size"])
     raw: Dict[str, np.ndarray] = {}
     for f in sorted(os.listdir(src)):

@@ -102,6 +102,7 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, bits: int, group_size: int, 
     else:
         perm = torch.arange(in_f, device=W.device)
     U = inverse_hessian_factor(H, W, damp)
+    order = perm.tolist()  # the visiting order as host ints: no device sync per column
     Q = torch.zeros_like(W)
     loss = 0.0
     for b0 in range(0, in_f, BLOCK):
@@ -109,10 +110,12 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, bits: int, group_size: int, 
         Wb, Ub = W[:, b0:b1].clone(), U[b0:b1, b0:b1]
         Err = torch.zeros_like(Wb)
         for j in range(b1 - b0):
-            col = int(perm[b0 + j])
+            col = order[b0 + j]
             g = col // G
             if not act_order and col % G == 0:  # a group's first column: its parameters from W as it stands
-                cols = torch.cat([Wb[:, j:], W[:, b1:]], 1)[:, :G]  # later blocks: not yet lazily updated
+                cols = Wb[:, j:j + G]  # a group crossing the block's end: the rest from W, not yet lazily updated
+                if cols.shape[1] < G:
+                    cols = torch.cat([cols, W[:, b1:b1 + G - cols.shape[1]]], 1)
                 scales[:, g:g + 1], zeros[:, g:g + 1] = group_params(cols, bits, sym, imp[col:col + G], search)
             s, z = scales[:, g], zeros[:, g]
             w = Wb[:, j]

@@ -65,9 +65,9 @@ def test_export_loads_in_transformers_with_the_same_weights(sources, tmp_path, k
             p.copy_(deq[name] if name in deq else p.half().float())
         # the exported integers are the source's: every decompressed linear equals its dequantized weight
         got = {n: p for n, p in loaded.named_parameters()}
+        assert deq.keys() <= got.keys()
         for name, w in deq.items():
-            if name in got:
-                np.testing.assert_allclose(got[name].float().numpy(), w.numpy(), rtol=0, atol=1e-3 * float(w.abs().max()))
+            np.testing.assert_allclose(got[name].float().numpy(), w.numpy(), rtol=0, atol=1e-3 * float(w.abs().max()))
         a, b = loaded(tokens).logits, ref(tokens).logits
     assert float((a - b).abs().max() / b.abs().max()) < 1e-2
 
@@ -78,3 +78,21 @@ def test_refuses_what_it_cannot_export(tmp_path, tiny_model):
 
     with pytest.raises(UserError, match="takes AWQ"):
         export_ct(tiny_model("gqa"), str(tmp_path / "x"))
+
+
+def test_refuses_mixed_width_checkpoints(sources, tmp_path):
+    """A `lite gptq --mixed` checkpoint (GPTQModel `dynamic` 8-bit overrides) is refused with what to
+    do, not unpacked at the wrong width."""
+    import shutil
+
+    from turbolm.errors import UserError
+    from turbolm.lite.export_ct import export_ct
+
+    src = str(tmp_path / "mixed")
+    shutil.copytree(sources[1] / "gptq", src)
+    cfg = json.load(open(os.path.join(src, "config.json")))
+    cfg["quantization_config"]["dynamic"] = {r"+:^model\.layers\.0\.mlp\.down_proj$": {"bits": 8}}
+    json.dump(cfg, open(os.path.join(src, "config.json"), "w"))
+    with pytest.raises(UserError, match="more than one width"):
+        export_ct(src, str(tmp_path / "out"))
+    assert not os.path.exists(tmp_path / "out")
