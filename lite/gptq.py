@@ -32,7 +32,7 @@ from .model_utils import (OnDevice, decoder_layers, layer0_inputs, layer_output,
                           sample_batches)
 from . import sensitivity
 from .qparams_search import parse_grid
-from .quantize import check_bits
+from .quantize import check_bits, dequantize
 from .sensitivity import WORKSPACE_MODULES, is_auto, parse_auto
 
 SEQUENTIAL = (("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), ("self_attn.o_proj",),
@@ -134,7 +134,7 @@ def gptq_layer(layer, hidden, kwargs, device, groups, bits, group: int, damp: fl
             b = bits[n] if isinstance(bits, dict) else bits
             q, s, z, loss = gptq_quantize(fc.weight.data, hooks.hessian(n), b, group, damp, act_order, sym,
                                           search)
-            deq = ((q.float().reshape(q.shape[0], -1, group) - z.unsqueeze(-1)) * s.unsqueeze(-1)).reshape(q.shape)
+            deq = dequantize(q, z, s, group)
             fc.weight.data.copy_(deq.to(fc.weight.dtype))  # later groups and layers see the quantized one
             out[n] = (q, s, z, loss)
     return out

@@ -50,8 +50,6 @@ class IntTarget(Fp16Target):
                 "int8_linears": ",".join(sorted(self.int8_linears, key=order))}
 
     def _quant(self, name: str, w, bits: int = 0) -> QuantLinear:
-        if bits and bits != self.bits and not isinstance(w, QuantLinear):
-            return quantize_rtn(w, bits, self.group_size)
         want = bits or self.bits
         if isinstance(w, QuantLinear):
             if w.bits == want and w.group_size != self.group_size and w.group_size % self.group_size == 0:
@@ -60,7 +58,7 @@ class IntTarget(Fp16Target):
                 raise UserError(f"{name}: the checkpoint is {w.bits}-bit with group size {w.group_size}; it converts "
                                 f"to weight_type int{w.bits} --group-size {w.group_size} only")
             return w
-        return quantize_rtn(w, self.bits, self.group_size)
+        return quantize_rtn(w, want, self.group_size)
 
     def save_q(self, name: str, ql: QuantLinear) -> None:
         """``ql`` is the rank's slice in canonical [out, in] form; written as [in, out] files."""
