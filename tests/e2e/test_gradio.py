@@ -113,32 +113,43 @@ def test_api_server_backed_page_has_a_session_per_tab(browser, api_server, tmp_p
             time.sleep(0.1)
         assert stats()["interactive_sessions"] == before + 1
         # Stop cancels a long answer: it ends well before its 1000 tokens. The tiny model alone
-        # would write them faster than a busy browser delivers the click, so 16 background
-        # requests share the batch with it (slowing it ~17x) and their tokens are subtracted.
+        # would write them faster than a busy browser delivers the click, so 16 background rounds
+        # of up to 1000 tokens share the batch with it (slowing it ~17x) for as long as it runs,
+        # and their tokens are subtracted. They are stopped once tab B's answer is over (if Stop
+        # does nothing, that is when they end on their own, before tab B's 1000 tokens are out).
         _set(tab_b, "max_new", 1000)
         generated = stats()["tokens_generated"]
+        bg_ids = range(900_001, 900_017)
+        interactive = api_server.url + "/v1/chat/interactive"
 
-        def background(_):
-            r = httpx.post(api_server.url + "/v1/completions", timeout=300,
-                           json={"prompt": "x", "max_tokens": 300, "ignore_eos": True, "temperature": 0})
-            return r.json()["usage"]["completion_tokens"]
+        def background(sid):
+            r = httpx.post(interactive, timeout=300,
+                           json={"session_id": sid, "prompt": "x", "request_output_len": 1000, "ignore_eos": True,
+                                 "interactive_mode": False, "temperature": 0})
+            assert r.status_code == 200, r.text
+            return r.json()["tokens"]
+
+        def wait_running(done, timeout):
+            deadline = time.time() + timeout
+            while not done(stats()["requests_running"]):
+                if time.time() > deadline:
+                    return False
+                time.sleep(0.02)
+            return True
 
         with ThreadPoolExecutor(16) as pool:
-            load = [pool.submit(background, i) for i in range(16)]
-            deadline = time.time() + 20
-            while stats()["requests_running"] < 16 and time.time() < deadline:
-                time.sleep(0.02)
+            load = [pool.submit(background, sid) for sid in bg_ids]
+            assert wait_running(lambda n: n >= 16, 20)
             _send(tab_b, "go on")
-            deadline = time.time() + 20
-            while stats()["requests_running"] <= 16 and time.time() < deadline:
-                time.sleep(0.02)
+            assert wait_running(lambda n: n > 16, 20), "tab B's answer never started"
             tab_b.locator("#stop").click(force=True)  # the page is busy re-rendering
+            wait_running(lambda n: n <= 16, 120)
+            for sid in bg_ids:  # 404: that round is over already (and its session with it)
+                assert httpx.post(interactive, json={"session_id": sid, "stop": True}).status_code in (200, 404)
             bg_tokens = sum(f.result() for f in load)
-        deadline = time.time() + 20
-        while stats()["requests_running"] and time.time() < deadline:
-            time.sleep(0.05)
-        assert stats()["requests_running"] == 0
-        assert stats()["tokens_generated"] - generated - bg_tokens < 1000
+        assert wait_running(lambda n: n == 0, 20)
+        tab_b_tokens = stats()["tokens_generated"] - generated - bg_tokens
+        assert tab_b_tokens < 1000, (tab_b_tokens, bg_tokens)
         tab_b.locator("#reset").click()
         deadline = time.time() + 20
         while stats()["interactive_sessions"] != before and time.time() < deadline:
