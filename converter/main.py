@@ -18,7 +18,8 @@ from turbolm.config import write_config_ini
 from turbolm.errors import UserError
 from turbolm.model import known_model_names
 
-from .quant import GROUP_ALIGN, PER_CHANNEL, mixed_recipe, rank_in_sizes, valid_group_sizes
+from .quant import (EMBEDDING_BITS, GROUP_ALIGN, PER_CHANNEL, lm_head_group_size, mixed_recipe, rank_in_sizes,
+                    valid_group_sizes)
 from .sources import SOURCES, Source
 from .targets import TARGETS
 
@@ -132,7 +133,8 @@ def _copy_template(root: str) -> None:
 
 
 def _write_workspace(root: str, source: Source, model_name: str, target_name: str, tp: int, group_size: int,
-                     session_len: Optional[int], act_type: str = "float", int8_linears=()) -> None:
+                     session_len: Optional[int], act_type: str = "float", int8_linears=(),
+                     embedding_bits: int = 0) -> None:
     from tqdm import tqdm
 
     s = source.spec
@@ -141,6 +143,7 @@ def _write_workspace(root: str, source: Source, model_name: str, target_name: st
     target = TARGETS[target_name](weights, s, tp, group_size)
     if int8_linears:
         target.int8_linears = set(int8_linears)
+    target.embedding_bits = embedding_bits
     emb = source.tok_embeddings()
     target.export_misc(emb, source.norm(), emb if s.tied else source.output())
     for i in tqdm(range(s.num_layer), desc=f"convert {model_name} -> {target_name} tp={tp}", unit="layer",
@@ -162,6 +165,18 @@ def _write_workspace(root: str, source: Source, model_name: str, target_name: st
     _copy_template(root)
 
 
+def _embedding_bits(embedding_type: str, hidden: int) -> int:
+    """--embedding_type -> bits (0: float), refused before anything is written when it cannot be."""
+    if embedding_type in (None, "float"):
+        return 0
+    if embedding_type not in EMBEDDING_BITS:
+        raise UserError(f"--embedding_type {embedding_type} is not one of float, {', '.join(EMBEDDING_BITS)}")
+    if not lm_head_group_size(hidden):
+        raise UserError(f"--embedding_type {embedding_type}: no group size (a multiple of 16) divides hidden {hidden}; "
+                        f"keep --embedding_type float")
+    return EMBEDDING_BITS[embedding_type]
+
+
 def _int_arg(name: str, value, minimum: int) -> int:
     try:
         v = int(value)
@@ -177,7 +192,7 @@ def _int_arg(name: str, value, minimum: int) -> int:
 def main(model_name: str, model_path: str, model_format: Optional[str] = None, tokenizer_path: Optional[str] = None,
          dst_path: str = "./workspace", tp: int = 1, group_size: int = 0, dtype: Optional[str] = None,
          weight_type: Optional[str] = None, force: bool = False, session_len: Optional[int] = None,
-         act_type: Optional[str] = None, mixed: Optional[str] = None) -> None:
+         act_type: Optional[str] = None, mixed: Optional[str] = None, embedding_type: str = "float") -> None:
     """Convert ``model_path`` into a workspace at ``dst_path`` (returns nothing, so `fire` prints nothing)."""
     t0 = time.time()
     model_name, model_path = str(model_name), str(model_path)
@@ -204,6 +219,7 @@ def main(model_name: str, model_path: str, model_format: Optional[str] = None, t
         group_size = _pick_group_size(s, target_name, group_size, tp)
         TARGETS[target_name].validate(s, tp, group_size)
         int8_linears = mixed_recipe(mixed, s.num_layer) if mixed else list(s.int8_linears)
+        embedding_bits = _embedding_bits(embedding_type, s.hidden)
         if mixed and (target_name != "int4" or s.src_dtype in QUANTIZED_SRC):
             raise UserError(f"--mixed keeps some linears at int8 in an int4 workspace quantized here: it needs "
                             f"--weight-type int4 and an fp16/bf16/fp32 source (this is {s.src_dtype} -> {target_name})")
@@ -219,7 +235,7 @@ def main(model_name: str, model_path: str, model_format: Optional[str] = None, t
         ok = False
         try:
             _write_workspace(tmp, source, model_name, target_name, tp, group_size, session_len, act_type,
-                             int8_linears)
+                             int8_linears, embedding_bits)
             os.chmod(tmp, 0o755)
             if os.path.isdir(dst):  # empty, or --force: swap it out only now that the new one is complete
                 old = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(dst)}.old-")

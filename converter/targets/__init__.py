@@ -13,6 +13,7 @@ import numpy as np
 from ..spec import ModelSpec
 
 TARGETS: Dict[str, Type["Target"]] = {}
+EMBEDDING_FORMAT_VERSION = 3  # config.ini format_version with a quantized embedding_type (runtime: weights.h)
 
 
 def register_target(name: str):
@@ -28,6 +29,7 @@ class Target:
 
     def __init__(self, out_dir: str, spec: ModelSpec, tp: int, group_size: int = 0):
         self.out_dir, self.spec, self.tp, self.group_size = out_dir, spec, tp, group_size
+        self.embedding_bits = 0  # 8 / 4: the embedding table and lm head quantized (config.ini embedding_type)
 
     @classmethod
     def validate(cls, spec: ModelSpec, tp: int, group_size: int) -> None:
@@ -41,7 +43,16 @@ class Target:
 
     def config_keys(self) -> dict:
         """config.ini keys this target decides (weight_type, group_size, ...)."""
-        return {"weight_type": self.weight_type, "group_size": self.group_size}
+        return {"weight_type": self.weight_type, "group_size": self.group_size, **self.embedding_keys()}
+
+    def embedding_keys(self) -> dict:
+        if not self.embedding_bits:
+            return {}
+        from ..quant import lm_head_group_size
+
+        return {"embedding_type": f"int{self.embedding_bits}",  # (`int` here is the targets.int module)
+                "embedding_group_size": lm_head_group_size(self.spec.hidden),
+                "tie_word_embeddings": 1 if self.spec.tied else 0, "format_version": EMBEDDING_FORMAT_VERSION}
 
 
 def _load_builtin():

@@ -10,6 +10,12 @@ Per layer i and rank r (H heads, KV kv heads, D head size, tp ranks):
   layers.i.feed_forward.w2.r.weight   [inter / tp, hidden]         down, rows split
   layers.i.attention_norm.weight, layers.i.ffn_norm.weight  [hidden]
 and once: tok_embeddings.weight, output.weight [vocab, hidden], norm.weight [hidden].
+
+With an int8 / int4 ``embedding_type`` (any weight type) the embedding table and lm head are
+instead, per ``T`` in tok_embeddings and output (output only when the lm head is not tied):
+  T.qweight   uint8 [vocab, hidden] (int8) or [vocab, hidden / 2] (int4: element 2j low nibble)
+  T.scales    fp16 [vocab, hidden / G]      G = embedding_group_size (quant.lm_head_group_size)
+  T.zeros     fp16 [vocab, hidden / G]      zero points in q units;  W = (q - zero) * scale
 """
 from __future__ import annotations
 
@@ -21,6 +27,7 @@ import numpy as np
 from turbolm.errors import UserError
 
 from ..dtypes import fp32_to_bf16_bits
+from ..quant import pack_int4_columns, quantize_embedding
 from ..tp import qkv_rank, rotate_half_to_interleaved, split_cols, split_rows
 from . import Target, register_target
 
@@ -33,9 +40,20 @@ class FpTarget(Target):
         self._encode(name, x).tofile(os.path.join(self.out_dir, name))
 
     def export_misc(self, tok_embeddings, norm, output):
-        self.save("tok_embeddings.weight", tok_embeddings)
         self.save("norm.weight", norm)
-        self.save("output.weight", output)
+        if not self.embedding_bits:
+            self.save("tok_embeddings.weight", tok_embeddings)
+            self.save("output.weight", output)
+            return
+        self._save_rows("tok_embeddings", tok_embeddings)
+        if not self.spec.tied:
+            self._save_rows("output", output)
+
+    def _save_rows(self, name: str, w: np.ndarray) -> None:
+        ql = quantize_embedding(w, self.embedding_bits)
+        (pack_int4_columns(ql.q) if ql.bits == 4 else ql.q).tofile(os.path.join(self.out_dir, f"{name}.qweight"))
+        for suffix, a in (("scales", ql.scales), ("zeros", ql.zeros)):
+            np.ascontiguousarray(a, dtype=np.float16).tofile(os.path.join(self.out_dir, f"{name}.{suffix}"))
 
     def export_layer(self, i: int, t: Dict[str, np.ndarray]) -> None:
         s, tp = self.spec, self.tp

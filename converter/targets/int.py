@@ -1,7 +1,8 @@
 """int4 / int8 workspaces (weight-only quantization; layout in workspace_template/README.md).
 
 The seven linears of every layer are stored quantized with per-group scales and zero points (group
-size G along the input dim); embeddings, norms, biases and output.weight stay fp16. Per linear
+size G along the input dim); norms and biases stay fp16, and the embedding table and lm head too
+unless --embedding_type quantizes them (targets/fp.py). Per linear
 ``NAME`` (e.g. ``layers.i.attention.w_qkv``) and rank r, for the rank's ``[in, out]`` slice:
 
   NAME.r.qweight  int4: uint8 [in, ceil(out / 2)], column 2j in the low nibble of byte j, 2j+1 high
@@ -47,7 +48,7 @@ class IntTarget(Fp16Target):
             i, name = e.split(".")
             return int(i), name
         return {"weight_type": self.weight_type, "group_size": self.group_size, "format_version": FORMAT_VERSION,
-                "int8_linears": ",".join(sorted(self.int8_linears, key=order))}
+                "int8_linears": ",".join(sorted(self.int8_linears, key=order)), **self.embedding_keys()}
 
     def _quant(self, name: str, w, bits: int = 0) -> QuantLinear:
         want = bits or self.bits

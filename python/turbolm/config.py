@@ -91,7 +91,14 @@ SCHEMA: List[Key] = [
         extra=True),
     Key("int8_linears", str, "", "mixed precision in an int4 workspace: the linears stored as int8, "
         "'LAYER.NAME' comma-separated (NAME: w_qkv, wo, w1, w3, w2); convert --mixed writes it", extra=True),
+    Key("embedding_type", str, "float", "the embedding table and lm head: float (tok_embeddings.weight / "
+        "output.weight in the workspace's float dtype) | int8 | int4 (.qweight / .scales / .zeros, per-row groups "
+        "of embedding_group_size; format_version 3)", extra=True),
+    Key("embedding_group_size", int, 0, "group size along hidden of a quantized embedding_type", extra=True),
+    Key("tie_word_embeddings", int, 0, "with a quantized embedding_type: 1 = the lm head is tok_embeddings "
+        "(no output.* files)", extra=True),
 ]
+EMBEDDING_TYPES = ("float", "int8", "int4")
 ROPE_TYPES = ("", "default", "dynamic", "linear", "llama3", "yarn", "longrope")
 HIDDEN_ACTS = ("silu", "gelu_tanh")
 
@@ -186,6 +193,12 @@ def validate(cfg: Dict[str, Any], path: str = "config.ini") -> Dict[str, Any]:
                                   f"NAME one of w_qkv, wo, w1, w3, w2")
     if out["hidden_units"] == 0:
         out["hidden_units"] = out["head_num"] * out["size_per_head"]
+    if out["embedding_type"] not in EMBEDDING_TYPES:
+        raise ConfigError(f"{path}: embedding_type '{out['embedding_type']}' is not one of {', '.join(EMBEDDING_TYPES)}")
+    G = out["embedding_group_size"]
+    if out["embedding_type"] != "float" and (G <= 0 or G % 16 or out["hidden_units"] % G):
+        raise ConfigError(f"{path}: embedding_group_size {G} must be a positive multiple of 16 dividing hidden_units "
+                          f"{out['hidden_units']} for embedding_type {out['embedding_type']}")
     return out
 
 

@@ -3,6 +3,8 @@ runtime (``TurboMind.get_ppl``) for
 
     fp16 | fp16 + KV int8 | RTN int4 | AWQ int4 | AWQ int4 + KV int8 | GPTQ int4 | AWQ + GPTQ
     | the mixed int4/int8 recipes (Q4_K_M's layers, RTN and GPTQ; GPTQ --mixed auto:5)
+    | GPTQ rows again with the embedding table and lm head in int8 / int4 ("-e8" / "-e4":
+      convert --embedding_type), so the whole model's bits per weight can be compared
 
 at one group size, and each int4 row again with int8 activations ("+a8": act_type int8, the
 activations quantized per token in blocks of 32 and multiplied on int8 dot products), fp16 on bf16
@@ -44,8 +46,11 @@ def _default_data_dir() -> str:
 
 DATA_DIR = _default_data_dir()
 MODES = ("fp16", "fp16+bf16", "fp16+kv8", "rtn-int4", "rtn-int4+a8", "awq-int4", "awq-int4+a8", "awq-int4+kv8",
-         "gptq-int4", "gptq-int4+a8", "awq-gptq-int4", "rtn-int4-q4km", "gptq-int4-q4km", "gptq-int4-auto5", "rtn-int8", "rtn-int8+a8", "w8a8")
+         "gptq-int4", "gptq-int4+a8", "gptq-int4-e8", "gptq-int4-e4", "awq-gptq-int4", "rtn-int4-q4km",
+         "gptq-int4-q4km", "gptq-int4-auto5", "gptq-int4-auto5-e8", "rtn-int8", "rtn-int8+a8", "w8a8")
 GPTQ_ROWS = {"gptq-int4": None, "gptq-int4-q4km": "q4_k_m", "gptq-int4-auto5": "auto:5"}  # mode -> --mixed
+# A GPTQ row's suffix: the same checkpoint converted with the embedding table and lm head quantized.
+EMBEDDING_SUFFIXES = {"-e8": "int8", "-e4": "int4"}
 # A mode's suffix: its base mode's workspace, run with another act_type.
 ACT_SUFFIXES = {"+a8": "int8", "+bf16": "bf16"}
 
@@ -99,7 +104,7 @@ def bits_per_weight(weights_dir: str) -> Dict[str, float]:
     biases, the lm head; a tied lm head, a byte copy of the embeddings, counted once). A quantized
     linear's weight count is its scales' count times the group size."""
     cfg = read_config_ini(os.path.join(weights_dir, "config.ini"))
-    G = cfg["group_size"]
+    G, EG = cfg["group_size"], cfg["embedding_group_size"]
     lin_bytes = lin_n = all_bytes = all_n = 0
     files = sorted(os.listdir(weights_dir))
     size = lambda f: os.path.getsize(os.path.join(weights_dir, f))  # noqa: E731
@@ -111,8 +116,8 @@ def bits_per_weight(weights_dir: str) -> Dict[str, float]:
             continue
         b, n = size(f), 0
         linear = ".attention.w" in f or ".feed_forward.w" in f
-        if f.endswith(".scales"):
-            n = b // 2 * G
+        if f.endswith(".scales"):  # a tied lm head of a quantized embedding_type has no files of its own
+            n = b // 2 * (EG if f.startswith(("tok_embeddings.", "output.")) else G)
         elif f.endswith(".weight"):
             n = b // 2
         if linear and not f.endswith(".bias"):
@@ -198,15 +203,18 @@ def build(model: str, work: str, group_size: int, calib: str, calib_samples: int
     # plain +33%), then with some linears at 8 bits (--mixed): llama.cpp Q4_K_M's layers' w_qkv / w2,
     # or the linears measured most sensitive within 5 bits per weight
     for mode, mixed in GPTQ_ROWS.items():
-        if mode not in need:
+        rows = {mode + suffix: emb for suffix, emb in dict(EMBEDDING_SUFFIXES, **{"": "float"}).items()
+                if mode + suffix in need}
+        if not rows:
             continue
         ckpt = os.path.join(work, mode)
         if not os.path.isfile(os.path.join(ckpt, "config.json")):
             gptq(model, 4, group_size, ckpt, calib, calib_samples, calib_seqlen, act_order=True, sym=False,
                  mixed=mixed)
-        if not done(mode):
-            convert("base", ckpt, dst_path=ws(mode), force=True)
-        out[mode] = wd(mode)
+        for row, emb in rows.items():
+            if not done(row):
+                convert("base", ckpt, dst_path=ws(row), embedding_type=emb, force=True)
+            out[row] = wd(row)
     if "awq-gptq-int4" in need:  # AWQ's smoothing, then GPTQ rounding (auto_awq --gptq)
         ag = os.path.join(work, "awq-gptq")
         if not os.path.isfile(os.path.join(ag, "config.json")):

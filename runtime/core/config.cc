@@ -186,6 +186,15 @@ const std::vector<Field>& fields() {
       Field{"int8_linears", false,
             [](ModelConfig& c, const std::string&, const std::string& v) { c.int8_linears = v; },
             [](const ModelConfig& c) { return c.int8_linears; }},
+      Field{"embedding_type", false,
+            [](ModelConfig& c, const std::string& p, const std::string& v) {
+              if (v != "float" && v != "int8" && v != "int4")
+                fail(p, ": embedding_type '", v, "' is not one of float, int8, int4");
+              c.embedding_type = v;
+            },
+            [](const ModelConfig& c) { return c.embedding_type; }},
+      INT_FIELD(embedding_group_size, false),
+      INT_FIELD(tie_word_embeddings, false),
   };
   return f;
 }
@@ -297,6 +306,12 @@ ModelConfig load_config(const std::string& path) {
     fail(path, ": rope_type longrope needs rope_freq_factors (short) and rope_long_freq_factors");
   if (c.sliding_window < 0) fail(path, ": key 'sliding_window' must be >= 0, got ", c.sliding_window);
   if (c.attn_softcap < 0 || c.final_softcap < 0) fail(path, ": attn_softcap and final_softcap must be >= 0");
+  if (c.embedding_bits()) {
+    const int G = c.embedding_group_size;
+    if (G <= 0 || G % 16 || c.hidden_units % G)
+      fail(path, ": embedding_group_size ", G, " must be a positive multiple of 16 dividing hidden_units ",
+           c.hidden_units, " for embedding_type ", c.embedding_type);
+  }
   const bool int_weights = c.weight_type == WeightType::kINT4 || c.weight_type == WeightType::kINT8;
   if (c.act_type == "int8" && !int_weights)
     fail(path, ": act_type int8 needs weight_type int4 or int8, not ", to_string(c.weight_type));

@@ -75,6 +75,13 @@ struct ModelConfig {
   // Mixed precision (an int4 workspace): the linears stored as int8, "i.name" comma-separated with
   // name one of w_qkv, wo, w1, w3, w2 (llama.cpp's _M recipes keep v / down wider).
   std::string int8_linears;
+  // The embedding table and lm head: "float" (tok_embeddings.weight / output.weight in the
+  // workspace's float dtype), or "int8" / "int4": per-row groups of embedding_group_size along
+  // hidden, files tok_embeddings.{qweight,scales,zeros} (and output.* unless tie_word_embeddings).
+  std::string embedding_type = "float";
+  int embedding_group_size = 0;
+  int tie_word_embeddings = 0;  // with a quantized embedding_type: 1 = the lm head is tok_embeddings
+  int embedding_bits() const { return embedding_type == "int8" ? 8 : embedding_type == "int4" ? 4 : 0; }
   // 4 or 8 for linear `name` of layer l of a quantized workspace.
   int linear_bits(int l, const std::string& name) const;
   bool layer_slides(int l) const {

@@ -368,7 +368,11 @@ void LlamaModel::Impl::run_rank(Rank& r) {
   par_for(pool, T, [&](int b, int e) {
     for (int t = b; t < e; ++t) {
       float* xr = s.x.data() + (size_t)t * hidden;
-      k->to_f32(weights.shared.tok_embeddings.data() + (size_t)p.tokens[t] * hidden, weights.shared.dtype, xr, hidden);
+      if (weights.shared.emb_bits)
+        weights.shared.embedding_row(p.tokens[t], hidden, xr);
+      else
+        k->to_f32(weights.shared.tok_embeddings.data() + (size_t)p.tokens[t] * hidden, weights.shared.dtype, xr,
+                  hidden);
       if (emb_scale != 1.f)
         for (int i = 0; i < hidden; ++i) xr[i] *= emb_scale;
     }

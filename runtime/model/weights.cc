@@ -44,6 +44,20 @@ int lm_head_group_size(int hidden) {
   return 0;
 }
 
+void SharedWeights::embedding_row(int token, int hidden, float* out) const {
+  const int ng = hidden / emb_G;
+  const float* s = emb_s.data() + (size_t)token * ng;
+  const float* z = emb_z.data() + (size_t)token * ng;
+  if (emb_bits == 8) {
+    const uint8_t* q = emb_q.data() + (size_t)token * hidden;
+    for (int k = 0; k < hidden; ++k) out[k] = ((float)q[k] - z[k / emb_G]) * s[k / emb_G];
+  } else {
+    const uint8_t* q = emb_q.data() + (size_t)token * (hidden / 2);
+    for (int k = 0; k < hidden; ++k)
+      out[k] = ((float)((q[k >> 1] >> ((k & 1) * 4)) & 0xf) - z[k / emb_G]) * s[k / emb_G];
+  }
+}
+
 namespace {
 
 using kernels::PackedMatrix;
@@ -253,6 +267,49 @@ struct Loader {
     qpack(kLMHeadBits, K, N, G, q, s, z, out);
   }
 
+  // ---- the quantized embedding table / lm head (embedding_type int8 / int4) -------------------
+  // `<prefix>.qweight` uint8 [rows, K] (int8) or [rows, K / 2] (int4: element 2j in the low nibble
+  // of byte j); `.scales` / `.zeros` fp16 [rows, K / G]. Row n, element k: (q - zero) * scale.
+  // Kept as stored (rows are looked up one token at a time); scales and zeros widened to fp32.
+  void load_q_rows(const std::string& prefix, int rows, int K, int qbits, int G, AlignedArray<uint8_t>& q,
+                   AlignedArray<float>& s, AlignedArray<float>& z) const {
+    const size_t qrow = qbits == 4 ? (size_t)K / 2 : (size_t)K, ng = (size_t)K / G;
+    MappedFile fq(path(prefix + ".qweight"), (size_t)rows * qrow,
+                  "[" + std::to_string(rows) + ", " + std::to_string(qrow) + "] uint8 (embedding_type int" +
+                      std::to_string(qbits) + ")");
+    const std::string sshape = "[" + std::to_string(rows) + ", " + std::to_string(ng) +
+                               "] fp16 (embedding_group_size " + std::to_string(G) + ")";
+    MappedFile fs(path(prefix + ".scales"), (size_t)rows * ng * 2, sshape);
+    MappedFile fz(path(prefix + ".zeros"), (size_t)rows * ng * 2, sshape);
+    q = AlignedArray<uint8_t>((size_t)rows * qrow, true);
+    std::memcpy(q.data(), fq.u8(), (size_t)rows * qrow);
+    s = AlignedArray<float>((size_t)rows * ng);
+    z = AlignedArray<float>((size_t)rows * ng);
+    for (size_t i = 0; i < (size_t)rows * ng; ++i) {
+      s.data()[i] = kernels::f16_to_f32(fs.u16()[i]);
+      z.data()[i] = kernels::f16_to_f32(fz.u16()[i]);
+    }
+  }
+
+  // The lm head W[K = hidden, N = vocab] from quantized rows [vocab, hidden] (load_q_rows' arrays):
+  // the same integers, scales and zeros, transposed into the qgemm layout.
+  static void pack_head_from_rows(int qbits, int N, int K, int G, const uint8_t* qr, const float* s,
+                                  const float* z, Linear& out) {
+    const size_t qrow = qbits == 4 ? (size_t)K / 2 : (size_t)K, ng = (size_t)K / G;
+    std::vector<uint8_t> q((size_t)K * N);
+    std::vector<float> ss(ng * N), zz(ng * N);
+    for (int n = 0; n < N; ++n) {
+      const uint8_t* row = qr + (size_t)n * qrow;
+      for (int k = 0; k < K; ++k)
+        q[(size_t)k * N + n] = qbits == 4 ? (uint8_t)((row[k >> 1] >> ((k & 1) * 4)) & 0xf) : row[k];
+      for (size_t g = 0; g < ng; ++g) {
+        ss[g * N + n] = s[(size_t)n * ng + g];
+        zz[g * N + n] = z[(size_t)n * ng + g];
+      }
+    }
+    qpack(qbits, K, N, G, q, ss, zz, out);
+  }
+
   // A linear whose columns are split over ranks (w_qkv, w1, w3). `full_cols` lists, for the whole
   // tensor, the column runs that are split evenly (q | k | v, or one run); rank r takes its share
   // of each run. `bias` also loads `<prefix>.<r>.bias` sliced the same way.
@@ -362,13 +419,29 @@ LlamaWeights load_weights(const std::string& weights_dir, const ModelConfig& cfg
   LlamaWeights W;
   SharedWeights& S = W.shared;
   S.dtype = L.dtype;
-  {
+  S.emb_bits = cfg.embedding_bits();
+  if (S.emb_bits) {
+    if (cfg.format_version < kQuantEmbeddingFormatVersion)
+      fail(weights_dir, "/config.ini: embedding_type ", cfg.embedding_type, " needs format_version ",
+           kQuantEmbeddingFormatVersion, ", not ", cfg.format_version, "; ", kReconvert);
+    S.emb_G = cfg.embedding_group_size;
+    L.load_q_rows("tok_embeddings", cfg.vocab_size, hidden, S.emb_bits, S.emb_G, S.emb_q, S.emb_s, S.emb_z);
+  } else {
     MappedFile f = L.map("tok_embeddings.weight", cfg.vocab_size, hidden);
     S.tok_embeddings = AlignedArray<uint16_t>((size_t)cfg.vocab_size * hidden);
     std::memcpy(S.tok_embeddings.data(), f.u16(), sizeof(uint16_t) * cfg.vocab_size * hidden);
   }
   S.norm = L.load_norm("norm.weight", hidden);
-  if (quantized && lm_head_group_size(hidden) > 0) {
+  if (S.emb_bits && cfg.tie_word_embeddings) {
+    Loader::pack_head_from_rows(S.emb_bits, cfg.vocab_size, hidden, S.emb_G, S.emb_q.data(), S.emb_s.data(),
+                                S.emb_z.data(), S.output);
+  } else if (S.emb_bits) {
+    AlignedArray<uint8_t> q;
+    AlignedArray<float> hs, hz;
+    L.load_q_rows("output", cfg.vocab_size, hidden, S.emb_bits, S.emb_G, q, hs, hz);
+    Loader::pack_head_from_rows(S.emb_bits, cfg.vocab_size, hidden, S.emb_G, q.data(), hs.data(), hz.data(),
+                                S.output);
+  } else if (quantized && lm_head_group_size(hidden) > 0) {
     // The runtime keeps the lm head in int8 for quantized workspaces (weights.h kLMHeadBits).
     L.load_lm_head_int8(cfg.vocab_size, hidden, lm_head_group_size(hidden), S.output);
   } else {

@@ -73,13 +73,22 @@ struct RankWeights {
   std::vector<LayerWeights> layers;  // [num_layer]
 };
 
-// Tensors every rank reads, held once. Quantized workspaces keep the embeddings and norm in fp16;
-// their lm head (`output`) is quantized to int8 at load time (lm_head_group_size; see load_weights).
+// Tensors every rank reads, held once. With embedding_type float, quantized workspaces keep the
+// embeddings in fp16 and quantize their lm head (`output`) to int8 at load time
+// (lm_head_group_size; see load_weights). With embedding_type int8 / int4 the rows stay as stored
+// and the lm head is packed from the stored integers (tok_embeddings' own when tied).
 struct SharedWeights {
   kernels::WDType dtype = kernels::WDType::kF16;
-  AlignedArray<uint16_t> tok_embeddings;  // [vocab, hidden] raw fp16/bf16 rows
+  AlignedArray<uint16_t> tok_embeddings;  // embedding_type float: [vocab, hidden] raw fp16/bf16 rows
+  int emb_bits = 0;                       // 8 / 4 with a quantized embedding_type, else 0
+  int emb_G = 0;                          // embedding_group_size
+  AlignedArray<uint8_t> emb_q;            // [vocab, hidden] codes, or [vocab, hidden / 2] two per byte (low first)
+  AlignedArray<float> emb_s, emb_z;       // [vocab, hidden / G] scales and zero points (q units)
   std::vector<float> norm;                // [hidden] final norm
   Linear output;                          // packed from [vocab, hidden] as K = hidden, N = vocab
+
+  // Row `token` of the embedding table as fp32 into out[hidden]: (q - zero) * scale when quantized.
+  void embedding_row(int token, int hidden, float* out) const;
 };
 
 // The runtime keeps the lm head of int4/int8 workspaces in int8: read once per decoded token, the
@@ -93,8 +102,10 @@ constexpr int kLMHeadBits = 8;
 int lm_head_group_size(int hidden);
 
 // Workspace format versions this runtime reads (config.ini format_version): 1 = the fp16/bf16
-// LMDeploy v0.1.0 layout; 2 = adds the int4/int8 linears of workspace_template/README.md.
-constexpr int kFormatVersion = 2;
+// LMDeploy v0.1.0 layout; 2 = adds the int4/int8 linears of workspace_template/README.md; 3 = adds
+// the int8/int4 embedding table and lm head (embedding_type).
+constexpr int kFormatVersion = 3;
+constexpr int kQuantEmbeddingFormatVersion = 3;
 constexpr int kQuantFormatVersion = 2;
 // config.ini quant_policy: 0 = fp16 KV cache, 4 = int8 KV cache (needs past_kv_scale files).
 constexpr int kQuantPolicyKVInt8 = 4;

@@ -101,6 +101,48 @@ def test_rtn_workspace_holds_the_quantized_weights(tiny_model, tmp_path, weight_
                    for n in os.listdir(wdir))
 
 
+def read_qrows(wdir, name, bits, G, rows, hidden):
+    """``name``.{qweight,scales,zeros} of a quantized embedding_type -> dequantized float32 [rows, hidden]."""
+    raw = np.fromfile(os.path.join(wdir, f"{name}.qweight"), dtype=np.uint8)
+    assert raw.size == rows * hidden * bits // 8, name
+    q = raw.reshape(rows, hidden * bits // 8)
+    if bits == 4:  # element 2j in the low nibble of byte j
+        q = np.stack([q & 0xF, q >> 4], axis=2).reshape(rows, hidden)
+    s, z = (np.fromfile(os.path.join(wdir, f"{name}.{x}"), dtype=np.float16).astype(np.float32)
+            .reshape(rows, hidden // G) for x in ("scales", "zeros"))
+    return (q.astype(np.float32) - np.repeat(z, G, axis=1)) * np.repeat(s, G, axis=1)
+
+
+@pytest.mark.parametrize("variant,weight_type,embedding_type", [("untied", "int4", "int4"), ("tied", "bf16", "int8"),
+                                                                ("gqa", "int8", "int8")])
+def test_quantized_embedding_files(tiny_model, tmp_path, variant, weight_type, embedding_type):
+    model_dir = tiny_model(variant)
+    ws = str(tmp_path / "ws")
+    kw = dict(weight_type=weight_type, group_size=64) if weight_type.startswith("int") else dict(dtype=weight_type)
+    convert("llama2", model_dir, dst_path=ws, embedding_type=embedding_type, **kw)
+    wdir = os.path.join(ws, "triton_models", "weights")
+    cfg = read_config_ini(os.path.join(wdir, "config.ini"))
+    sd, _ = hf_state_dict(model_dir)
+    tied = "lm_head.weight" not in sd or np.array_equal(sd["lm_head.weight"], sd["model.embed_tokens.weight"])
+    bits, V, hidden = int(embedding_type[3:]), cfg["vocab_size"], cfg["hidden_units"]
+    assert (cfg["embedding_type"], cfg["embedding_group_size"], cfg["tie_word_embeddings"], cfg["format_version"]) \
+        == (embedding_type, 64, int(tied), 3)
+    names = {"tok_embeddings": "model.embed_tokens.weight"} if tied else \
+        {"tok_embeddings": "model.embed_tokens.weight", "output": "lm_head.weight"}
+    for name, hf_name in names.items():
+        want = quantize_rtn(sd[hf_name], bits, 64).dequantize()
+        np.testing.assert_array_equal(read_qrows(wdir, name, bits, 64, V, hidden), want, err_msg=name)
+    files = set(os.listdir(wdir))
+    assert not files & {"tok_embeddings.weight", "output.weight"}
+    assert ("output.qweight" in files) == (not tied)
+
+
+def test_embedding_type_refusals(tiny_model, tmp_path):
+    with pytest.raises(UserError, match="--embedding_type int2 is not one of float, int8, int4"):
+        convert("llama2", tiny_model("gqa"), dst_path=str(tmp_path / "a"), embedding_type="int2")
+    assert not os.path.exists(tmp_path / "a")
+
+
 def test_group_size_that_straddles_a_rank_slice_is_refused(tiny_model, tmp_path):
     model_dir = tiny_model("gqa")  # hidden 512, inter 384
     with pytest.raises(UserError, match=r"sizes that work: 16, 32$"):

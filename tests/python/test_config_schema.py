@@ -29,7 +29,8 @@ def test_every_key_round_trips_through_the_cpp_loader(tmp_path):
                hidden_act="gelu_tanh", norm_offset=1.0, embedding_scale=8.5, post_norm=1, attn_scale=0.0625,
                attn_softcap=50.0, final_softcap=30.0, sliding_window=64, sliding_layers="10", rope_local_theta=1e4,
                rope_type="longrope", rope_freq_factors="1.0,1.5,2.0,2.5,3.0,3.5,4.0,4.5",
-               rope_long_freq_factors="1.25,2.0,3.0,4.0,5.0,6.0,7.0,8.0", rope_attention_factor=1.19)
+               rope_long_freq_factors="1.25,2.0,3.0,4.0,5.0,6.0,7.0,8.0", rope_attention_factor=1.19,
+               embedding_type="int4", embedding_group_size=32, tie_word_embeddings=1)
     write_config_ini(path, cfg)
     py = read_config_ini(path)
     cpp = _turbomind.read_config(path)
@@ -62,6 +63,9 @@ def test_defaults_agree(tmp_path):
     ("rope_freq_factors = 1,2,3\n", "rope_freq_factors"),
     ("rope_type = longrope\n", "longrope needs rope_freq_factors"),
     ("int8_linears = 0.w2\n", "int8_linears needs weight_type int4"),
+    ("embedding_type = int2\n", "embedding_type 'int2' is not one of float, int8, int4"),
+    ("embedding_type = int8\n", "embedding_group_size 0 must be a positive multiple of 16 dividing hidden_units 64"),
+    ("embedding_type = int4\nembedding_group_size = 48\n", "embedding_group_size 48 must be"),
 ])
 def test_both_sides_reject_the_same_bad_values(tmp_path, extra, needle):
     path = tmp_path / "config.ini"

@@ -23,7 +23,7 @@ import torch
 from turbolm import _turbomind
 from turbolm.config import read_config_ini, write_config_ini
 from turbolm.converter.main import main as convert
-from turbolm.converter.quant import quantize_lm_head, quantize_rtn
+from turbolm.converter.quant import quantize_embedding, quantize_lm_head, quantize_rtn
 from engine_oracle import patch_kv_attention
 
 BLOCK = 16
@@ -78,12 +78,19 @@ def rel_err(a, ref):
     return float(np.abs(a - ref).max() / np.abs(ref).max())
 
 
-def hf_model(model_dir, linear_fn=None, state=None, int8_lm_head=True):
+def hf_model(model_dir, linear_fn=None, state=None, int8_lm_head=True, embedding_bits=0):
     """HF fp32 model; linears replaced by ``linear_fn(name, W)``, or the whole state from ``state``;
-    with ``int8_lm_head`` the lm head is the runtime's int8 one of a quantized workspace."""
+    with ``int8_lm_head`` the lm head is the runtime's int8 one of a quantized workspace; with
+    ``embedding_bits`` (--embedding_type int8 / int4) the embedding table and the lm head are the
+    workspace's integers, dequantized (a tied head stays tied)."""
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    if embedding_bits:  # quantized from the checkpoint's values, as convert does (before fp16 rounding)
+        emb, head = model.get_input_embeddings().weight, model.get_output_embeddings().weight
+        deq = lambda w: torch.from_numpy(quantize_embedding(w.detach().numpy(), embedding_bits).dequantize())  # noqa
+        new_emb, new_head = deq(emb), None if head is emb else deq(head)
+        int8_lm_head = False
     with torch.no_grad():
         if state is not None:
             missing = model.load_state_dict({k: v for k, v in state.items()}, strict=False)
@@ -94,6 +101,10 @@ def hf_model(model_dir, linear_fn=None, state=None, int8_lm_head=True):
                 p.copy_(torch.from_numpy(linear_fn(name, p.numpy())))
             elif not (linear and state is not None):  # dequantized AWQ weights are exact already
                 p.copy_(p.half().float())
+        if embedding_bits:
+            model.get_input_embeddings().weight.copy_(new_emb)
+            if new_head is not None:
+                model.get_output_embeddings().weight.copy_(new_head)
         if int8_lm_head:  # a new Parameter: a tied lm head is untied, the embeddings stay fp16
             head = quantize_lm_head(model.get_output_embeddings().weight.numpy())
             model.get_output_embeddings().weight = torch.nn.Parameter(torch.from_numpy(head), requires_grad=False)
@@ -132,6 +143,49 @@ def test_rtn_workspace_matches_hf_on_dequantized_weights(tiny_model, tmp_path, v
     assert rel_err(all_logits(load(wdir), tokens, [37, 16, 1, 30, 16]), got) <= 1e-3
 
 
+@pytest.mark.parametrize("variant,weight_type,embedding_type",
+                         [("tied", "int4", "int8"), ("tied", "int4", "int4"), ("gqa", "int8", "int4"),
+                          ("gqa", "fp16", "int8"), ("gemma2", "int4", "int8")])  # Gemma: tied, scaled rows, softcap
+def test_quantized_embedding_matches_hf_on_dequantized_weights(tiny_model, tmp_path, variant, weight_type,
+                                                               embedding_type):
+    """--embedding_type int8 / int4: the rows looked up and the lm head are the stored integers
+    (a tied head read from tok_embeddings' files, written once)."""
+    model_dir = tiny_model(variant)
+    kw = dict(weight_type=weight_type, group_size=64) if weight_type != "fp16" else {}
+    wdir = make_ws(model_dir, tmp_path / "ws", embedding_type=embedding_type, **kw)
+    cfg = read_config_ini(os.path.join(wdir, "config.ini"))
+    tied = variant in ("tied", "gemma2")
+    assert (cfg["embedding_type"], cfg["embedding_group_size"], cfg["tie_word_embeddings"]) == \
+        (embedding_type, 64, int(tied))
+    files = set(os.listdir(wdir))
+    assert "tok_embeddings.weight" not in files and "output.weight" not in files
+    assert ("output.qweight" in files) != tied
+    bits = int(embedding_type[3:])
+    linear_fn = (lambda n, w: quantize_rtn(w, int(weight_type[3:]), 64).dequantize()) if kw else None
+    oracle = hf_model(model_dir, linear_fn, embedding_bits=bits)
+    tokens = prompt()
+    got, ref = all_logits(load(wdir), tokens), hf_logits(oracle, tokens)
+    assert rel_err(got, ref) <= 5e-3, rel_err(got, ref)
+    assert (got.argmax(1) == ref.argmax(1)).mean() >= 0.97
+    assert greedy(load(wdir), tokens[:20], 12) == hf_greedy(oracle, tokens[:20], 12)
+    assert rel_err(all_logits(load(wdir, tp=2), tokens), got) <= 1e-3
+
+
+def test_quantized_embedding_files_are_checked(tiny_model, tmp_path):
+    wdir = make_ws(tiny_model("gqa"), tmp_path / "ws", weight_type="int4", group_size=64, embedding_type="int4")
+    set_keys(wdir, format_version=2)
+    with pytest.raises(RuntimeError, match="embedding_type int4 needs format_version 3"):
+        load(wdir)
+    set_keys(wdir, format_version=3)
+    os.remove(os.path.join(wdir, "output.zeros"))
+    with pytest.raises(RuntimeError, match=r"output.zeros: missing \(expected \[\d+, 8\] fp16"):
+        load(wdir)
+    with open(os.path.join(wdir, "tok_embeddings.qweight"), "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(RuntimeError, match="tok_embeddings.qweight: has .* bytes but"):
+        load(wdir)
+
+
 def test_int4_tp2_equals_tp1(tiny_model, tmp_path):
     model_dir = tiny_model("gqa")  # hidden 512, 8 heads of 64, inter 384: every rank slice divides 64
     one = make_ws(model_dir, tmp_path / "tp1", weight_type="int4", group_size=64)
@@ -155,7 +209,7 @@ def test_quantized_workspace_format_version_is_checked(tiny_model, tmp_path):
     set_keys(wdir, format_version=1)
     with pytest.raises(RuntimeError, match="format_version 1"):
         load(wdir)
-    set_keys(wdir, format_version=3)
+    set_keys(wdir, format_version=4)
     with pytest.raises(RuntimeError, match="newer than this runtime"):
         load(wdir)
 
