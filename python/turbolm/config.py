@@ -182,6 +182,9 @@ def validate(cfg: Dict[str, Any], path: str = "config.ini") -> Dict[str, Any]:
                               f"{out['rotary_embedding'] // 2}")
     if out["rope_type"] == "longrope" and not (out["rope_freq_factors"] and out["rope_long_freq_factors"]):
         raise ConfigError(f"{path}: rope_type longrope needs rope_freq_factors (short) and rope_long_freq_factors")
+    if out["rope_type"] == "yarn" and not out["rope_freq_factors"]:
+        raise ConfigError(f"{path}: rope_type yarn needs rope_freq_factors (written by `turbolm convert` from "
+                          f"rope_scaling)")
     if out["int8_linears"]:
         if out["weight_type"] != "int4":
             raise ConfigError(f"{path}: int8_linears needs weight_type int4 (the other linears), not "

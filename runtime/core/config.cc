@@ -304,6 +304,10 @@ ModelConfig load_config(const std::string& path) {
            c.rotary_embedding, " needs ", pairs);
   if (c.rope_type == "longrope" && (c.rope_freq_factors.empty() || c.rope_long_freq_factors.empty()))
     fail(path, ": rope_type longrope needs rope_freq_factors (short) and rope_long_freq_factors");
+  // yarn's blend of interpolated and extrapolated frequencies lives in rope_freq_factors (the
+  // converter computes them): without them the runtime would run plain RoPE under a yarn label.
+  if (c.rope_type == "yarn" && c.rope_freq_factors.empty())
+    fail(path, ": rope_type yarn needs rope_freq_factors (written by `turbolm convert` from rope_scaling)");
   if (c.sliding_window < 0) fail(path, ": key 'sliding_window' must be >= 0, got ", c.sliding_window);
   if (c.attn_softcap < 0 || c.final_softcap < 0) fail(path, ": attn_softcap and final_softcap must be >= 0");
   if (c.embedding_bits()) {

@@ -115,6 +115,8 @@ using ToF32Fn = void (*)(const uint16_t* src, WDType dtype, float* dst, int n);
 using RowMaxFn = float (*)(const float* x, int n);
 // out[i] = exp(x[i] - shift) for i < n; returns their sum (accumulated in fp32 lanes). out may be x.
 using ExpSumFn = float (*)(const float* x, int n, float shift, float* out);
+// x[i] = cap · tanh(x[i] / cap) for i < n, in place (Gemma 2's final logit soft-capping), cap > 0.
+using SoftcapFn = void (*)(float* x, int n, float cap);
 
 struct KernelTable {
   const char* name;  // "ref", "avx2", "avx512"
@@ -132,6 +134,7 @@ struct KernelTable {
   // gemm_bf16 on AMX tiles: tdpbf16ps rounds in its own order (not vdpbf16ps'), so it matches the
   // reference to fp32 rounding, not bit for bit; every M runs on the tiles (batch invariance).
   bool bf16_tiles = false;
+  SoftcapFn softcap = nullptr;  // set by every table (ref: scalar tanh; avx512 and tables built on it: SIMD)
 };
 
 const KernelTable& reference_kernels();

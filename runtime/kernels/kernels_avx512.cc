@@ -281,11 +281,20 @@ float exp_sum_avx512(const float* x, int n, float shift, float* out) {
   return _mm512_reduce_add_ps(acc);
 }
 
+void softcap_avx512(float* x, int n, float cap) {
+  const __m512 c = _mm512_set1_ps(cap), ic = _mm512_set1_ps(1.f / cap);
+  for (int i = 0; i < n; i += 16) {
+    const __mmask16 k = tail_mask(n - i);
+    _mm512_mask_storeu_ps(x + i, k, _mm512_mul_ps(c, tanh512(_mm512_mul_ps(_mm512_maskz_loadu_ps(k, x + i), ic))));
+  }
+}
+
 }  // namespace
 
 const KernelTable* avx512_kernels() {
   static const KernelTable t{"avx512", gemm_avx512, avx512::kv_store, avx512::attention, rmsnorm_avx512,
-                             rope_avx512, silu_mul_avx512, gelu_mul_avx512, to_f32_avx512, row_max_avx512, exp_sum_avx512};
+                             rope_avx512, silu_mul_avx512, gelu_mul_avx512, to_f32_avx512, row_max_avx512, exp_sum_avx512,
+                             nullptr, false, softcap_avx512};
   return &t;
 }
 

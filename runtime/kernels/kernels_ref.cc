@@ -177,11 +177,16 @@ float exp_sum_ref(const float* x, int n, float shift, float* out) {
   return (float)sum;
 }
 
+void softcap_ref(float* x, int n, float cap) {
+  for (int i = 0; i < n; ++i) x[i] = cap * std::tanh(x[i] / cap);
+}
+
 }  // namespace
 
 const KernelTable& reference_kernels() {
   static const KernelTable t{"ref", gemm_ref, kv_store_ref, attention_ref, rmsnorm_ref,
-                             rope_ref, silu_mul_ref, gelu_mul_ref, to_f32_ref, row_max_ref, exp_sum_ref, gemm_bf16_ref};
+                             rope_ref, silu_mul_ref, gelu_mul_ref, to_f32_ref, row_max_ref, exp_sum_ref, gemm_bf16_ref,
+                             false, softcap_ref};
   return t;
 }
 

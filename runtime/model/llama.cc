@@ -511,11 +511,7 @@ void LlamaModel::Impl::run_rank(Rank& r) {
     linear_panels(s.xn.data(), hidden, a, out, logits, cfg.vocab_size, R, P0 + b, P0 + e);
     if (cap > 0) {  // Gemma 2: logits = cap · tanh(logits / cap)
       const int n0 = (P0 + b) * kernels::kPanel, n1 = std::min(cfg.vocab_size, (P0 + e) * kernels::kPanel);
-      for (int m = 0; m < R; ++m)
-        for (int n = n0; n < n1; ++n) {
-          float& v = logits[(size_t)m * cfg.vocab_size + n];
-          v = cap * std::tanh(v / cap);
-        }
+      for (int m = 0; m < R; ++m) k->softcap(logits + (size_t)m * cfg.vocab_size + n0, n1 - n0, cap);
     }
   });
 }

@@ -62,6 +62,7 @@ def test_defaults_agree(tmp_path):
     ("rope_type = su\n", "rope_type 'su' is not one of"),
     ("rope_freq_factors = 1,2,3\n", "rope_freq_factors"),
     ("rope_type = longrope\n", "longrope needs rope_freq_factors"),
+    ("rope_type = yarn\n", "yarn needs rope_freq_factors"),
     ("int8_linears = 0.w2\n", "int8_linears needs weight_type int4"),
     ("embedding_type = int2\n", "embedding_type 'int2' is not one of float, int8, int4"),
     ("embedding_type = int8\n", "embedding_group_size 0 must be a positive multiple of 16 dividing hidden_units 64"),

@@ -355,6 +355,21 @@ TEST(gelu_mul_all_tables) {
     }
 }
 
+TEST(softcap_all_tables) {
+  for (const KernelTable* kt : simd_tables())
+    for (int n : {1, 15, 16, 17, 1537}) {
+      Rng rng(n + 5);
+      std::vector<float> r(n);
+      for (int i = 0; i < n; ++i) r[i] = rng.uniform(-40.f, 40.f) * (i % 7 == 0 ? 8.f : 1.f);
+      std::vector<float> t = r;
+      reference_kernels().softcap(r.data(), n, 30.f);
+      kt->softcap(t.data(), n, 30.f);
+      int bad = 0;
+      for (int i = 0; i < n; ++i) bad += !(std::fabs(t[i] - r[i]) <= 2e-6f * 30.f);
+      CHECK_EQ(bad, 0);
+    }
+}
+
 TEST(to_f32_all_tables) {
   for (const KernelTable* kt : simd_tables())
     for (WDType dt : {WDType::kF16, WDType::kBF16})
