@@ -172,11 +172,18 @@ def _use_more_bits(i: int, n: int) -> bool:
     return i < n // 8 or i >= 7 * n // 8 or (i - n // 8) % 3 == 2
 
 
+# The workspace's linears (config.ini int8_linears and --mixed names) -> the canonical linears they
+# hold (converter/spec.py keys; q, k, v are one matrix in the workspace), and the canonical linears
+# -> their modules in an HF LLaMA-family decoder layer. The one table every mapping derives from.
+WORKSPACE_LINEARS = {"w_qkv": ("q", "k", "v"), "wo": ("o",), "w1": ("gate",), "w3": ("up",), "w2": ("down",)}
+WORKSPACE_HOME = {c: w for w, cs in WORKSPACE_LINEARS.items() for c in cs}  # "q" -> "w_qkv", ...
+HF_LINEAR_MODULES = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj", "o": "self_attn.o_proj",
+                     "gate": "mlp.gate_proj", "up": "mlp.up_proj", "down": "mlp.down_proj"}
+
 MIXED_RECIPES = {
     "q4_k_m": lambda n: [f"{i}.{w}" for i in range(n) if _use_more_bits(i, n) for w in ("w_qkv", "w2")],
     "edges": lambda n: [f"{i}.{w}" for i in sorted({0, n - 1}) for w in ("w_qkv", "w2")],
 }
-WORKSPACE_LINEARS = ("w_qkv", "wo", "w1", "w3", "w2")
 
 
 def mixed_recipe(recipe: str, num_layer: int) -> List[str]:

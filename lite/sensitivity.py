@@ -19,14 +19,14 @@ from typing import Dict, List, Tuple
 import torch
 from tqdm import tqdm
 
+from turbolm.converter.quant import HF_LINEAR_MODULES, WORKSPACE_LINEARS
 from turbolm.errors import UserError
 
 from .model_utils import decoder_layers
 from .quantize import fake_quantize
 
 # The workspace's linears (convert --mixed names) -> the HF modules they hold.
-WORKSPACE_MODULES = {"w_qkv": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), "wo": ("self_attn.o_proj",),
-                     "w1": ("mlp.gate_proj",), "w3": ("mlp.up_proj",), "w2": ("mlp.down_proj",)}
+WORKSPACE_MODULES = {w: tuple(HF_LINEAR_MODULES[c] for c in cs) for w, cs in WORKSPACE_LINEARS.items()}
 
 
 def parse_auto(recipe) -> float:

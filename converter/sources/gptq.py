@@ -17,7 +17,7 @@ import numpy as np
 
 from turbolm.errors import UserError
 
-from ..quant import GROUP_ALIGN, QuantLinear, quantize_rtn
+from ..quant import GROUP_ALIGN, WORKSPACE_LINEARS, QuantLinear, quantize_rtn
 from . import register_source
 from .awq import SUPPORTED_BITS, AWQSource
 
@@ -130,10 +130,9 @@ class GPTQSource(AWQSource):
     def _check_tensors(self) -> None:
         super()._check_tensors()
         # mixed widths (dynamic): the workspace's int8 linears; q, k, v share w_qkv, so one width
-        homes = {"w_qkv": ("q", "k", "v"), "wo": ("o",), "w1": ("gate",), "w3": ("up",), "w2": ("down",)}
         wide = []
         for i in range(self.spec.num_layer):
-            for home, keys in homes.items():
+            for home, keys in WORKSPACE_LINEARS.items():
                 widths = {self._bits_of(self._base(self._name(i, k))) for k in keys}
                 if len(widths) > 1:
                     raise UserError(f"{self.model_path}: layer {i} has q/k/v at different widths {sorted(widths)}; "

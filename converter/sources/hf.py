@@ -10,6 +10,7 @@ import numpy as np
 
 from turbolm.errors import UserError
 
+from ..quant import HF_LINEAR_MODULES
 from ..safetensors_io import SafetensorsFile
 from ..rope_scaling import apply_rope_scaling
 from ..spec import LAYER_KEYS, OPTIONAL_LAYER_KEYS, ModelSpec, optional_wanted
@@ -17,9 +18,7 @@ from ..tokenizer import copy_hf_tokenizer
 from . import Source, register_source
 
 _LLAMA_LAYER = {
-    "q": "self_attn.q_proj.weight", "k": "self_attn.k_proj.weight", "v": "self_attn.v_proj.weight",
-    "o": "self_attn.o_proj.weight", "gate": "mlp.gate_proj.weight", "up": "mlp.up_proj.weight",
-    "down": "mlp.down_proj.weight", "attention_norm": "input_layernorm.weight",
+    **{k: f"{m}.weight" for k, m in HF_LINEAR_MODULES.items()}, "attention_norm": "input_layernorm.weight",
     "ffn_norm": "post_attention_layernorm.weight",
     "q_bias": "self_attn.q_proj.bias", "k_bias": "self_attn.k_proj.bias", "v_bias": "self_attn.v_proj.bias",
     "o_bias": "self_attn.o_proj.bias",

@@ -23,7 +23,8 @@ import numpy as np
 
 from turbolm.errors import UserError
 
-from ..quant import BITS, QuantLinear, check_group_size, concat_rows, pack_int4_columns, quantize_rtn
+from ..quant import (BITS, WORKSPACE_HOME, QuantLinear, check_group_size, concat_rows, pack_int4_columns,
+                     quantize_rtn)
 from ..tp import rotate_half_to_interleaved
 from . import register_target
 from .fp import Fp16Target
@@ -72,8 +73,7 @@ class IntTarget(Fp16Target):
         s, tp = self.spec, self.tp
         H, KV, D = s.head_num, s.kv_head_num, s.head_dim
         R = s.rotary_dim or D  # partial rotary: only the first R of each head are permuted
-        home = {"q": "w_qkv", "k": "w_qkv", "v": "w_qkv", "o": "wo", "gate": "w1", "up": "w3", "down": "w2"}
-        bits = {k: 8 if f"{i}.{home[k]}" in self.int8_linears else self.bits for k in LINEARS}
+        bits = {k: 8 if f"{i}.{WORKSPACE_HOME[k]}" in self.int8_linears else self.bits for k in LINEARS}
         ql = {k: self._quant(f"layers.{i}.{k}", t[k], bits[k]) for k in LINEARS}
         q = ql["q"].map_rows(lambda a: rotate_half_to_interleaved(a, H, D, R))
         k = ql["k"].map_rows(lambda a: rotate_half_to_interleaved(a, KV, D, R))
