@@ -18,8 +18,8 @@ from turbolm.config import write_config_ini
 from turbolm.errors import UserError
 from turbolm.model import known_model_names
 
-from .quant import (EMBEDDING_BITS, GROUP_ALIGN, PER_CHANNEL, lm_head_group_size, mixed_recipe, rank_in_sizes,
-                    valid_group_sizes)
+from .quant import (EMBEDDING_BITS, GROUP_ALIGN, PER_CHANNEL, QuantLinear, lm_head_group_size, mixed_recipe,
+                    rank_in_sizes, valid_group_sizes)
 from .sources import SOURCES, Source
 from .targets import TARGETS
 
@@ -143,9 +143,11 @@ def _write_workspace(root: str, source: Source, model_name: str, target_name: st
     target = TARGETS[target_name](weights, s, tp, group_size)
     if int8_linears:
         target.int8_linears = set(int8_linears)
-    target.embedding_bits = embedding_bits
     emb = source.tok_embeddings()
-    target.export_misc(emb, source.norm(), emb if s.tied else source.output())
+    head = source.output() if s.head_bits or not s.tied else emb  # a quantized head: a QuantLinear
+    target.embedding_bits = embedding_bits
+    target.embedding_group = head.group_size if isinstance(head, QuantLinear) else lm_head_group_size(s.hidden)
+    target.export_misc(emb, source.norm(), head)
     for i in tqdm(range(s.num_layer), desc=f"convert {model_name} -> {target_name} tp={tp}", unit="layer",
                   file=sys.stderr, leave=False):
         target.export_layer(i, source.layer(i))
@@ -192,7 +194,7 @@ def _int_arg(name: str, value, minimum: int) -> int:
 def main(model_name: str, model_path: str, model_format: Optional[str] = None, tokenizer_path: Optional[str] = None,
          dst_path: str = "./workspace", tp: int = 1, group_size: int = 0, dtype: Optional[str] = None,
          weight_type: Optional[str] = None, force: bool = False, session_len: Optional[int] = None,
-         act_type: Optional[str] = None, mixed: Optional[str] = None, embedding_type: str = "float") -> None:
+         act_type: Optional[str] = None, mixed: Optional[str] = None, embedding_type: Optional[str] = None) -> None:
     """Convert ``model_path`` into a workspace at ``dst_path`` (returns nothing, so `fire` prints nothing)."""
     t0 = time.time()
     model_name, model_path = str(model_name), str(model_path)
@@ -219,6 +221,12 @@ def main(model_name: str, model_path: str, model_format: Optional[str] = None, t
         group_size = _pick_group_size(s, target_name, group_size, tp)
         TARGETS[target_name].validate(s, tp, group_size)
         int8_linears = mixed_recipe(mixed, s.num_layer) if mixed else list(s.int8_linears)
+        if s.head_bits:  # the checkpoint's lm head is quantized: the workspace keeps its integers
+            want = f"int{s.head_bits}"
+            if embedding_type not in (None, want):
+                raise UserError(f"{model_path}: its lm head is quantized to {want} (quantization_config.lm_head); it "
+                                f"converts with --embedding_type {want} only")
+            embedding_type = want
         embedding_bits = _embedding_bits(embedding_type, s.hidden)
         if mixed and (target_name != "int4" or s.src_dtype in QUANTIZED_SRC):
             raise UserError(f"--mixed keeps some linears at int8 in an int4 workspace quantized here: it needs "

@@ -93,6 +93,8 @@ class ModelSpec:
     rope_long_freq_factors: tuple = ()  # longrope past rope_original_max_position_embeddings
     rope_attention_factor: float = 1.0
     int8_linears: tuple = ()           # a mixed-precision quantized source: its int8 linears ("i.w_qkv", ...)
+    head_bits: int = 0                 # a quantized lm head in the source (GPTQ lm_head): its bits; output() is a
+                                       # QuantLinear then, and a tied one is the embedding table too
 
     def arch_config(self) -> dict:
         """The config.ini keys of the architecture switches."""

@@ -47,6 +47,10 @@ def _linears(src: str):
     if method not in ("awq", "gptq"):
         raise UserError(f"{src}: quantization_config.quant_method is {method or 'missing'}; export_ct takes AWQ "
                         "(lite auto_awq) or GPTQ (lite gptq) checkpoints")
+    if qc.get("lm_head"):
+        raise UserError(f"{src}: its lm head is quantized (quantization_config.lm_head, `lite gptq --lm_head`); the "
+                        f"export keeps lm_head in fp16 (compressed-tensors `ignore`): re-run `lite gptq` without "
+                        f"--lm_head for an export")
     if qc.get("dynamic"):
         raise UserError(f"{src}: linears of more than one width (quantization_config.dynamic, as `lite gptq "
                         "--mixed` writes) are not exported yet; export a checkpoint made without --mixed, or "

@@ -69,13 +69,13 @@ def auto_int8_modules(hf_model, data: torch.Tensor, group: int, mixed: str) -> L
 
 
 def quantization_config(bits: int, group_size: int, act_order: bool, sym: bool, damp: float,
-                        true_sequential: bool, wide=(), search: int = 0) -> dict:
+                        true_sequential: bool, wide=(), search: int = 0, lm_head: bool = False) -> dict:
     """config.json's quantization_config (and quantize_config.json) as AutoGPTQ / GPTQModel write it.
     Act-order uses static groups, so g_idx stays i // G and desc_act can be declared false to
     loaders (the checkpoint is exactly a non-act-order one); the search order is recorded apart."""
     return {"quant_method": "gptq", "bits": bits, "group_size": group_size, "desc_act": False, "sym": sym,
             "damp_percent": damp, "static_groups": bool(act_order), "true_sequential": true_sequential,
-            "checkpoint_format": "gptq", "lm_head": False, "quantizer": ["turbolm"],
+            "checkpoint_format": "gptq", "lm_head": bool(lm_head), "quantizer": ["turbolm"],
             "turbolm_act_order": bool(act_order), "turbolm_scale_search": search,
             # GPTQModel's per-module overrides: "+:REGEX" -> {bits}; the modules kept at 8 bits
             **({"dynamic": {f"+:^{re.escape(m)}$": {"bits": 8} for m in wide}} if wide else {})}
@@ -141,23 +141,46 @@ def gptq_layer(layer, hidden, kwargs, device, groups, bits, group: int, damp: fl
 
 
 @torch.no_grad()
+def gptq_lm_head(hf_model, hidden, device, bits: int, group: int, damp: float, act_order: bool, sym: bool,
+                 search: int):
+    """GPTQ of the lm head ``[vocab, hidden]``: its input is the final norm of the last layer's
+    outputs ``hidden`` [n, seqlen, hidden] (those of the quantized layers). A tied head is the
+    embedding table, so the runtime looks the input rows up in these integers too."""
+    H, count = None, 0
+    with OnDevice(hf_model.model.norm, device) as norm:
+        for sl in sample_batches(*hidden.shape[:2]):
+            x = norm(hidden[sl].to(device, torch.float32)).reshape(-1, hidden.shape[-1])
+            H = x.T @ x if H is None else H.addmm_(x.T, x)
+            count += x.shape[0]
+    W = hf_model.get_output_embeddings().weight.data.to(device, torch.float32)
+    return gptq_quantize(W, 2 * H / count, bits, group, damp, act_order, sym, search)
+
+
+@torch.no_grad()
 def gptq(model: str, w_bits: int = 4, w_group_size: int = 128, work_dir: str = "./work_dir",
          calib_dataset: Optional[str] = None, calib_samples: Optional[int] = None,
          calib_seqlen: Optional[int] = None, device: str = "cpu", damp_percent: float = 0.01,
-         act_order=False, sym=True, true_sequential=True, mixed: Optional[str] = None, scale_search=10) -> None:
-    """Quantize ``model`` (HF dir) with GPTQ and save a GPTQ checkpoint in ``work_dir``."""
+         act_order=False, sym=True, true_sequential=True, mixed: Optional[str] = None, scale_search=10,
+         lm_head=False) -> None:
+    """Quantize ``model`` (HF dir) with GPTQ and save a GPTQ checkpoint in ``work_dir``. ``lm_head``:
+    the lm head too (GPTQModel's ``lm_head: true``), after the decoder layers, its Hessian from the
+    final norm's outputs on the quantized layers."""
     calib_dataset, calib_samples, calib_seqlen = calib_settings(work_dir, calib_dataset, calib_samples,
                                                                 calib_seqlen)
     bits = check_bits(w_bits)
     device = check_device(device)
     act_order, sym = parse_bool(act_order, "act_order"), parse_bool(sym, "sym")
     true_sequential = parse_bool(true_sequential, "true_sequential")
+    lm_head = parse_bool(lm_head, "lm_head")
     damp = float(damp_percent)
     search = parse_grid(scale_search)
     if not 0 < damp < 1:
         raise UserError(f"--damp_percent {damp_percent} must be in (0, 1) (0.01 is usual)")
     config = load_config(model)
     group = check_group_size(w_group_size, bits, config)
+    if lm_head and config.vocab_size % (32 // bits):
+        raise UserError(f"--lm_head: the vocabulary ({config.vocab_size}) is not a multiple of {32 // bits}, which "
+                        f"the GPTQ packing of the lm head's {bits}-bit zero points needs; quantize without --lm_head")
     wide = set(int8_modules(mixed, config.num_hidden_layers))  # checks the recipe before any work
     if is_auto(mixed):
         parse_auto(mixed)
@@ -193,12 +216,18 @@ def gptq(model: str, w_bits: int = 4, w_group_size: int = 128, work_dir: str = "
                     packed[f"{prefix}{n}.bias"] = bias.data.to("cpu", torch.float16)
             _run(layer, hidden, out, kwargs, device)
         hidden, out = out, hidden
-    qc = quantization_config(bits, group, act_order, sym, damp, true_sequential, sorted(wide), search)
+    if lm_head:
+        q, s, z, loss = gptq_lm_head(hf_model, hidden, device, bits, group, damp, act_order, sym, search)
+        losses.append(loss)
+        qw, qz, sc, g_idx = pack_gptq(q.cpu().numpy(), z.cpu().numpy(), s.cpu().numpy(), bits)
+        for suffix, arr in (("qweight", qw), ("qzeros", qz), ("scales", sc), ("g_idx", g_idx)):
+            packed[f"lm_head.{suffix}"] = torch.from_numpy(arr)
+    qc = quantization_config(bits, group, act_order, sym, damp, true_sequential, sorted(wide), search, lm_head)
     save_quantized(work_dir, hf_model, packed, qc, model, tokenizer)
     with open(os.path.join(work_dir, "quantize_config.json"), "w") as f:
         json.dump(qc, f, indent=2)
     save_record(work_dir, calib_dataset, calib_samples, calib_seqlen)
     print(f"gptq: {len(layers)} layers, w{bits} g{group}{' act-order' if act_order else ''}"
-          f"{f', {len(wide)} modules at 8 bits ({mixed})' if wide else ''}, "
+          f"{f', {len(wide)} modules at 8 bits ({mixed})' if wide else ''}{', lm head' if lm_head else ''}, "
           f"{data.shape[0]} x {data.shape[1]} tokens, mean loss {sum(losses) / len(losses):.4g}, "
           f"{time.time() - t0:.1f}s; GPTQ checkpoint in {work_dir}")

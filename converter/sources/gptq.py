@@ -61,8 +61,7 @@ class GPTQSource(AWQSource):
         if self.group_size <= 0 or self.group_size % GROUP_ALIGN:
             raise UserError(f"{cfg_path}: GPTQ group_size {self.group_size} is not supported; the runtime needs a "
                             f"multiple of {GROUP_ALIGN} (e.g. 32, 64, 128)")
-        if qc.get("lm_head"):
-            raise UserError(f"{cfg_path}: a quantized lm_head is not supported")
+        self.lm_head = bool(qc.get("lm_head"))  # GPTQModel's quantized lm head (`lite gptq --lm_head`)
         self.warned = False
         # GPTQModel's per-module overrides: {"+:REGEX" (or "REGEX"): {bits, group_size}, "-:REGEX": skipped}
         self.dynamic = []
@@ -103,6 +102,15 @@ class GPTQSource(AWQSource):
 
     dtypes = (("qweight", "I32"), ("qzeros", "I32"), ("scales", "F16"), ("g_idx", "I32"))
 
+    def _output_expected(self) -> dict:
+        if not self.lm_head:
+            return super()._output_expected()
+        return self._expected("lm_head.weight", "q", (self.spec.vocab, self.spec.hidden))
+
+    def output(self):
+        """A quantized lm head as a QuantLinear (its integers; a tied one is the embedding table too)."""
+        return self._linear("lm_head.weight") if self.lm_head else super().output()
+
     def _linear(self, name: str) -> QuantLinear:
         from turbolm.lite.gptq_pack import dequantize_gptq, unpack_gptq
 
@@ -142,3 +150,5 @@ class GPTQSource(AWQSource):
                         raise UserError(f"{self.model_path}: mixed widths need a 4-bit checkpoint with 8-bit overrides")
                     wide.append(f"{i}.{home}")
         self.spec.int8_linears = tuple(wide)
+        if self.lm_head:
+            self.spec.head_bits = self._bits_of("lm_head")

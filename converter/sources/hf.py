@@ -232,7 +232,9 @@ class HFSource(Source):
         eos = _first(gen.get("eos_token_id", cfg.get("eos_token_id")))
         spec.bos_id = int(bos) if bos is not None else 1
         spec.eos_id = int(eos) if eos is not None else 2
-        spec.tied = bool(cfg.get("tie_word_embeddings", False)) or self.names["output"] not in self.tensors
+        head = self.names["output"]  # no lm head of its own (nor a quantized one, GPTQ lm_head): tied
+        spec.tied = bool(cfg.get("tie_word_embeddings", False)) or (
+            head not in self.tensors and head.replace(".weight", ".qweight") not in self.tensors)
         return spec
 
     def _rope(self, spec: ModelSpec, cfg: dict, rot: int) -> None:
@@ -309,9 +311,8 @@ class HFSource(Source):
         s.o_bias = self._name(0, "o_bias") in self.tensors
         s.qk_norm = self._name(0, "q_norm") in self.tensors
         s.post_norm = self._name(0, "post_attention_norm") in self.tensors
-        expected = {self.names["embed"]: (s.vocab, s.hidden), self.names["norm"]: (s.hidden,)}
-        if not s.tied:
-            expected[self.names["output"]] = (s.vocab, s.hidden)
+        expected = {self.names["embed"]: (s.vocab, s.hidden), self.names["norm"]: (s.hidden,),
+                    **self._output_expected()}
         for i in range(s.num_layer):
             for key, shape in LAYER_KEYS.items():
                 expected.update(self._expected(self._name(i, key), key, shape(s)))
@@ -327,6 +328,10 @@ class HFSource(Source):
                 raise UserError(f"{self.model_path}: tensor {name} has shape {list(got)}, config.json implies "
                                 f"{list(shape)}")
         s.src_dtype = self.tensors[self.names["embed"]].dtype_name(self.names["embed"])
+
+    def _output_expected(self) -> dict:
+        """The lm head's tensors and shapes (none when tied to the embeddings)."""
+        return {} if self.spec.tied else {self.names["output"]: (self.spec.vocab, self.spec.hidden)}
 
     # -- tensors -----------------------------------------------------------------------------
     def _get(self, name: str) -> np.ndarray:

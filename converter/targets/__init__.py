@@ -30,6 +30,7 @@ class Target:
     def __init__(self, out_dir: str, spec: ModelSpec, tp: int, group_size: int = 0):
         self.out_dir, self.spec, self.tp, self.group_size = out_dir, spec, tp, group_size
         self.embedding_bits = 0  # 8 / 4: the embedding table and lm head quantized (config.ini embedding_type)
+        self.embedding_group = 0  # their group size along hidden (config.ini embedding_group_size)
 
     @classmethod
     def validate(cls, spec: ModelSpec, tp: int, group_size: int) -> None:
@@ -48,10 +49,8 @@ class Target:
     def embedding_keys(self) -> dict:
         if not self.embedding_bits:
             return {}
-        from ..quant import lm_head_group_size
-
         return {"embedding_type": f"int{self.embedding_bits}",  # (`int` here is the targets.int module)
-                "embedding_group_size": lm_head_group_size(self.spec.hidden),
+                "embedding_group_size": self.embedding_group,
                 "tie_word_embeddings": 1 if self.spec.tied else 0, "format_version": EMBEDDING_FORMAT_VERSION}
 
 

@@ -14,7 +14,8 @@ and once: tok_embeddings.weight, output.weight [vocab, hidden], norm.weight [hid
 With an int8 / int4 ``embedding_type`` (any weight type) the embedding table and lm head are
 instead, per ``T`` in tok_embeddings and output (output only when the lm head is not tied):
   T.qweight   uint8 [vocab, hidden] (int8) or [vocab, hidden / 2] (int4: element 2j low nibble)
-  T.scales    fp16 [vocab, hidden / G]      G = embedding_group_size (quant.lm_head_group_size)
+  T.scales    fp16 [vocab, hidden / G]      G = embedding_group_size (quant.lm_head_group_size, or a
+                                            quantized source head's group size)
   T.zeros     fp16 [vocab, hidden / G]      zero points in q units;  W = (q - zero) * scale
 """
 from __future__ import annotations
@@ -27,7 +28,7 @@ import numpy as np
 from turbolm.errors import UserError
 
 from ..dtypes import fp32_to_bf16_bits
-from ..quant import pack_int4_columns, quantize_embedding
+from ..quant import QuantLinear, pack_int4_columns, quantize_rtn
 from ..tp import qkv_rank, rotate_half_to_interleaved, split_cols, split_rows
 from . import Target, register_target
 
@@ -45,12 +46,14 @@ class FpTarget(Target):
             self.save("tok_embeddings.weight", tok_embeddings)
             self.save("output.weight", output)
             return
-        self._save_rows("tok_embeddings", tok_embeddings)
+        # a quantized lm head (GPTQ lm_head) comes as its integers; a tied one is the table itself
+        tied_q = self.spec.tied and isinstance(output, QuantLinear)
+        self._save_rows("tok_embeddings", output if tied_q else tok_embeddings)
         if not self.spec.tied:
             self._save_rows("output", output)
 
-    def _save_rows(self, name: str, w: np.ndarray) -> None:
-        ql = quantize_embedding(w, self.embedding_bits)
+    def _save_rows(self, name: str, w) -> None:
+        ql = w if isinstance(w, QuantLinear) else quantize_rtn(w, self.embedding_bits, self.embedding_group)
         (pack_int4_columns(ql.q) if ql.bits == 4 else ql.q).tofile(os.path.join(self.out_dir, f"{name}.qweight"))
         for suffix, a in (("scales", ql.scales), ("zeros", ql.zeros)):
             np.ascontiguousarray(a, dtype=np.float16).tofile(os.path.join(self.out_dir, f"{name}.{suffix}"))

@@ -4,7 +4,8 @@ runtime (``TurboMind.get_ppl``) for
     fp16 | fp16 + KV int8 | RTN int4 | AWQ int4 | AWQ int4 + KV int8 | GPTQ int4 | AWQ + GPTQ
     | the mixed int4/int8 recipes (Q4_K_M's layers, RTN and GPTQ; GPTQ --mixed auto:5)
     | GPTQ rows again with the embedding table and lm head in int8 / int4 ("-e8" / "-e4":
-      convert --embedding_type), so the whole model's bits per weight can be compared
+      convert --embedding_type), so the whole model's bits per weight can be compared, and with
+      the tied table and head quantized by GPTQ too ("gptq-int4-lmhead": lite gptq --lm_head)
 
 at one group size, and each int4 row again with int8 activations ("+a8": act_type int8, the
 activations quantized per token in blocks of 32 and multiplied on int8 dot products), fp16 on bf16
@@ -46,9 +47,11 @@ def _default_data_dir() -> str:
 
 DATA_DIR = _default_data_dir()
 MODES = ("fp16", "fp16+bf16", "fp16+kv8", "rtn-int4", "rtn-int4+a8", "awq-int4", "awq-int4+a8", "awq-int4+kv8",
-         "gptq-int4", "gptq-int4+a8", "gptq-int4-e8", "gptq-int4-e4", "awq-gptq-int4", "rtn-int4-q4km",
-         "gptq-int4-q4km", "gptq-int4-auto5", "gptq-int4-auto5-e8", "rtn-int8", "rtn-int8+a8", "w8a8")
-GPTQ_ROWS = {"gptq-int4": None, "gptq-int4-q4km": "q4_k_m", "gptq-int4-auto5": "auto:5"}  # mode -> --mixed
+         "gptq-int4", "gptq-int4+a8", "gptq-int4-e8", "gptq-int4-e4", "gptq-int4-lmhead", "awq-gptq-int4",
+         "rtn-int4-q4km", "gptq-int4-q4km", "gptq-int4-auto5", "gptq-int4-auto5-e8", "rtn-int8", "rtn-int8+a8", "w8a8")
+# mode -> lite gptq's extra options: --mixed, and --lm_head (the tied table and head by GPTQ, int4)
+GPTQ_ROWS = {"gptq-int4": {}, "gptq-int4-q4km": {"mixed": "q4_k_m"}, "gptq-int4-auto5": {"mixed": "auto:5"},
+             "gptq-int4-lmhead": {"lm_head": True}}
 # A GPTQ row's suffix: the same checkpoint converted with the embedding table and lm head quantized.
 EMBEDDING_SUFFIXES = {"-e8": "int8", "-e4": "int4"}
 # A mode's suffix: its base mode's workspace, run with another act_type.
@@ -202,15 +205,14 @@ def build(model: str, work: str, group_size: int, calib: str, calib_samples: int
     # GPTQ rows: asymmetric with act-order (the best GPTQ setting on SmolLM2: symmetric +44% ppl,
     # plain +33%), then with some linears at 8 bits (--mixed): llama.cpp Q4_K_M's layers' w_qkv / w2,
     # or the linears measured most sensitive within 5 bits per weight
-    for mode, mixed in GPTQ_ROWS.items():
-        rows = {mode + suffix: emb for suffix, emb in dict(EMBEDDING_SUFFIXES, **{"": "float"}).items()
+    for mode, opts in GPTQ_ROWS.items():
+        rows = {mode + suffix: emb for suffix, emb in dict(EMBEDDING_SUFFIXES, **{"": None}).items()
                 if mode + suffix in need}
         if not rows:
             continue
         ckpt = os.path.join(work, mode)
         if not os.path.isfile(os.path.join(ckpt, "config.json")):
-            gptq(model, 4, group_size, ckpt, calib, calib_samples, calib_seqlen, act_order=True, sym=False,
-                 mixed=mixed)
+            gptq(model, 4, group_size, ckpt, calib, calib_samples, calib_seqlen, act_order=True, sym=False, **opts)
         for row, emb in rows.items():
             if not done(row):
                 convert("base", ckpt, dst_path=ws(row), embedding_type=emb, force=True)

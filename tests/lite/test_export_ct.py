@@ -96,3 +96,10 @@ def test_refuses_mixed_width_checkpoints(sources, tmp_path):
     with pytest.raises(UserError, match="more than one width"):
         export_ct(src, str(tmp_path / "out"))
     assert not os.path.exists(tmp_path / "out")
+    # a quantized lm head (`lite gptq --lm_head`) would be exported in fp16 (ignore: lm_head): refused too
+    del cfg["quantization_config"]["dynamic"]
+    cfg["quantization_config"]["lm_head"] = True
+    json.dump(cfg, open(os.path.join(src, "config.json"), "w"))
+    with pytest.raises(UserError, match="lm head is quantized"):
+        export_ct(src, str(tmp_path / "out"))
+    assert not os.path.exists(tmp_path / "out")

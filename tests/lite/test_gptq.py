@@ -267,3 +267,78 @@ def test_mixed_gptq_checkpoint_converts_to_a_mixed_workspace(tiny_model, calib_t
         head.weight = torch.nn.Parameter(torch.from_numpy(quantize_lm_head(head.weight.numpy())), requires_grad=False)
         ref = model(torch.tensor([tokens])).logits[0].numpy()
     assert np.abs(got - ref).max() / np.abs(ref).max() <= 5e-3
+
+
+@pytest.mark.parametrize("variant", ["tied", "untied"])
+def test_lm_head_route(tiny_model, calib_txt, tmp_path, variant):
+    """lite gptq --lm_head: the head's GPTQ integers (GPTQModel's `lm_head: true` layout) become the
+    workspace's int4 embedding table / lm head (tied: one table, so its rows are looked up in them
+    too; untied: the embeddings round-to-nearest at the head's group size). The runtime equals HF
+    on the dequantized checkpoint, head included, and the head's output error on the calibration
+    text's final features is below round-to-nearest's."""
+    from safetensors.numpy import load_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from turbolm import _turbomind
+    from turbolm.config import read_config_ini
+    from turbolm.converter.main import main as convert
+    from turbolm.converter.quant import quantize_rtn
+    from turbolm.errors import UserError
+    from turbolm.lite.gptq import gptq
+
+    work = str(tmp_path / "ckpt")
+    torch.set_num_threads(1)
+    with pytest.raises(UserError, match=r"vocabulary \(1001\) is not a multiple of 8"):
+        gptq(tiny_model(variant), 4, 64, work, calib_txt, 8, 128, lm_head=True)
+    # the tiny models' 1001 rows (deliberately odd) padded to 1008, as real vocabularies are
+    model_dir = str(tmp_path / "padded")
+    padded = AutoModelForCausalLM.from_pretrained(tiny_model(variant), dtype=torch.float32)
+    padded.resize_token_embeddings(1008, mean_resizing=False)
+    padded.save_pretrained(model_dir)
+    AutoTokenizer.from_pretrained(tiny_model(variant)).save_pretrained(model_dir)
+    gptq(model_dir, 4, 64, work, calib_txt, 8, 128, act_order=True, sym=False, lm_head=True)
+    qc = json.load(open(os.path.join(work, "config.json")))["quantization_config"]
+    sd = load_file(os.path.join(work, "model.safetensors"))
+    assert qc["lm_head"] is True and "lm_head.qweight" in sd and "lm_head.weight" not in sd
+    dq = {k[:-len(".qweight")]: dequantize_gptq(v, *(sd[k.replace(".qweight", s)] for s in
+                                                     (".qzeros", ".scales", ".g_idx")), 4)
+          for k, v in sd.items() if k.endswith(".qweight")}
+
+    with pytest.raises(UserError, match="converts with --embedding_type int4 only"):
+        convert("base", work, dst_path=str(tmp_path / "bad"), embedding_type="int8")
+    ws = str(tmp_path / "ws")
+    convert("base", work, dst_path=ws)
+    wdir = os.path.join(ws, "triton_models", "weights")
+    cfg = read_config_ini(os.path.join(wdir, "config.ini"))
+    tied = variant == "tied"
+    assert (cfg["embedding_type"], cfg["embedding_group_size"], cfg["tie_word_embeddings"]) == ("int4", 64, int(tied))
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    with torch.no_grad():
+        fp_head = model.get_output_embeddings().weight.detach().clone()
+        for name, p in model.named_parameters():
+            base = name[:-len(".weight")]
+            p.copy_(torch.from_numpy(dq[base]) if base in dq else p.half().float())
+        model.get_output_embeddings().weight.copy_(torch.from_numpy(dq["lm_head"]))  # tied: the table too
+        if tied:
+            assert model.get_input_embeddings().weight.data_ptr() == model.get_output_embeddings().weight.data_ptr()
+        else:  # the embeddings: round-to-nearest of the checkpoint's fp16 table, in the head's groups
+            emb = sd["model.embed_tokens.weight"].astype(np.float32)
+            model.get_input_embeddings().weight.copy_(torch.from_numpy(quantize_rtn(emb, 4, 64).dequantize()))
+    m = _turbomind.LlamaModel(wdir, num_threads=2)
+    m.allocate_kv(64)
+    tokens = [int(t) for t in np.random.RandomState(0).randint(3, 1000, size=100)]
+    got = m.forward([(tokens, 0, list(range(64)), 2)])
+    with torch.no_grad():
+        ref = model(torch.tensor([tokens])).logits[0].numpy()
+    assert np.abs(got - ref).max() / np.abs(ref).max() <= 5e-3
+
+    # the head's objective: its output error on final features of calibration-like text
+    fp = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    text = open(calib_txt, encoding="utf-8").read()[:20000]
+    ids = AutoTokenizer.from_pretrained(model_dir).encode(text)[:512]
+    with torch.no_grad():
+        X = fp.model(torch.tensor([ids])).last_hidden_state[0]
+    err = lambda A: float(((X @ (fp_head - A).T) ** 2).mean())  # noqa: E731
+    rtn_head = torch.from_numpy(quantize_rtn(fp_head.numpy(), 4, 64).dequantize())
+    assert err(torch.from_numpy(dq["lm_head"])) < 0.9 * err(rtn_head)  # measured 0.82 (tied), on noise weights

@@ -96,6 +96,8 @@ def auto_awq(model, **kwargs):
               "GPTQModel `dynamic` overrides")
 @click.option("--scale_search", type=click.IntRange(0, 50), default=10,
               help="grid points of the importance-weighted search of each group's scale and zero (0: min-max)")
+@bool_option("--lm_head", default=False, help="quantize the lm head too (GPTQModel's lm_head: true; a tied head is "
+             "the embedding table, which the workspace then stores in --w_bits: `convert` reads it)")
 def gptq(model, **kwargs):
     """GPTQ int4 (or int8) weights: writes a GPTQ checkpoint.
 

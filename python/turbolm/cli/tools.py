@@ -33,9 +33,10 @@ class ConvertCommand(Command):
               help="with --weight_type int4: linears kept at int8: q4_k_m (llama.cpp's choice: w_qkv and w2 of the "
                    "first and last eighth of the layers and every third between), edges (those of the first and "
                    "last layer), or LAYER.NAME,... (NAME: w_qkv, wo, w1, w3, w2)")
-@click.option("--embedding_type", type=click.Choice(["float", "int8", "int4"]), default="float",
+@click.option("--embedding_type", type=click.Choice(["float", "int8", "int4"]), default=None,
               help="the embedding table and lm head: float (as --dtype), or int8 / int4 with per-row groups of 64 "
-                   "(else 32, ...) along hidden, round-to-nearest; a tied lm head is stored once  [default: float]")
+                   "(else 32, ...) along hidden, round-to-nearest; a tied lm head is stored once  [default: float, "
+                   "or the bits of a GPTQ checkpoint's quantized lm head (lite gptq --lm_head), kept as it is]")
 def convert(model_name, model_path, **kwargs):
     """Convert an HF / AWQ / GPTQ / W8A8 / GGUF checkpoint into a TurboMind workspace.
 
