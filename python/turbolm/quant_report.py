@@ -47,11 +47,14 @@ def _default_data_dir() -> str:
 
 DATA_DIR = _default_data_dir()
 MODES = ("fp16", "fp16+bf16", "fp16+kv8", "rtn-int4", "rtn-int4+a8", "awq-int4", "awq-int4+a8", "awq-int4+kv8",
-         "gptq-int4", "gptq-int4+a8", "gptq-int4-e8", "gptq-int4-e4", "gptq-int4-lmhead", "awq-gptq-int4",
-         "rtn-int4-q4km", "gptq-int4-q4km", "gptq-int4-auto5", "gptq-int4-auto5-e8", "rtn-int8", "rtn-int8+a8", "w8a8")
+         "gptq-int4", "gptq-int4+a8", "gptq-int4-e8", "gptq-int4-e4", "gptq-int4-lmhead", "gptq-int4-auto462-lmhead",
+         "awq-gptq-int4", "rtn-int4-q4km", "gptq-int4-q4km", "gptq-int4-auto5", "gptq-int4-auto5-e8", "rtn-int8",
+         "rtn-int8+a8", "w8a8")
 # mode -> lite gptq's extra options: --mixed, and --lm_head (the tied table and head by GPTQ, int4)
 GPTQ_ROWS = {"gptq-int4": {}, "gptq-int4-q4km": {"mixed": "q4_k_m"}, "gptq-int4-auto5": {"mixed": "auto:5"},
-             "gptq-int4-lmhead": {"lm_head": True}}
+             "gptq-int4-lmhead": {"lm_head": True},
+             # 4.6 bits per weight over SmolLM2-135M with its table in int4: 4.62 over its decoder linears
+             "gptq-int4-auto462-lmhead": {"mixed": "auto:4.62", "lm_head": True}}
 # A GPTQ row's suffix: the same checkpoint converted with the embedding table and lm head quantized.
 EMBEDDING_SUFFIXES = {"-e8": "int8", "-e4": "int4"}
 # A mode's suffix: its base mode's workspace, run with another act_type.
