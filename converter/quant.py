@@ -116,16 +116,6 @@ def quantize_lm_head(w: np.ndarray) -> np.ndarray:
 EMBEDDING_BITS = {"int8": 8, "int4": 4}  # convert --embedding_type -> bits (config.ini embedding_type)
 
 
-def quantize_embedding(w: np.ndarray, bits: int) -> QuantLinear:
-    """The embedding table or lm head ``[vocab, hidden]`` of an int8 / int4 ``embedding_type``:
-    quantize_rtn per row, in groups of lm_head_group_size(hidden) along hidden."""
-    G = lm_head_group_size(w.shape[1])
-    if not G:
-        raise UserError(f"--embedding_type int{bits}: no group size (a multiple of {GROUP_ALIGN}) divides hidden "
-                        f"{w.shape[1]}; keep --embedding_type float")
-    return quantize_rtn(w, bits, G)
-
-
 def valid_group_sizes(in_sizes: List[int], limit: int = 1024) -> List[int]:
     """Group sizes the runtime accepts (multiples of GROUP_ALIGN) that divide every size in ``in_sizes``."""
     return [g for g in range(GROUP_ALIGN, limit + 1, GROUP_ALIGN) if all(n % g == 0 for n in in_sizes)]

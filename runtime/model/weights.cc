@@ -48,14 +48,12 @@ void SharedWeights::embedding_row(int token, int hidden, float* out) const {
   const int ng = hidden / emb_G;
   const float* s = emb_s.data() + (size_t)token * ng;
   const float* z = emb_z.data() + (size_t)token * ng;
-  if (emb_bits == 8) {
-    const uint8_t* q = emb_q.data() + (size_t)token * hidden;
-    for (int k = 0; k < hidden; ++k) out[k] = ((float)q[k] - z[k / emb_G]) * s[k / emb_G];
-  } else {
-    const uint8_t* q = emb_q.data() + (size_t)token * (hidden / 2);
-    for (int k = 0; k < hidden; ++k)
-      out[k] = ((float)((q[k >> 1] >> ((k & 1) * 4)) & 0xf) - z[k / emb_G]) * s[k / emb_G];
-  }
+  const uint8_t* q = emb_q.data() + (size_t)token * hidden * emb_bits / 8;
+  for (int g = 0; g < ng; ++g)  // G is even (a multiple of 16): an int4 group starts on a byte
+    for (int j = g * emb_G; j < (g + 1) * emb_G; ++j) {
+      const int code = emb_bits == 8 ? q[j] : (q[j >> 1] >> ((j & 1) * 4)) & 0xf;
+      out[j] = ((float)code - z[g]) * s[g];
+    }
 }
 
 namespace {
@@ -244,12 +242,13 @@ struct Loader {
   // so quantize_lm_head there reproduces these integers exactly.
   void load_lm_head_int8(int vocab, int hidden, int G, Linear& out) const {
     MappedFile f = map("output.weight", vocab, hidden);
-    const int K = hidden, N = vocab, ng = K / G;
+    const int K = hidden, ng = K / G;
     const float qmax = (float)((1 << kLMHeadBits) - 1);
-    std::vector<uint8_t> q((size_t)K * N);
-    std::vector<float> s((size_t)ng * N), z((size_t)ng * N);
+    // rows [vocab, K] and [vocab, ng], as an int8 embedding_type stores them; packed by the same path
+    std::vector<uint8_t> q((size_t)vocab * K);
+    std::vector<float> s((size_t)vocab * ng), z((size_t)vocab * ng);
     std::vector<float> row(K);
-    for (int n = 0; n < N; ++n) {
+    for (int n = 0; n < vocab; ++n) {
       const uint16_t* src = f.u16() + (size_t)n * K;
       for (int k = 0; k < K; ++k) row[k] = to_f32(src[k]);
       for (int g = 0; g < ng; ++g) {
@@ -258,13 +257,13 @@ struct Loader {
         float scale = kernels::f16_to_f32(kernels::f32_to_f16(std::max(*mx - *mn, 1e-5f) / qmax));
         if (!(scale > 0.f)) scale = 0x1p-24f;  // fp16 underflow would divide by zero
         const float zero = std::clamp(std::nearbyint(-*mn / scale), 0.f, qmax);
-        s[(size_t)g * N + n] = scale;
-        z[(size_t)g * N + n] = zero;
-        for (int j = 0; j < G; ++j)
-          q[(size_t)(g * G + j) * N + n] = (uint8_t)std::clamp(std::nearbyint(w[j] / scale) + zero, 0.f, qmax);
+        s[(size_t)n * ng + g] = scale;
+        z[(size_t)n * ng + g] = zero;
+        uint8_t* qr = q.data() + (size_t)n * K + (size_t)g * G;
+        for (int j = 0; j < G; ++j) qr[j] = (uint8_t)std::clamp(std::nearbyint(w[j] / scale) + zero, 0.f, qmax);
       }
     }
-    qpack(kLMHeadBits, K, N, G, q, s, z, out);
+    pack_head_from_rows(kLMHeadBits, vocab, K, G, q.data(), s.data(), z.data(), out);
   }
 
   // ---- the quantized embedding table / lm head (embedding_type int8 / int4) -------------------

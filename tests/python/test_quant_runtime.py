@@ -23,7 +23,7 @@ import torch
 from turbolm import _turbomind
 from turbolm.config import read_config_ini, write_config_ini
 from turbolm.converter.main import main as convert
-from turbolm.converter.quant import quantize_embedding, quantize_lm_head, quantize_rtn
+from turbolm.converter.quant import lm_head_group_size, quantize_lm_head, quantize_rtn
 from engine_oracle import patch_kv_attention
 
 BLOCK = 16
@@ -88,7 +88,8 @@ def hf_model(model_dir, linear_fn=None, state=None, int8_lm_head=True, embedding
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     if embedding_bits:  # quantized from the checkpoint's values, as convert does (before fp16 rounding)
         emb, head = model.get_input_embeddings().weight, model.get_output_embeddings().weight
-        deq = lambda w: torch.from_numpy(quantize_embedding(w.detach().numpy(), embedding_bits).dequantize())  # noqa
+        G = lm_head_group_size(emb.shape[1])  # convert's group for the table (as the int8 lm head's)
+        deq = lambda w: torch.from_numpy(quantize_rtn(w.detach().numpy(), embedding_bits, G).dequantize())  # noqa
         new_emb, new_head = deq(emb), None if head is emb else deq(head)
         int8_lm_head = False
     with torch.no_grad():
